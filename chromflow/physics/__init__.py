@@ -6,6 +6,9 @@ differences) and the residual module only does the algebra. Every function works
 and torch tensors alike.
 """
 from .chromatin import ChromatinModel, FieldDerivatives, bulk_potential, chemical_potential_laplacian, steady_state_residual, rate_from_fields
+from .heat import heat_rate, steady_heat_residual
+from .langevin import langevin_rate, langevin_residual
 
 __all__ = ["ChromatinModel", "FieldDerivatives", "bulk_potential", "chemical_potential_laplacian",
-           "steady_state_residual", "rate_from_fields"]
+           "steady_state_residual", "rate_from_fields",
+           "langevin_residual", "langevin_rate", "steady_heat_residual", "heat_rate"]

@@ -1,0 +1,376 @@
+"""The three benchmark problems of the Mollifier-Layers paper, set up for a fair autodiff-vs-mollifier race.
+
+Benchmark-only code (the product only needs the chromatin problem, which lives in
+:func:`chromflow.inverse.infer_rates`). Each task has a data maker (forward solvers of
+:mod:`chromflow.simulate` with a known parameter) and a fitting function that trains the *same*
+backbone with the *same* data, loss and optimiser, differing only in how derivatives are taken:
+
+``"autodiff"``
+    The network is evaluated at the grid points with ``requires_grad`` coordinates and
+    derivatives come from recursive :func:`torch.autograd.grad` (``create_graph=True``).
+``"mollifier"``
+    The network is evaluated on the grid padded by the kernel half-width, and the field and its
+    derivatives are convolutions with the mollifier kernel and its derivatives
+    (:func:`chromflow.mollifier.derivative`, ``boundary="valid"``), so the output covers exactly
+    the data grid.
+
+Tasks (lambda is always the unknown, output as a second channel of the network):
+
+1. ``"langevin"`` (1st order, 1D in time): ``u_t = u + lambda(t)``.
+2. ``"heat"`` (2nd order, steady, 2D): ``0 = lambda(y, x) lap u + m(y, x)``, ``m`` known.
+3. ``"chromatin"`` (4th order, 2D): the steady chromatin model, solved by
+   :func:`chromflow.inverse.infer_rates` with ``method="pinn"`` (mollifier) or ``"autodiff"``.
+
+Loss for tasks 1-2 (identical in both modes)::
+
+    L = mean((u - u_obs)^2) / var(u_obs) + physics_weight * mean(R^2) / s_R^2
+
+with ``R`` the residual of :mod:`chromflow.physics` and ``s_R`` a fixed scale of its terms
+(``var(u_obs)`` per unit time squared for Langevin, ``mean(m^2)`` for heat).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TASKS = ("langevin", "heat", "chromatin")
+MODES = ("autodiff", "mollifier")
+ORDER = {"langevin": 1, "heat": 2, "chromatin": 4}
+
+#: Per-task defaults: grid points per axis, mollifier radius (cells), learning rate, physics weight.
+DEFAULTS = {
+    "langevin": dict(grid=256, radius_cells=6.0, lr=2e-3, physics_weight=1.0),
+    "heat": dict(grid=64, radius_cells=4.0, lr=2e-3, physics_weight=1.0),
+    "chromatin": dict(grid=64, radius_cells=4.0, lr=None, physics_weight=None),
+}
+#: Backbone sizes used for every task (same network in both modes).
+BACKBONE_OPTIONS = {
+    "mlp": dict(width=64, depth=4),
+    "piratenet": dict(width=64, blocks=2),
+    "fourier": dict(width=64, depth=3),
+}
+
+
+@dataclass
+class TaskData:
+    """Simulated observations with a known parameter.
+
+    Attributes
+    ----------
+    task : str
+        One of :data:`TASKS`.
+    observed : ndarray
+        Noisy field on the grid: ``u(t)`` (Langevin), ``u(y, x)`` (heat); for the chromatin task
+        ``phi_h`` and ``phi_e`` are in ``arrays``.
+    truth : ndarray
+        The parameter to recover, same grid.
+    spacing : float
+        Grid spacing (time units for Langevin, length units for heat, nm for chromatin).
+    noise : float
+        Noise standard deviation relative to the field's standard deviation.
+    arrays : dict
+        Extra arrays: ``source`` (heat), ``clean``, ``phi_h``, ``phi_e``, ``mask`` (chromatin).
+    """
+
+    task: str
+    observed: np.ndarray
+    truth: np.ndarray
+    spacing: float
+    noise: float
+    seed: int
+    arrays: dict = field(default_factory=dict)
+
+    def save(self, path) -> None:
+        """Write to an ``.npz`` file (used to hand identical data to every benchmark case)."""
+        np.savez(path, task=self.task, observed=self.observed, truth=self.truth, spacing=self.spacing,
+                 noise=self.noise, seed=self.seed, **{f"extra_{k}": v for k, v in self.arrays.items()})
+
+    @classmethod
+    def load(cls, path) -> "TaskData":
+        """Read what :meth:`save` wrote."""
+        with np.load(path) as z:
+            extra = {k[len("extra_"):]: z[k] for k in z.files if k.startswith("extra_")}
+            return cls(task=str(z["task"]), observed=z["observed"], truth=z["truth"], spacing=float(z["spacing"]),
+                       noise=float(z["noise"]), seed=int(z["seed"]), arrays=extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _noisy(clean: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Add Gaussian noise of std ``noise * std(clean)`` (the paper's relative noise level)."""
+    try:
+        from chromflow.simulate import add_noise
+    except ImportError:  # pragma: no cover - until chromflow.simulate.add_noise exists
+        add_noise = None
+    if add_noise is not None:
+        return np.asarray(add_noise(clean, noise, seed=int(rng.integers(2**31))), dtype=np.float64)
+    return clean + noise * clean.std() * rng.standard_normal(clean.shape)
+
+
+def langevin_rate_truth(t: np.ndarray) -> np.ndarray:
+    """Known forcing of the Langevin benchmark: a smooth two-mode signal on ``t in [0, 2]``."""
+    return 1.0 + 0.6 * np.sin(1.5 * math.pi * t) + 0.3 * np.cos(0.7 * math.pi * t + 0.4)
+
+
+def heat_rate_truth(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Known conductivity of the heat benchmark on ``[0, 1]^2``: a positive blob pattern."""
+    return (1.0 + 0.6 * np.exp(-((x - 0.35) ** 2 + (y - 0.4) ** 2) / 0.02)
+            + 0.4 * np.exp(-((x - 0.7) ** 2 + (y - 0.65) ** 2) / 0.03)
+            + 0.2 * np.sin(2 * math.pi * x) * np.sin(math.pi * y))
+
+
+def heat_source(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Known, strictly positive source: keeps ``lap u`` away from 0 so ``lambda`` is identifiable."""
+    return 2.0 + np.cos(math.pi * x) * np.cos(math.pi * y)
+
+
+def make_data(task: str, grid: int | None = None, noise: float = 0.0, seed: int = 0) -> TaskData:
+    """Simulate one benchmark data set with a known parameter.
+
+    Parameters
+    ----------
+    task : {"langevin", "heat", "chromatin"}
+    grid : int, optional
+        Points per axis (default :data:`DEFAULTS`).
+    noise : float
+        Noise std relative to the field's std (0.01 = 1 %).
+    seed : int
+        Seed of the noise.
+
+    Returns
+    -------
+    TaskData
+    """
+    grid = int(grid or DEFAULTS[task]["grid"])
+    rng = np.random.default_rng(seed)
+    if task == "langevin":
+        from chromflow.simulate import langevin_solution
+
+        t = np.linspace(0.0, 2.0, grid)
+        rate = langevin_rate_truth(t)
+        clean = np.asarray(langevin_solution(t, rate, u0=0.0), dtype=np.float64)
+        return TaskData(task, _noisy(clean, noise, rng), rate, float(t[1] - t[0]), noise, seed, {"clean": clean})
+    if task == "heat":
+        from chromflow.simulate import steady_heat
+
+        h = 1.0 / (grid - 1)
+        y, x = np.meshgrid(np.arange(grid) * h, np.arange(grid) * h, indexing="ij")
+        rate, source = heat_rate_truth(y, x), heat_source(y, x)
+        clean = np.asarray(steady_heat(rate, source, spacing=h), dtype=np.float64)
+        return TaskData(task, _noisy(clean, noise, rng), rate, h, noise, seed, {"clean": clean, "source": source})
+    if task == "chromatin":
+        from chromflow.simulate import chromatin_steady_state
+
+        spacing_um = 10.0 / grid  # a 10 um field of view, as in the model's own set-up
+        yy, xx = np.meshgrid((np.arange(grid) + 0.5) / grid, (np.arange(grid) + 0.5) / grid, indexing="ij")
+        mask = (yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.42 ** 2
+        rate = (1.0 + 0.5 * np.exp(-((xx - 0.38) ** 2 + (yy - 0.42) ** 2) / 0.012)
+                + 0.35 * np.exp(-((xx - 0.64) ** 2 + (yy - 0.6) ** 2) / 0.02))
+        phi_h, phi_e = chromatin_steady_state(rate, mask=mask, spacing_um=spacing_um)
+        phi_h, phi_e = np.asarray(phi_h, np.float64), np.asarray(phi_e, np.float64)
+        noisy_h = _noisy(phi_h, noise, rng)
+        noisy_e = _noisy(phi_e, noise, rng)
+        truth = np.where(mask, rate, np.nan)
+        return TaskData(task, noisy_h, truth, spacing_um * 1000.0, noise, seed,
+                        {"phi_h": noisy_h, "phi_e": noisy_e, "mask": mask, "clean_h": phi_h, "clean_e": phi_e})
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# scores
+
+
+def score(estimate: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Pearson correlation and RMSE of ``estimate`` against ``truth`` over their finite points."""
+    estimate, truth = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
+    ok = np.isfinite(estimate) & np.isfinite(truth)
+    if ok.sum() < 3:
+        return float("nan"), float("nan")
+    a, b = estimate[ok], truth[ok]
+    rmse = float(np.sqrt(np.mean((a - b) ** 2)))
+    if a.std() == 0 or b.std() == 0:
+        return float("nan"), rmse
+    return float(np.corrcoef(a, b)[0, 1]), rmse
+
+
+# ---------------------------------------------------------------------------------------------
+# PINN fits for the Langevin and heat tasks
+
+
+@dataclass
+class FitResult:
+    """Outcome of one fit: the recovered parameter on the data grid and the training history."""
+
+    rate: np.ndarray
+    iterations: int
+    loss: float
+    history: object = None
+
+
+def _gradient(outputs, coords):
+    """``d outputs / d coords`` (N, ndim) by autograd, keeping the graph for higher orders.
+
+    ``outputs[i]`` depends only on ``coords[i]`` (pointwise networks), so the gradient of the
+    sum gives every point's own derivative in one backward pass.
+    """
+    import torch
+
+    return torch.autograd.grad(outputs.sum(), coords, create_graph=True)[0]
+
+
+def fit_pinn(data: TaskData, backbone: str = "mlp", mode: str = "mollifier", iterations: int = 2000,
+             device="cpu", seed: int = 0, lr: float | None = None, physics_weight: float | None = None,
+             radius_cells: float | None = None, optimizer: str = "adam", backbone_options: dict | None = None,
+             progress=None) -> FitResult:
+    """Fit the Langevin or heat task with a PINN, derivatives by ``mode``.
+
+    Parameters
+    ----------
+    data : TaskData
+        From :func:`make_data` (task ``"langevin"`` or ``"heat"``).
+    backbone : {"mlp", "piratenet", "fourier"}
+    mode : {"autodiff", "mollifier"}
+    iterations : int
+        Optimiser steps (the same in both modes).
+    device : str or torch.device
+    seed : int
+        Seeds the network initialisation.
+    lr, physics_weight, radius_cells : float, optional
+        Default to :data:`DEFAULTS` of the task. ``radius_cells`` is the mollifier support radius
+        in grid cells; the autodiff fit uses it only to build the same (padded) coordinates, so
+        both modes see identical network inputs.
+    optimizer : {"adam", "soap"}
+    backbone_options : dict, optional
+        Overrides of :data:`BACKBONE_OPTIONS`.
+
+    Returns
+    -------
+    FitResult
+        ``rate`` has the shape of ``data.observed``.
+    """
+    import torch
+
+    from chromflow.models import build_backbone, grid_coordinates
+    from chromflow.mollifier import derivative
+    from chromflow.mollifier.kernels import halo
+    from chromflow.physics import langevin_residual, steady_heat_residual
+    from chromflow.training import resolve_device, seed_everything, train
+
+    if data.task not in ("langevin", "heat"):
+        raise ValueError(f"fit_pinn handles 'langevin' and 'heat', got {data.task!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    defaults = DEFAULTS[data.task]
+    lr = defaults["lr"] if lr is None else lr
+    physics_weight = defaults["physics_weight"] if physics_weight is None else physics_weight
+    radius_cells = defaults["radius_cells"] if radius_cells is None else radius_cells
+    device = resolve_device(device)
+    dtype = torch.float32
+
+    shape = data.observed.shape
+    ndim = len(shape)
+    pad = halo(radius_cells)
+    seed_everything(seed)
+    net = build_backbone(backbone, ndim, 2, **{**BACKBONE_OPTIONS[backbone], **(backbone_options or {})})
+    net = net.to(device=device, dtype=dtype)
+
+    # identical inputs in both modes: the normalised coordinates of the padded grid
+    coords_padded, scale = grid_coordinates(shape, spacing=data.spacing, pad=pad, device=device, dtype=dtype)
+    full = tuple(n + 2 * pad for n in shape)
+    interior = np.zeros(full, bool)
+    interior[tuple(slice(pad, pad + n) for n in shape)] = True
+    interior_idx = torch.as_tensor(np.flatnonzero(interior.reshape(-1)), device=device)
+    coords_interior = coords_padded[interior_idx].clone()
+
+    obs = torch.as_tensor(data.observed, device=device, dtype=dtype)
+    var_u = float(np.var(data.observed)) or 1.0
+    # the network's u channel is standardised (u = mean + std * g): same O(1) target in every task
+    u_mean, u_std = float(np.mean(data.observed)), math.sqrt(var_u)
+    if data.task == "langevin":
+        res_scale = var_u / 1.0  # u and u_t are of the same size over a unit time
+    else:
+        source = torch.as_tensor(data.arrays["source"], device=device, dtype=dtype)
+        res_scale = float(np.mean(data.arrays["source"] ** 2))
+    radius = radius_cells * data.spacing
+
+    def fields():
+        """(u, derivative needed by the residual, lambda), each on the data grid."""
+        if mode == "autodiff":
+            xs = coords_interior.detach().requires_grad_(True)
+            out = net(xs)
+            u, lam = u_mean + u_std * out[:, 0], out[:, 1]
+            grad = _gradient(u, xs)
+            if data.task == "langevin":
+                deriv = grad[:, 0] / scale
+            else:  # one first-order pass, then one second-order pass per axis
+                deriv = sum(_gradient(grad[:, a], xs)[:, a] for a in range(ndim)) / scale**2
+            return u.reshape(shape), deriv.reshape(shape), lam.reshape(shape)
+        out = net(coords_padded)
+        g = (u_mean + u_std * out[:, 0]).reshape(full)
+        lam = out[:, 1][interior_idx].reshape(shape)
+        u = derivative(g, 0, radius, spacing=data.spacing, boundary="valid")
+        order = 1 if data.task == "langevin" else "lap"
+        deriv = derivative(g, order, radius, spacing=data.spacing, boundary="valid")
+        return u, deriv, lam
+
+    def loss_fn():
+        u, deriv, lam = fields()
+        if data.task == "langevin":
+            res = langevin_residual(u, deriv, lam)
+        else:
+            res = steady_heat_residual(deriv, lam, source)
+        data_loss = torch.mean((u - obs) ** 2) / var_u
+        phys_loss = torch.mean(res**2) / res_scale
+        return data_loss + physics_weight * phys_loss, {"data": data_loss, "physics": phys_loss}
+
+    history = train(loss_fn, net.parameters(), iterations=iterations, optimizer=optimizer, lr=lr,
+                    progress=progress, message=f"{data.task} {backbone} {mode}")
+    with torch.no_grad():
+        if mode == "autodiff":
+            lam = net(coords_interior)[:, 1].reshape(shape)
+        else:
+            lam = net(coords_padded)[:, 1][interior_idx].reshape(shape)
+    return FitResult(lam.double().cpu().numpy(), history.iterations, history.final_loss, history)
+
+
+# ---------------------------------------------------------------------------------------------
+# chromatin task: through the product's own inverse solver
+
+
+def chromatin_fields(data: TaskData):
+    """The chromatin task's data as :class:`chromflow.ChromatinFields` (spacing in nm)."""
+    from chromflow.fields import ChromatinFields
+
+    return ChromatinFields(phi_h=data.arrays["phi_h"], phi_e=data.arrays["phi_e"], mask=data.arrays["mask"].astype(bool),
+                           spacing=data.spacing, origin=(0.0, 0.0), source=None, settings={})
+
+
+def fit_chromatin(data: TaskData, backbone: str = "mlp", mode: str = "mollifier", iterations: int = 2000,
+                  device="cpu", seed: int = 0, **options) -> FitResult:
+    """Recover the rate map of the chromatin task with :func:`chromflow.inverse.infer_rates`.
+
+    ``mode="mollifier"`` calls ``method="pinn"``, ``mode="autodiff"`` calls ``method="autodiff"``,
+    with the same backbone, iterations, seed and remaining options.
+    """
+    from chromflow.inverse import infer_rates
+
+    method = {"mollifier": "pinn", "autodiff": "autodiff"}[mode]
+    result = infer_rates(chromatin_fields(data), method=method, device=device, seed=seed, backbone=backbone,
+                         iterations=iterations, **options)
+    history = getattr(result, "history", None)
+    its = getattr(history, "iterations", None) if history is not None else None
+    return FitResult(np.asarray(result.rate, np.float64), int(its if its is not None else iterations),
+                     float(getattr(history, "final_loss", float("nan"))) if history is not None else float("nan"),
+                     history)
+
+
+def fit(data: TaskData, backbone: str = "mlp", mode: str = "mollifier", iterations: int = 2000, device="cpu",
+        seed: int = 0, **options) -> FitResult:
+    """Fit any task: :func:`fit_pinn` for Langevin/heat, :func:`fit_chromatin` for chromatin."""
+    if data.task == "chromatin":
+        return fit_chromatin(data, backbone, mode, iterations, device, seed, **options)
+    return fit_pinn(data, backbone, mode, iterations, device, seed, **options)

@@ -1,0 +1,263 @@
+"""Reproduce the Mollifier-Layers paper's benchmark table: autodiff vs mollifier, three tasks, three backbones.
+
+For every task (Langevin 1st order, steady heat 2nd order, chromatin 4th order), noise level and
+backbone, the same network is trained on the same simulated data with the same loss, optimiser
+and iteration count, once with recursive autograd derivatives and once with mollifier
+derivatives. Each case runs in a fresh Python process so that its peak memory is its own:
+
+* CPU: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the fit minus the same reading
+  taken after imports, data loading and model set-up (the high-water mark of the resident set,
+  in MB).
+* CUDA: ``torch.cuda.max_memory_allocated()`` during the fit minus the memory allocated before it.
+
+Wall time is measured around the fit with ``torch.cuda.synchronize()`` before and after on
+CUDA. Prints Markdown tables and writes a CSV to ``benchmarks/results/``.
+
+Usage::
+
+    python benchmarks/paper_table.py --quick                  # a few minutes on 2 CPU cores
+    python benchmarks/paper_table.py --device cuda            # the full table
+    python benchmarks/paper_table.py --tasks chromatin --backbones mlp --noise 0 0.05 \\
+        --iterations 3000 --autodiff-iterations 200          # autodiff capped, time extrapolated
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import _tasks  # noqa: E402  (benchmark-only set-ups, next to this script)
+
+#: The paper's press figures for the 4th-order task (autodiff -> mollifier).
+PAPER = {"chromatin": {"autodiff": dict(time_s=3386.0, peak_mb=2750.0, corr=0.44),
+                       "mollifier": dict(time_s=335.0, peak_mb=230.0, corr=0.99)}}
+
+QUICK = dict(tasks=["langevin", "heat", "chromatin"], backbones=["mlp"], noise=[0.01],
+             grid={"langevin": 128, "heat": 32, "chromatin": 32}, iterations=300)
+FULL_ITERATIONS = 2000
+
+COLUMNS = ["task", "order", "backbone", "noise", "mode", "grid", "iterations", "corr", "rmse", "peak_mb",
+           "time_s", "ms_per_iter", "time_full_s", "note"]
+
+
+# ---------------------------------------------------------------------------------------------
+# one case, in its own process
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+
+
+def run_case(spec: dict) -> dict:
+    """Fit one (task, noise, backbone, mode) case and measure it. Runs inside the worker process."""
+    import numpy as np
+    import torch
+
+    import chromflow.models  # noqa: F401  (imports before the memory baseline)
+    import chromflow.mollifier  # noqa: F401
+    from chromflow.training import resolve_device
+
+    if spec["task"] == "chromatin":
+        import chromflow.inverse  # noqa: F401
+        import chromflow.fields  # noqa: F401
+    torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
+    device = resolve_device(spec["device"])
+    data = _tasks.TaskData.load(spec["data"])
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base_cuda = torch.cuda.memory_allocated(device)
+    base_rss = _rss_mb()
+    start = time.perf_counter()
+    result = _tasks.fit(data, spec["backbone"], spec["mode"], spec["iterations"], device=device, seed=spec["seed"],
+                        **spec.get("options", {}))
+    if cuda:
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    if cuda:
+        peak = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2**20
+    else:
+        peak = _rss_mb() - base_rss
+    corr, rmse = _tasks.score(result.rate, data.truth)
+    return dict(corr=corr, rmse=rmse, peak_mb=peak, time_s=elapsed, iterations=int(result.iterations),
+                final_loss=float(result.loss), device=str(device),
+                finite=bool(np.isfinite(result.rate).any()))
+
+
+def _worker(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    out = run_case(spec)
+    Path(spec["result"]).write_text(json.dumps(out))
+    return 0
+
+
+def _spawn(spec: dict, workdir: Path, timeout: float | None) -> dict:
+    """Run one case in a fresh interpreter; return its measurements or an ``error``."""
+    name = f"{spec['task']}_{spec['noise']}_{spec['backbone']}_{spec['mode']}"
+    spec = {**spec, "result": str(workdir / f"{name}.result.json")}
+    spec_path = workdir / f"{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timeout after {timeout:g} s")
+    if proc.returncode != 0 or not Path(spec["result"]).exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return dict(error=f"failed: {tail[0][:160]}")
+    return json.loads(Path(spec["result"]).read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def _fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of ``rows`` (dicts) with the given columns."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Autodiff / mollifier ratios per (task, backbone, noise): time per iteration and peak memory."""
+    out = []
+    keyed = {(r["task"], r["backbone"], r["noise"], r["mode"]): r for r in rows}
+    for (task, backbone, noise, mode), auto in keyed.items():
+        moll = keyed.get((task, backbone, noise, "mollifier"))
+        if mode != "autodiff" or moll is None:
+            continue
+
+        def ratio(a, b):
+            try:
+                return a / b if a is not None and b not in (None, 0) and a == a and b == b else float("nan")
+            except TypeError:
+                return float("nan")
+
+        out.append(dict(task=task, order=_tasks.ORDER[task], backbone=backbone, noise=noise,
+                        speedup_per_iter=ratio(auto.get("ms_per_iter"), moll.get("ms_per_iter")),
+                        memory_ratio=ratio(auto.get("peak_mb"), moll.get("peak_mb")),
+                        corr_autodiff=auto.get("corr"), corr_mollifier=moll.get("corr")))
+    return out
+
+
+def paper_rows() -> list[dict]:
+    """The paper's press figures in the same layout, for side-by-side reading."""
+    rows = []
+    for task, modes in PAPER.items():
+        for mode, v in modes.items():
+            rows.append(dict(source="paper (arXiv 2505.11682)", task=task, mode=mode, time_s=v["time_s"],
+                             peak_mb=v["peak_mb"], corr=v["corr"]))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small grids, few iterations, one noise level, MLP only")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--tasks", nargs="+", choices=_tasks.TASKS, default=None)
+    p.add_argument("--backbones", nargs="+", choices=list(_tasks.BACKBONE_OPTIONS), default=None)
+    p.add_argument("--noise", nargs="+", type=float, default=None, help="relative noise std levels (0.01 = 1%%)")
+    p.add_argument("--iterations", type=int, default=None, help="optimiser steps per case (both modes)")
+    p.add_argument("--autodiff-iterations", type=int, default=None,
+                   help="cap autodiff runs at this many steps; total time is then extrapolated to --iterations")
+    p.add_argument("--grid", type=int, default=None, help="grid points per axis (all tasks)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per case")
+    p.add_argument("--timeout", type=float, default=None, help="seconds allowed per case")
+    p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/paper_table_<time>.csv)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return _worker(args.worker)
+
+    import pandas as pd
+
+    from chromflow.io._atomic import atomic_path
+    from chromflow.training import resolve_device
+
+    device = str(resolve_device(args.device))
+    tasks = args.tasks or (QUICK["tasks"] if args.quick else list(_tasks.TASKS))
+    backbones = args.backbones or (QUICK["backbones"] if args.quick else list(_tasks.BACKBONE_OPTIONS))
+    noises = args.noise or (QUICK["noise"] if args.quick else [0.0, 0.01, 0.05])
+    iterations = args.iterations or (QUICK["iterations"] if args.quick else FULL_ITERATIONS)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="chromflow_paper_table_") as tmp:
+        workdir = Path(tmp)
+        for task in tasks:
+            grid = args.grid or (QUICK["grid"][task] if args.quick else _tasks.DEFAULTS[task]["grid"])
+            for noise in noises:
+                data = _tasks.make_data(task, grid=grid, noise=noise, seed=args.seed)
+                data_path = workdir / f"{task}_{noise}.npz"
+                data.save(data_path)
+                for backbone in backbones:
+                    for mode in _tasks.MODES:
+                        its = iterations
+                        note = ""
+                        if mode == "autodiff" and args.autodiff_iterations and args.autodiff_iterations < iterations:
+                            its, note = args.autodiff_iterations, f"ran {args.autodiff_iterations} its; time_full extrapolated"
+                        spec = dict(task=task, noise=noise, backbone=backbone, mode=mode, iterations=its,
+                                    device=device, seed=args.seed, data=str(data_path), threads=args.threads)
+                        print(f"[paper_table] {task} noise={noise:g} {backbone} {mode} ({its} its) ...",
+                              file=sys.stderr, flush=True)
+                        res = _spawn(spec, workdir, args.timeout)
+                        row = dict(task=task, order=_tasks.ORDER[task], backbone=backbone, noise=noise, mode=mode,
+                                   grid=grid, note=note)
+                        if "error" in res:
+                            row.update(iterations=its, note=res["error"])
+                        else:
+                            per_iter = res["time_s"] / max(res["iterations"], 1)
+                            row.update(iterations=res["iterations"], corr=res["corr"], rmse=res["rmse"],
+                                       peak_mb=res["peak_mb"], time_s=res["time_s"], ms_per_iter=1e3 * per_iter,
+                                       time_full_s=per_iter * iterations)
+                        rows.append(row)
+                        print(f"[paper_table]   -> {json.dumps({k: row.get(k) for k in ('corr', 'peak_mb', 'time_s', 'note')})}",
+                              file=sys.stderr, flush=True)
+
+    out = Path(args.out) if args.out else HERE / "results" / f"paper_table_{time.strftime('%Y%m%d_%H%M%S')}.csv"
+    with atomic_path(out) as tmp_path:
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path, index=False)
+
+    print(f"## Mollifier vs autodiff ({device}, {iterations} iterations{', quick' if args.quick else ''})\n")
+    print(markdown(rows, COLUMNS))
+    print("\n## Autodiff / mollifier ratios (same backbone, grid, data, loss, optimiser, iterations)\n")
+    print(markdown(ratios(rows), ["task", "order", "backbone", "noise", "speedup_per_iter", "memory_ratio",
+                                  "corr_autodiff", "corr_mollifier"]))
+    print("\n## Paper's press figures (4th-order task, GPU)\n")
+    print(markdown(paper_rows(), ["source", "task", "mode", "time_s", "peak_mb", "corr"]))
+    print(f"\nCSV: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The ``chromflow`` command: ``run`` one file, ``batch`` a folder, ``demo`` on sample data.
+
+Exit codes: 0 success; 1 ``batch`` finished but some files failed; 2 a chromflow error
+(bad input, no nucleus, bad settings...) or a command-line usage error; 130 cancelled with
+Ctrl-C (no partial outputs are left). A chromflow error is printed as one line,
+``chromflow: error: <path>: <reason>``, without a traceback; any other exception is a bug and
+propagates with its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import __version__
+from .errors import CancelledError, ChromflowError, InputError
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED_FILES", "EXIT_ERROR", "EXIT_CANCELLED"]
+
+EXIT_OK = 0
+EXIT_FAILED_FILES = 1
+EXIT_ERROR = 2
+EXIT_CANCELLED = 130
+
+# demo settings: the full demo is the default pipeline on a smaller grid; --fast trades accuracy
+# for a run of seconds on a laptop CPU
+DEMO_FULL = {"fields": {"grid": 96}, "inference": {"method": "pinn"}}
+DEMO_FAST = {"fields": {"grid": 48}, "inference": {"method": "direct"}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``chromflow`` command."""
+    parser = argparse.ArgumentParser(
+        prog="chromflow",
+        description="Epigenetic reaction-rate maps from super-resolution images of chromatin.",
+        epilog="Exit codes: 0 ok, 1 some batch files failed, 2 error, 130 cancelled (Ctrl-C).")
+    parser.add_argument("--version", action="version", version=f"chromflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,batch,demo}")
+    sub.required = True
+
+    run = sub.add_parser("run", help="process one file (localizations or TIFF)",
+                         description="Run the whole pipeline on one file and write its outputs into --out.")
+    run.add_argument("file", type=Path, help="localizations (.csv ThunderSTORM/plain, .hdf5 Picasso) or a .tif image")
+    run.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if needed)")
+    run.add_argument("--config", type=Path, help="JSON settings file (PipelineSettings.to_json layout)")
+    run.add_argument("--pixel-size", type=float, metavar="NM",
+                     help="render pixel size in nm (TIFF: used only when the file records none)")
+    run.add_argument("--method", choices=("pinn", "direct", "autodiff"), help="inference method")
+    run.add_argument("--iterations", type=int, metavar="N", help="training iterations")
+    run.add_argument("--grid", type=int, metavar="N", help="grid cells along the longer side of the nucleus")
+    _add_device(run)
+    run.add_argument("--seed", type=int, metavar="S", help="random seed")
+    run.add_argument("--euchromatin", type=Path, metavar="FILE", help="second file with a euchromatin mark")
+    run.add_argument("--euchromatin-channel", metavar="VALUE",
+                     help="value of the 'channel' column marking euchromatin (two-channel tables)")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
+
+    batch = sub.add_parser("batch", help="process every matching file of a folder",
+                           description="Process a folder of files (in parallel with Dask) into --out, with a summary.csv.")
+    batch.add_argument("in_dir", type=Path, metavar="DIR", help="input folder")
+    batch.add_argument("--out", "-o", type=Path, required=True, help="output folder")
+    batch.add_argument("--pattern", metavar="GLOB", help="file name pattern, e.g. '*.csv' (default: all supported)")
+    batch.add_argument("--recursive", "-r", action="store_true", help="also look in sub-folders")
+    batch.add_argument("--config", type=Path, help="JSON settings file")
+    batch.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a local cluster)")
+    batch.add_argument("--workers", type=int, metavar="N", help="number of local workers")
+    _add_device(batch)
+
+    demo = sub.add_parser("demo", help="run the pipeline on the bundled sample data",
+                          description="Run the pipeline on sample data with a known rate map and report the "
+                                      "correlation of the recovered rate with the truth.")
+    demo.add_argument("--out", "-o", type=Path, help="output folder (default: ./chromflow-demo)")
+    demo.add_argument("--fast", action="store_true", help="small grid and the direct method (seconds)")
+    _add_device(demo)
+    demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    return parser
+
+
+def _add_device(parser):
+    parser.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _ctrl_c_cancels():
+    """First Ctrl-C sets the yielded Event (the pipeline stops at its next check); a second one
+    interrupts at once. Either way no partial output is left (outputs are published last)."""
+    cancel = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel
+        return
+
+    def handler(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\nchromflow: stopping after the current step (Ctrl-C again to abort at once)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _ProgressBar:
+    """A tqdm bar driven by the ``progress(done, total, message)`` protocol."""
+
+    def __init__(self, enabled: bool, desc: str = ""):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=100, desc=desc, unit="%", file=sys.stderr, leave=False,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+
+    def __call__(self, done, total, message=""):
+        if self.bar is None:
+            return
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _settings_from_args(args):
+    from .pipeline import PipelineSettings
+
+    settings = PipelineSettings.from_json(args.config) if getattr(args, "config", None) else PipelineSettings()
+    overrides = {
+        ("render", "pixel_size"): getattr(args, "pixel_size", None),
+        ("inference", "method"): getattr(args, "method", None),
+        ("inference", "iterations"): getattr(args, "iterations", None),
+        ("fields", "grid"): getattr(args, "grid", None),
+        ("inference", "device"): getattr(args, "device", None),
+        ("inference", "seed"): getattr(args, "seed", None),
+        ("fields", "euchromatin"): None if getattr(args, "euchromatin", None) is None else str(args.euchromatin),
+        ("fields", "euchromatin_channel"): _channel_value(getattr(args, "euchromatin_channel", None)),
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(settings, section), key, value)
+    # command-line values are checked like a config file's, naming the option
+    try:
+        return settings.validate()
+    except InputError as exc:
+        raise InputError(f"invalid option: {exc.reason}") from None
+
+
+def _channel_value(text):
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _print_summary(row, out_dir, stream=None):
+    stream = stream or sys.stdout
+    from .pipeline import output_paths
+
+    print(f"chromflow: wrote outputs of {row['file']} to {out_dir}", file=stream)
+    for kind, path in output_paths(row["file"], out_dir).items():
+        print(f"  {kind:<12s} {path}", file=stream)
+
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+    print(f"  nucleus {fmt(row.get('nucleus_area_um2'), '.1f')} um^2, grid {row.get('grid')} "
+          f"({fmt(row.get('grid_spacing_nm'), '.1f')} nm), method {row.get('method')} on {row.get('device')}, "
+          f"{fmt(row.get('time_total_s'), '.1f')} s", file=stream)
+    print(f"  rate lambda: mean {fmt(row.get('mean_rate'), '.3f')}, median {fmt(row.get('median_rate'), '.3f')}; "
+          f"heterochromatin fraction {fmt(row.get('heterochromatin_fraction'), '.3f')}; "
+          f"{row.get('n_domains')} domains, mean {fmt(row.get('domain_area_um2'), '.4f')} um^2", file=stream)
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------
+def _cmd_run(args) -> int:
+    from .pipeline import run_file
+
+    settings = _settings_from_args(args)
+    bar = _ProgressBar(not args.quiet, desc=args.file.name)
+    try:
+        with _ctrl_c_cancels() as cancel:
+            row = run_file(args.file, args.out, settings=settings, progress=bar, cancel=cancel)
+    finally:
+        bar.close()
+    if not args.quiet:
+        _print_summary(row, args.out)
+    return EXIT_OK
+
+
+def _cmd_batch(args) -> int:
+    from .batch import run_batch
+
+    settings = _settings_from_args(args)
+    table = run_batch(args.in_dir, args.out, pattern=args.pattern, recursive=args.recursive, settings=settings,
+                      scheduler=args.scheduler, workers=args.workers, device=args.device, progress=True)
+    n = len(table)
+    failed = 0 if n == 0 or "status" not in table else int((table["status"] != "ok").sum())
+    skipped = 0 if n == 0 or "status" not in table else int((table["status"] == "skipped").sum())
+    failed -= skipped
+    print(f"chromflow: {n} file(s): {n - failed - skipped} processed, {skipped} skipped, {failed} failed; "
+          f"summary in {Path(args.out) / 'summary.csv'}")
+    return EXIT_FAILED_FILES if failed else EXIT_OK
+
+
+def sample_data_dir() -> Path | None:
+    """The ``sample_data/`` folder of a source checkout, or None when not there."""
+    folder = Path(__file__).resolve().parent.parent / "sample_data"
+    return folder if folder.is_dir() else None
+
+
+def _cmd_demo(args) -> int:
+    from . import demo as _demo
+
+    out = args.out if args.out is not None else Path.cwd() / "chromflow-demo"
+    bar = _ProgressBar(not args.quiet, desc="demo")
+    try:
+        with _ctrl_c_cancels() as cancel:
+            outcome = _demo.run_demo(out, fast=args.fast, device=args.device, progress=bar, cancel=cancel)
+    finally:
+        bar.close()
+    _print_summary(outcome["summary"], outcome["out_dir"])
+    print(f"chromflow: sample {outcome['input']} (truth: {outcome['truth']})")
+    print(f"chromflow: Pearson correlation of the recovered rate with the true rate: "
+          f"{outcome['correlation']:.3f} over {outcome['n_compared']} grid cells")
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``chromflow`` command; returns the exit code.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; defaults to ``sys.argv[1:]``.
+
+    Examples
+    --------
+    >>> main(["run", "cell.csv", "--out", "results", "--quiet"])   # doctest: +SKIP
+    0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
+        return int(exc.code or 0)
+    commands = {"run": _cmd_run, "batch": _cmd_batch, "demo": _cmd_demo}
+    try:
+        return commands[args.command](args)
+    except (CancelledError, KeyboardInterrupt):
+        print("chromflow: cancelled; no outputs were written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except ChromflowError as exc:
+        print(f"chromflow: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,918 @@
+"""The end-to-end pipeline: one input file -> density, nucleus, fields, rate map, report.
+
+This is the single pipeline behind ``chromflow run``, ``chromflow batch`` and the napari
+plugin. It is split into stage functions (:func:`load_input`, :func:`segment`,
+:func:`compute_fields`, :func:`infer`, :func:`summarize`) so that an interactive front end can
+call them one at a time and show intermediate results, and into a compute part
+(:func:`process`) that keeps everything in memory and a write part (:func:`write_outputs`)
+that publishes all files at the end. A failure or a cancel before the end therefore leaves
+no new file behind.
+
+Outputs per input file ``<stem>.<ext>`` (see :func:`output_paths`):
+
+=========================  ==============================================================
+``<stem>_density.tif``     density image (localizations per pixel, or the input TIFF), nm
+``<stem>_mask.tif``        nucleus mask (bool; ImageJ sees 0/255), same pixels as the density
+``<stem>_rate.tif``        rate map ``lambda`` on the field grid (float32, NaN outside)
+``<stem>_uncertainty.tif`` uncertainty of ``lambda`` on the field grid
+``<stem>_result.npz``      the full :class:`~chromflow.inverse.RateMapResult`
+``<stem>_report.png``      the summary figure (:func:`chromflow.report.make_report`)
+``<stem>_summary.json``    the summary row returned by :func:`run_file`
+=========================  ==============================================================
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from ._progress import CancelToken, ProgressCallback, check_cancel, report
+from .errors import ChromflowError, InputError
+from .image import Image
+from .io._atomic import atomic_path
+
+__all__ = [
+    "RenderSettings", "SegmentationSettings", "FieldSettings", "InferenceSettings",
+    "PipelineSettings", "LoadedInput", "PipelineRun",
+    "LOCALIZATION_SUFFIXES", "IMAGE_SUFFIXES", "OUTPUT_KINDS",
+    "load_input", "segment", "compute_fields", "infer", "summarize", "process", "process_file",
+    "output_paths", "write_outputs", "run_file", "resolve_device",
+]
+
+LOCALIZATION_SUFFIXES = (".csv", ".txt", ".tsv", ".hdf5", ".h5")
+IMAGE_SUFFIXES = (".tif", ".tiff")
+#: kind -> file name suffix of the outputs written per input
+OUTPUT_KINDS = {
+    "density": "_density.tif",
+    "mask": "_mask.tif",
+    "rate": "_rate.tif",
+    "uncertainty": "_uncertainty.tif",
+    "result": "_result.npz",
+    "report": "_report.png",
+    "summary": "_summary.json",
+}
+INFERENCE_METHODS = ("pinn", "direct", "autodiff")
+RENDER_METHODS = ("gaussian", "histogram")
+
+# share of the progress bar each stage gets (inference dominates the run time)
+_STAGE_WEIGHTS = {"read": 5, "segment": 3, "fields": 4, "infer": 80, "report": 4, "write": 4}
+_STAGE_START = {}
+_acc = 0
+for _name, _w in _STAGE_WEIGHTS.items():
+    _STAGE_START[_name] = _acc
+    _acc += _w
+_PROGRESS_TOTAL = _acc
+del _acc, _name, _w
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class RenderSettings:
+    """How localizations become a density image.
+
+    Attributes
+    ----------
+    pixel_size : float
+        Pixel size of the rendered density in nm. For TIFF inputs it is used only when the
+        file does not record a pixel size.
+    method : {"gaussian", "histogram"}
+        Each localization as a Gaussian blob, or counted in its pixel.
+    sigma : float or None
+        Gaussian width in nm; None lets :func:`chromflow.render` use each localization's
+        precision (or its own default).
+    """
+
+    pixel_size: float = 20.0
+    method: str = "gaussian"
+    sigma: float | None = None
+
+
+@dataclass
+class SegmentationSettings:
+    """Nucleus segmentation (:func:`chromflow.segment_nucleus`).
+
+    Attributes
+    ----------
+    threshold : float or None
+        Density threshold in the image's units; None = automatic (Otsu).
+    smoothing : float or None
+        Gaussian smoothing before thresholding, in nm; None = the segmenter's default.
+    """
+
+    threshold: float | None = None
+    smoothing: float | None = None
+
+
+@dataclass
+class FieldSettings:
+    """Density -> chromatin volume fractions (:func:`chromflow.chromatin_fields`).
+
+    Attributes
+    ----------
+    grid : int
+        Number of grid cells along the longer side of the nucleus box.
+    total_mean : float or None
+        Mean total chromatin fraction ``phi_h + phi_e`` in the nucleus; None = default.
+    split : {"density", "uniform"} or None
+        Rule splitting one-channel density into ``phi_h`` and ``phi_e`` (see
+        :func:`chromflow.chromatin_fields`); None = its default (``"density"``).
+    split_range : (float, float) or None
+        Heterochromatin share at the low and high density percentiles (``split="density"``).
+    margin : float or None
+        Padding around the nucleus box, as a fraction of its side.
+    smoothing : float or None
+        Gaussian smoothing of the fields in nm.
+    euchromatin : str or None
+        Path of a second file (localizations or TIFF) with a euchromatin mark.
+    heterochromatin_channel, euchromatin_channel : int, str or None
+        For tables with a ``channel`` column: the values marking the two channels. Setting
+        ``euchromatin_channel`` turns two-channel mode on; rows of ``heterochromatin_channel``
+        (default: every other channel) make the heterochromatin density.
+    """
+
+    grid: int = 128
+    total_mean: float | None = None
+    split: str | None = None
+    split_range: tuple | None = None
+    margin: float | None = None
+    smoothing: float | None = None
+    euchromatin: str | None = None
+    heterochromatin_channel: int | str | None = None
+    euchromatin_channel: int | str | None = None
+
+
+@dataclass
+class InferenceSettings:
+    """Rate-map inference (:func:`chromflow.infer_rates`).
+
+    Attributes
+    ----------
+    method : {"pinn", "direct", "autodiff"}
+        Mollified PINN, direct mollified inversion, or the autodiff PINN baseline.
+    iterations : int or None
+        Training iterations (PINN methods); None = default.
+    radius : float or None
+        Mollifier support radius in grid cells; None = default.
+    backbone : str or None
+        Backbone network name (e.g. ``"mlp"``, ``"piratenet"``); None = default.
+    ensemble : int or None
+        Number of independently seeded fits behind the uncertainty map; None = default.
+    optimizer : str or None
+        ``"adam"`` or ``"soap"``; None = default.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    seed : int
+        Seed of every random step.
+    """
+
+    method: str = "pinn"
+    iterations: int | None = None
+    radius: float | None = None
+    backbone: str | None = None
+    ensemble: int | None = None
+    optimizer: str | None = None
+    device: str = "auto"
+    seed: int = 0
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+# section -> key -> (check, expectation in words); None passes for the Optional fields
+_CHECKS = {
+    "render": {
+        "pixel_size": (lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a positive number of nm"),
+        "method": (lambda v: v in RENDER_METHODS, f"one of {', '.join(RENDER_METHODS)}"),
+        "sigma": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0), "null or a positive number of nm"),
+    },
+    "segmentation": {
+        "threshold": (lambda v: v is None or (_is_number(v) and math.isfinite(v)), "null or a number"),
+        "smoothing": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v >= 0), "null or a number of nm >= 0"),
+    },
+    "fields": {
+        "grid": (lambda v: _is_int(v) and v >= 8, "an integer >= 8"),
+        "total_mean": (lambda v: v is None or (_is_number(v) and 0 < v < 1), "null or a number in (0, 1)"),
+        "split": (lambda v: v is None or v in ("density", "uniform"), "null, density or uniform"),
+        "split_range": (lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2
+                                                and all(_is_number(x) and 0 <= x <= 1 for x in v)),
+                        "null or two numbers in [0, 1]"),
+        "margin": (lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "null or a number in [0, 1]"),
+        "smoothing": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v >= 0), "null or a number of nm >= 0"),
+        "euchromatin": (lambda v: v is None or isinstance(v, (str, os.PathLike)), "null or a file path"),
+        "heterochromatin_channel": (lambda v: v is None or _is_int(v) or isinstance(v, str), "null, an integer or a string"),
+        "euchromatin_channel": (lambda v: v is None or _is_int(v) or isinstance(v, str), "null, an integer or a string"),
+    },
+    "inference": {
+        "method": (lambda v: v in INFERENCE_METHODS, f"one of {', '.join(INFERENCE_METHODS)}"),
+        "iterations": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+        "radius": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0), "null or a positive number of grid cells"),
+        "backbone": (lambda v: v is None or isinstance(v, str), "null or a backbone name"),
+        "ensemble": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+        "optimizer": (lambda v: v is None or isinstance(v, str), "null or an optimizer name"),
+        "device": (lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())),
+                   "auto, cpu, cuda or cuda:N"),
+        "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    },
+}
+# settings that do not change the numbers a run produces (left out of the fingerprint)
+_NOT_IN_FINGERPRINT = {("inference", "device")}
+
+
+@dataclass
+class PipelineSettings:
+    """Every setting of the pipeline, in four sections, with a JSON round trip.
+
+    Parameters
+    ----------
+    render, segmentation, fields, inference
+        The sections; see :class:`RenderSettings`, :class:`SegmentationSettings`,
+        :class:`FieldSettings`, :class:`InferenceSettings`.
+
+    Examples
+    --------
+    >>> s = PipelineSettings()
+    >>> s.fields.grid = 64
+    >>> PipelineSettings.from_dict(s.to_dict()) == s
+    True
+    >>> s.fingerprint() == PipelineSettings.from_dict(s.to_dict()).fingerprint()
+    True
+
+    A config file may give only the keys it changes::
+
+        {"render": {"pixel_size": 15}, "inference": {"method": "direct"}}
+    """
+
+    render: RenderSettings = field(default_factory=RenderSettings)
+    segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
+    fields: FieldSettings = field(default_factory=FieldSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+
+    _SECTIONS = {"render": RenderSettings, "segmentation": SegmentationSettings,
+                 "fields": FieldSettings, "inference": InferenceSettings}
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self, source=None) -> "PipelineSettings":
+        """Raise :class:`~chromflow.errors.InputError` on the first invalid value."""
+        if isinstance(self.fields.split_range, list):  # JSON gives lists; keep one form for ==
+            self.fields.split_range = tuple(self.fields.split_range)
+        for section, checks in _CHECKS.items():
+            values = getattr(self, section)
+            for key, (ok, expected) in checks.items():
+                value = getattr(values, key)
+                if not ok(value):
+                    raise InputError(f"setting {section}.{key} must be {expected}, got {value!r}", path=source)
+        return self
+
+    def to_dict(self) -> dict:
+        """Nested plain dict (JSON-ready)."""
+        out = dataclasses.asdict(self)
+        eu = out["fields"]["euchromatin"]
+        if eu is not None:
+            out["fields"]["euchromatin"] = os.fspath(eu)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, source=None) -> "PipelineSettings":
+        """Build settings from a (possibly partial) nested dict; unknown keys are errors.
+
+        Parameters
+        ----------
+        data : dict
+            ``{"render": {...}, "segmentation": {...}, "fields": {...}, "inference": {...}}``;
+            missing sections and keys keep their defaults.
+        source : str, optional
+            The config file the dict came from, named in error messages.
+        """
+        if not isinstance(data, dict):
+            raise InputError(f"settings must be a JSON object with sections {', '.join(cls._SECTIONS)}, "
+                             f"got {type(data).__name__}", path=source)
+        sections = {}
+        for name, values in data.items():
+            if name not in cls._SECTIONS:
+                raise InputError(f"unknown settings section {name!r} (known: {', '.join(cls._SECTIONS)})", path=source)
+            if values is None:
+                values = {}
+            if not isinstance(values, dict):
+                raise InputError(f"settings section {name!r} must be an object, got {type(values).__name__}", path=source)
+            known = {f.name for f in dataclasses.fields(cls._SECTIONS[name])}
+            for key in values:
+                if key not in known:
+                    raise InputError(f"unknown setting {name}.{key} (known: {', '.join(sorted(known))})", path=source)
+            sections[name] = cls._SECTIONS[name](**values)
+        settings = cls.__new__(cls)
+        for name, klass in cls._SECTIONS.items():
+            setattr(settings, name, sections.get(name, klass()))
+        return settings.validate(source)
+
+    def to_json(self, path) -> None:
+        """Write the settings as indented JSON (atomically)."""
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_json(cls, path) -> "PipelineSettings":
+        """Read settings from a JSON config file (errors name the file and the key)."""
+        path = os.fspath(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError("config file not found", path=path) from None
+        except OSError as exc:
+            raise InputError(f"cannot read config file ({exc.strerror})", path=path) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path=path) from None
+        return cls.from_dict(data, source=path)
+
+    def copy(self) -> "PipelineSettings":
+        return PipelineSettings.from_dict(self.to_dict())
+
+    def fingerprint(self) -> str:
+        """Stable hash (16 hex digits) of the settings that change results, plus the version.
+
+        The device is left out (CPU and GPU answer the same question); the chromflow version
+        is included, so an upgrade recomputes cached results. Combine with a content hash of
+        the input to decide whether a finished output can be reused.
+        """
+        data = self.to_dict()
+        for section, key in _NOT_IN_FINGERPRINT:
+            data[section].pop(key, None)
+        data["chromflow"] = __version__
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# stages
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class LoadedInput:
+    """What :func:`load_input` read: the density to segment and, optionally, a euchromatin mark.
+
+    Attributes
+    ----------
+    density : Image
+        Density image (heterochromatin channel in two-channel mode), pixel size in nm.
+    euchromatin : Image or None
+        Euchromatin density on the same pixels, when a second channel was given.
+    n_localizations : int or None
+        Number of localizations read (None for image inputs).
+    source : str
+        Path of the input file.
+    kind : {"localizations", "image"}
+    """
+
+    density: Image
+    euchromatin: Image | None
+    n_localizations: int | None
+    source: str
+    kind: str
+
+
+@dataclass
+class PipelineRun:
+    """Everything :func:`process` computed, kept in memory until :func:`write_outputs`."""
+
+    loaded: LoadedInput
+    mask: np.ndarray
+    fields: Any
+    result: Any
+    settings: PipelineSettings
+    summary: dict
+    figure: Any = None
+    timings: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other names unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _input_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in LOCALIZATION_SUFFIXES:
+        return "localizations"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    raise InputError(f"unsupported file type {path.suffix!r}; expected localizations "
+                     f"({', '.join(LOCALIZATION_SUFFIXES)}) or an image ({', '.join(IMAGE_SUFFIXES)})", path=path)
+
+
+def _check_file(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path=path)
+    if not path.is_file():
+        raise InputError("not a file", path=path)
+    return path
+
+
+def _read_table(path: Path):
+    from .io import read_localizations
+
+    locs = read_localizations(path)
+    if len(locs) == 0:
+        raise InputError("no localizations in the file", path=path)
+    return locs
+
+
+def _fov_of(image: Image):
+    """Field of view (y_min, x_min, y_max, x_max) in nm covering exactly the pixels of ``image``."""
+    oy, ox = image.origin[-2:]
+    ny, nx = image.shape[-2:]
+    p = image.pixel_size
+    return (oy - p / 2, ox - p / 2, oy + (ny - 0.5) * p, ox + (nx - 0.5) * p)
+
+
+def _render(locs, settings: PipelineSettings, fov=None, name="", source=None) -> Image:
+    from .render import render
+
+    rs = settings.render
+    image = render(locs, pixel_size=rs.pixel_size, method=rs.method, sigma=rs.sigma, fov=fov)
+    image.name = name or image.name
+    image.source = source if source is not None else image.source
+    return image
+
+
+def _select_channel(locs, value, path):
+    rows = locs[locs["channel"].astype(str) == str(value)]
+    if len(rows) == 0:
+        found = ", ".join(sorted(locs["channel"].astype(str).unique()))
+        raise InputError(f"no localizations in channel {value!r} (channels in the file: {found})", path=path)
+    return rows
+
+
+def _read_tiff(path: Path, settings: PipelineSettings) -> Image:
+    """A TIFF with its own pixel size; settings.render.pixel_size only when the file has none."""
+    from .io import DEFAULT_PIXEL_SIZE_NM, read_image
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = read_image(path)
+    missing = any(issubclass(w.category, UserWarning) for w in caught) and image.pixel_size == DEFAULT_PIXEL_SIZE_NM
+    for w in caught:
+        if not (missing and issubclass(w.category, UserWarning)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        warnings.warn(f"{path}: no pixel size in the file; using render.pixel_size = "
+                      f"{settings.render.pixel_size:g} nm", UserWarning, stacklevel=3)
+        image = Image(image.data, pixel_size=settings.render.pixel_size, origin=image.origin, name=image.name,
+                      source=image.source, metadata=image.metadata)
+    return image
+
+
+def _load_euchromatin_file(path, density: Image, settings: PipelineSettings) -> Image:
+    path = _check_file(path)
+    if _input_kind(path) == "localizations":
+        locs = _read_table(path)
+        return _render(locs, settings, fov=_fov_of(density), name=f"{path.stem} euchromatin", source=str(path))
+    image = _read_tiff(path, settings)
+    if image.shape != density.shape or not np.isclose(image.pixel_size, density.pixel_size):
+        raise InputError(f"euchromatin image ({image.shape}, {image.pixel_size:g} nm pixels) does not match the "
+                         f"density image ({density.shape}, {density.pixel_size:g} nm pixels)", path=path)
+    return image
+
+
+def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
+    """Read one input file into a density image (and a euchromatin image in two-channel mode).
+
+    Localization tables are rendered at ``settings.render.pixel_size``; TIFF images are read
+    as they are. In two-channel mode (``settings.fields.euchromatin_channel`` for a table with
+    a ``channel`` column, or ``settings.fields.euchromatin`` naming a second file) both
+    channels are rendered on the same pixels.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Localizations (ThunderSTORM CSV, Picasso HDF5, plain CSV) or a TIFF image.
+    settings : PipelineSettings, optional
+
+    Returns
+    -------
+    LoadedInput
+
+    Examples
+    --------
+    >>> loaded = load_input("cell.csv")          # doctest: +SKIP
+    >>> loaded.density.pixel_size                # doctest: +SKIP
+    20.0
+    """
+    settings = settings or PipelineSettings()
+    path = _check_file(path)
+    kind = _input_kind(path)
+    fs = settings.fields
+    euchromatin = None
+    n_locs = None
+    if kind == "localizations":
+        locs = _read_table(path)
+        n_locs = int(len(locs))
+        if fs.euchromatin_channel is not None:
+            if "channel" not in locs.columns:
+                raise InputError(f"euchromatin_channel={fs.euchromatin_channel!r} was set but the table has no "
+                                 "'channel' column", path=path)
+            eu_locs = _select_channel(locs, fs.euchromatin_channel, path)
+            if fs.heterochromatin_channel is not None:
+                het_locs = _select_channel(locs, fs.heterochromatin_channel, path)
+            else:
+                het_locs = locs[locs["channel"].astype(str) != str(fs.euchromatin_channel)]
+                if len(het_locs) == 0:
+                    raise InputError("every localization is in the euchromatin channel; no heterochromatin channel",
+                                     path=path)
+            # render all channels together once to fix a common field of view, then each on it
+            fov = _fov_of(_render(locs, settings))
+            density = _render(het_locs, settings, fov=fov, name=path.stem, source=str(path))
+            euchromatin = _render(eu_locs, settings, fov=fov, name=f"{path.stem} euchromatin", source=str(path))
+        else:
+            density = _render(locs, settings, name=path.stem, source=str(path))
+    else:
+        density = _read_tiff(path, settings)
+        density.name = density.name or path.stem
+        density.source = str(path)
+        if density.ndim != 2:
+            raise InputError(f"expected a 2D (y, x) image, got shape {density.shape}", path=path)
+    if fs.euchromatin is not None:
+        if euchromatin is not None:
+            raise InputError("both a euchromatin channel and a euchromatin file were given; use one", path=path)
+        euchromatin = _load_euchromatin_file(fs.euchromatin, density, settings)
+    data = np.asarray(density.data, dtype=float)
+    if data.size == 0 or not np.isfinite(data).all():
+        raise InputError("density image is empty or has non-finite values", path=path)
+    return LoadedInput(density=density, euchromatin=euchromatin, n_localizations=n_locs, source=str(path), kind=kind)
+
+
+def segment(density: Image, settings: PipelineSettings | None = None) -> np.ndarray:
+    """Nucleus mask of ``density`` with the segmentation settings (bool, same shape)."""
+    from .nucleus import segment_nucleus
+
+    ss = (settings or PipelineSettings()).segmentation
+    options = {k: v for k, v in (("threshold", ss.threshold), ("smoothing", ss.smoothing)) if v is not None}
+    return np.asarray(segment_nucleus(density, **options), dtype=bool)
+
+
+def compute_fields(density: Image, mask, settings: PipelineSettings | None = None, euchromatin: Image | None = None):
+    """Chromatin volume fractions on the inference grid (:class:`chromflow.ChromatinFields`)."""
+    from .fields import chromatin_fields
+
+    fs = (settings or PipelineSettings()).fields
+    options = {"grid": fs.grid}
+    if euchromatin is not None:
+        options["euchromatin"] = euchromatin
+    if fs.total_mean is not None:
+        options["total_mean"] = fs.total_mean
+    for key in ("split", "split_range", "margin", "smoothing"):
+        value = getattr(fs, key)
+        if value is not None:
+            options[key] = tuple(value) if key == "split_range" else value
+    return chromatin_fields(density, mask, **options)
+
+
+def infer(fields, settings: PipelineSettings | None = None, progress: ProgressCallback = None,
+          cancel: CancelToken = None):
+    """Rate map from the fields with the inference settings (:class:`chromflow.RateMapResult`)."""
+    from .inverse import infer_rates
+
+    from .models import BACKBONES
+    from .training import OPTIMIZERS
+
+    s = (settings or PipelineSettings()).inference
+    # names checked here so that a typo in a config file is a user error, not a crash
+    if s.backbone is not None and s.backbone.lower() not in BACKBONES:
+        raise InputError(f"setting inference.backbone must be one of {', '.join(sorted(BACKBONES))}, got {s.backbone!r}",
+                         path=getattr(fields, "source", None))
+    if s.optimizer is not None and s.optimizer.lower() not in OPTIMIZERS:
+        raise InputError(f"setting inference.optimizer must be one of {', '.join(OPTIMIZERS)}, got {s.optimizer!r}",
+                         path=getattr(fields, "source", None))
+    options = {k: v for k, v in (("iterations", s.iterations), ("radius", s.radius), ("backbone", s.backbone),
+                                 ("ensemble", s.ensemble), ("optimizer", s.optimizer)) if v is not None}
+    return infer_rates(fields, method=s.method, device=s.device, seed=s.seed, progress=progress,
+                       cancel=cancel, **options)
+
+
+def _domain_stats(phi_h, phi_e, mask, spacing_nm):
+    """Connected heterochromatin domains (phi_h > phi_e, 4-connected) inside the nucleus."""
+    from scipy import ndimage
+
+    domains = (np.asarray(phi_h) > np.asarray(phi_e)) & np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(domains)
+    if n == 0:
+        return 0, float("nan"), float("nan")
+    areas_um2 = np.bincount(labels.ravel())[1:] * (spacing_nm / 1000.0) ** 2
+    mean_area = float(areas_um2.mean())
+    return int(n), mean_area, float(2000.0 * math.sqrt(mean_area / math.pi))
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def summarize(loaded: LoadedInput, mask, fields, result, settings: PipelineSettings, timings=None) -> dict:
+    """The summary row of one run (flat dict of numbers and strings, JSON- and CSV-ready).
+
+    Keys: ``file``, ``stem``, ``status`` (``"ok"``), ``kind``, ``two_channel``,
+    ``n_localizations``, ``pixel_size_nm``, ``image_shape``, ``nucleus_area_um2`` (mask pixels
+    of the density image times the pixel area), ``grid`` (``"ny x nx"`` as ``"64x64"``),
+    ``grid_spacing_nm``; the rate statistics of :meth:`RateMapResult.summary` (``mean_rate``,
+    ``median_rate``, ``std_rate``, ``p05_rate``, ``p95_rate``, ``mean_uncertainty``,
+    ``rms_residual``, ``heterochromatin_fraction`` = ``sum phi_h / sum (phi_h + phi_e)`` in the
+    nucleus, ``n_pixels`` (grid cells in the nucleus), ``method``, ``device``, ``time_s``);
+    the heterochromatin domains: ``n_domains``, ``domain_area_um2`` and ``domain_diameter_nm``
+    (mean area of the 4-connected regions of the grid where ``phi_h > phi_e``, and the diameter
+    of a disc of that area); ``seed``, ``settings_fingerprint``, ``chromflow_version``,
+    ``finished`` (ISO time), ``time_<stage>_s`` per stage and ``time_total_s``.
+    """
+    grid_mask = np.asarray(result.mask, dtype=bool)
+    spacing = float(np.atleast_1d(result.spacing)[0])
+    n_domains, domain_area, domain_diameter = _domain_stats(result.phi_h, result.phi_e, grid_mask, spacing)
+    pixel_size = loaded.density.pixel_size
+    row = {
+        "file": loaded.source,
+        "stem": Path(loaded.source).stem,
+        "status": "ok",
+        "kind": loaded.kind,
+        "two_channel": loaded.euchromatin is not None,
+        "n_localizations": loaded.n_localizations,
+        "pixel_size_nm": pixel_size,
+        "image_shape": "x".join(str(n) for n in loaded.density.shape),
+        "nucleus_area_um2": float(np.count_nonzero(mask)) * (pixel_size / 1000.0) ** 2,
+        "grid": "x".join(str(n) for n in np.shape(result.rate)),
+        "grid_spacing_nm": spacing,
+    }
+    stats = dict(result.summary())
+    # the grid's area is coarser than the image's: keep both, the image's under the plain name
+    stats["nucleus_area_grid_um2"] = stats.pop("nucleus_area_um2", float("nan"))
+    row.update(stats)
+    row.update({
+        "n_domains": n_domains,
+        "domain_area_um2": domain_area,
+        "domain_diameter_nm": domain_diameter,
+        "seed": settings.inference.seed,
+        "settings_fingerprint": settings.fingerprint(),
+        "chromflow_version": __version__,
+        "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    })
+    for stage, seconds in (timings or {}).items():
+        row[f"time_{stage}_s"] = round(float(seconds), 4)
+    if timings:
+        row["time_total_s"] = round(float(sum(timings.values())), 4)
+    return {k: _jsonable(v) for k, v in row.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# compute, then write
+# ----------------------------------------------------------------------------------------------
+class _Stages:
+    """Times the stages, checks for cancel between them and maps progress onto one bar."""
+
+    def __init__(self, progress, cancel):
+        self.progress, self.cancel, self.timings = progress, cancel, {}
+
+    @contextlib.contextmanager
+    def stage(self, name):
+        check_cancel(self.cancel, name)
+        report(self.progress, _STAGE_START[name], _PROGRESS_TOTAL, name)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+        report(self.progress, _STAGE_START[name] + _STAGE_WEIGHTS[name], _PROGRESS_TOTAL, f"{name} done")
+
+    def inner(self, name):
+        """A progress callback for the inside of a stage (e.g. training iterations)."""
+        if self.progress is None:
+            return None
+        start, weight = _STAGE_START[name], _STAGE_WEIGHTS[name]
+
+        def forward(done, total, message=""):
+            frac = min(max(done / total, 0.0), 1.0) if total else 0.0
+            self.progress(start + int(weight * frac), _PROGRESS_TOTAL, f"{name} {done}/{total} {message}".rstrip())
+        return forward
+
+
+def process(loaded: LoadedInput, settings: PipelineSettings | None = None, progress: ProgressCallback = None,
+            cancel: CancelToken = None, figure: bool = True, _stages=None) -> PipelineRun:
+    """Segment, compute fields, infer and summarize an already loaded input, in memory.
+
+    Parameters
+    ----------
+    loaded : LoadedInput
+        From :func:`load_input` (or built by hand from an image in memory).
+    settings : PipelineSettings, optional
+    progress, cancel
+        The progress/cancel protocol of :mod:`chromflow._progress`; progress runs 0..100.
+    figure : bool
+        Draw the report figure as well.
+
+    Returns
+    -------
+    PipelineRun
+    """
+    settings = (settings or PipelineSettings()).validate()
+    stages = _stages or _Stages(progress, cancel)
+    with stages.stage("segment"):
+        mask = segment(loaded.density, settings)
+    with stages.stage("fields"):
+        fields = compute_fields(loaded.density, mask, settings, loaded.euchromatin)
+    with stages.stage("infer"):
+        result = infer(fields, settings, progress=stages.inner("infer"), cancel=cancel)
+    fig = None
+    if figure:
+        with stages.stage("report"):
+            from .report import make_report
+
+            fig = make_report(loaded.density, mask, result, title=Path(loaded.source).name)
+    check_cancel(cancel, "pipeline")
+    summary = summarize(loaded, mask, fields, result, settings, stages.timings)
+    return PipelineRun(loaded=loaded, mask=mask, fields=fields, result=result, settings=settings,
+                       summary=summary, figure=fig, timings=stages.timings)
+
+
+def process_file(path, settings: PipelineSettings | None = None, progress: ProgressCallback = None,
+                 cancel: CancelToken = None, figure: bool = True) -> PipelineRun:
+    """:func:`load_input` then :func:`process`; nothing is written."""
+    settings = settings or PipelineSettings()
+    stages = _Stages(progress, cancel)
+    with stages.stage("read"):
+        loaded = load_input(path, settings)
+    return process(loaded, settings, progress, cancel, figure=figure, _stages=stages)
+
+
+def output_paths(path, out_dir) -> dict:
+    """``{kind: Path}`` of the files :func:`run_file` writes for input ``path`` into ``out_dir``.
+
+    Examples
+    --------
+    >>> output_paths("data/cell1.csv", "out")["rate"].as_posix()
+    'out/cell1_rate.tif'
+    """
+    stem = Path(path).stem
+    return {kind: Path(out_dir) / f"{stem}{suffix}" for kind, suffix in OUTPUT_KINDS.items()}
+
+
+def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: CancelToken = None) -> dict:
+    """Write every output of ``run`` into ``out_dir``, all or nothing.
+
+    The files are first written into a hidden temporary folder inside ``out_dir``; only when
+    all of them exist are they moved (``os.replace``, atomic per file) to their final names.
+    On any error the temporary folder is removed (and ``out_dir`` too, if this call created
+    it and it is empty).
+
+    Returns
+    -------
+    dict
+        ``{kind: Path}`` as :func:`output_paths`.
+    """
+    from .io import write_image
+
+    started = time.perf_counter()
+    final = output_paths(run.loaded.source, out_dir)
+    if not overwrite:
+        existing = [str(p) for p in final.values() if p.exists()]
+        if existing:
+            raise InputError(f"outputs exist already ({', '.join(existing)}); pass overwrite=True", path=out_dir)
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{Path(run.loaded.source).stem}.", suffix=".chromflow-tmp", dir=out_dir))
+    moved = []
+    try:
+        tmp = {kind: tmp_dir / p.name for kind, p in final.items()}
+        result = run.result
+        density = run.loaded.density
+        # float32: the ImageJ flavour of TIFF, which Fiji opens with its calibration
+        write_image(Image(np.asarray(density.data, dtype=np.float32), pixel_size=density.pixel_size,
+                          origin=density.origin, name=density.name), tmp["density"])
+        write_image(Image(np.asarray(run.mask, dtype=bool), pixel_size=density.pixel_size, origin=density.origin,
+                          name=f"{density.name} mask", metadata={"units": "True inside the nucleus"}), tmp["mask"])
+        spacing = float(np.atleast_1d(result.spacing)[0])
+        origin = tuple(float(o) for o in result.origin)
+        write_image(Image(np.asarray(result.rate, dtype=np.float32), pixel_size=spacing, origin=origin,
+                          name="rate", metadata={"units": "Gamma_me / Gamma_ac"}), tmp["rate"])
+        write_image(Image(np.asarray(result.uncertainty, dtype=np.float32), pixel_size=spacing, origin=origin,
+                          name="uncertainty", metadata={"units": "Gamma_me / Gamma_ac"}), tmp["uncertainty"])
+        result.save(tmp["result"])
+        figure = run.figure
+        if figure is None:
+            from .report import make_report
+
+            figure = make_report(density, run.mask, result, title=Path(run.loaded.source).name)
+        figure.savefig(tmp["report"], format="png")
+        # the summary is written last so that it can carry the time spent writing
+        timings = dict(run.timings, write=time.perf_counter() - started)
+        run.summary.update(time_write_s=round(timings["write"], 4),
+                           time_total_s=round(float(sum(timings.values())), 4), out_dir=str(out_dir))
+        summary = dict(run.summary)
+        tmp["summary"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        check_cancel(cancel, "writing outputs")
+        for kind, path in tmp.items():
+            if not path.exists():
+                raise ChromflowError(f"internal: output {path.name} was not written", path=out_dir)
+        for kind, path in tmp.items():
+            os.replace(path, final[kind])
+            moved.append(final[kind])
+    except BaseException:
+        # a failure while moving (rare: the folder vanished) -> take back what was moved
+        for p in moved:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    return final
+
+
+def run_file(path, out_dir, settings: PipelineSettings | None = None, progress: ProgressCallback = None,
+             cancel: CancelToken = None, overwrite: bool = True) -> dict:
+    """Run the whole pipeline on one file and write its outputs; return the summary row.
+
+    Reads the input (localizations are rendered, TIFFs read), segments the nucleus, builds
+    the chromatin fields, infers the rate map, draws the report and then writes all outputs
+    at once (see the module docstring for the list). Any error or a cancel before the end
+    leaves no new file in ``out_dir``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Input file (see :func:`load_input`).
+    out_dir : str or os.PathLike
+        Output folder (created if needed).
+    settings : PipelineSettings, optional
+        Defaults to ``PipelineSettings()``.
+    progress : callable, optional
+        ``progress(done, total, message)`` with ``total == 100``.
+    cancel : callable or threading.Event, optional
+        When it reports true, the run stops with :class:`~chromflow.errors.CancelledError`.
+    overwrite : bool
+        If False, raise :class:`~chromflow.errors.InputError` when an output exists.
+
+    Returns
+    -------
+    dict
+        The summary row (:func:`summarize`) plus ``out_dir``.
+
+    Raises
+    ------
+    InputError, SegmentationError, GridError, CancelledError
+        Bad input, no usable nucleus, a grid too small for the kernel, or a cancel.
+
+    Examples
+    --------
+    >>> row = run_file("cell.csv", "out/")          # doctest: +SKIP
+    >>> row["status"], row["mean_rate"]             # doctest: +SKIP
+    ('ok', 1.21)
+    """
+    settings = (settings or PipelineSettings()).validate()
+    if not overwrite:
+        existing = [str(p) for p in output_paths(path, out_dir).values() if p.exists()]
+        if existing:
+            raise InputError(f"outputs exist already ({', '.join(existing)}); pass overwrite=True", path=out_dir)
+    stages = _Stages(progress, cancel)
+    with stages.stage("read"):
+        loaded = load_input(path, settings)
+    run = process(loaded, settings, progress, cancel, figure=True, _stages=stages)
+    with stages.stage("write"):
+        write_outputs(run, out_dir, overwrite=overwrite, cancel=cancel)
+    return run.summary

@@ -1,0 +1,326 @@
+"""Localizations -> density image.
+
+:func:`render` turns a localization table (x, y in nm) into a :class:`chromflow.Image` whose
+values are *localizations per pixel*: the image sums to the number of localizations inside the
+field of view, for both methods.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.special import ndtr
+
+from .errors import InputError
+from .image import Image
+
+__all__ = ["render", "DEFAULT_SIGMA_NM", "MAX_PIXELS"]
+
+#: Blur (nm) of the Gaussian method when neither ``sigma`` nor an ``uncertainty`` column is given.
+DEFAULT_SIGMA_NM = 20.0
+#: Largest image :func:`render` makes (pixels); beyond this the pixel size is too small.
+MAX_PIXELS = 200_000_000
+#: Kernels are truncated at this many standard deviations (then renormalised to unit mass).
+TRUNCATE_SIGMAS = 4.0
+#: Localizations are grouped by blur; within one group sigmas differ by at most this ratio.
+SIGMA_BIN_RATIO = 1.25
+#: Sub-pixel positions are quantised to steps no coarser than sigma / this (at most 8 steps).
+SUBPIXEL_STEPS_PER_SIGMA = 3.0
+_MAX_SUBPIXEL = 8
+
+
+def _source(locs) -> str | None:
+    attrs = getattr(locs, "attrs", None) or {}
+    src = attrs.get("source")
+    return None if src is None else str(src)
+
+
+def _pixel_weights(offset: np.ndarray, s: float, half: int) -> np.ndarray:
+    """Fraction of a unit 1D Gaussian landing in pixels ``-half..half``.
+
+    ``offset`` (pixel units, shape (m,)) is the position of the source relative to the centre of
+    its own pixel; ``s`` the standard deviation in pixels (scalar or shape (m,)). Each row is the erf difference over
+    the pixel edges, renormalised to sum to 1 (so truncation loses no mass).
+    """
+    edges = np.arange(-half, half + 2, dtype=np.float64) - 0.5          # (2*half + 2,)
+    cdf = ndtr((edges[None, :] - offset[:, None]) / np.asarray(s, dtype=np.float64).reshape(-1, 1))
+    w = np.diff(cdf, axis=1)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _fold_edges(padded: np.ndarray, pad: int, n: int, axis: int) -> np.ndarray:
+    """Remove ``pad`` cells on both ends of ``axis``, adding their content back by reflection.
+
+    Mirror (half-sample) reflection about the image edge keeps every count inside the field of
+    view, which is what makes the Gaussian render conserve mass at the borders.
+    """
+    padded = np.moveaxis(padded, axis, 0)
+    out = padded[pad:pad + n].copy()
+    period = 2 * n
+    for k in range(padded.shape[0]):
+        if pad <= k < pad + n:
+            continue
+        j = (k - pad) % period          # position in the infinitely reflected line
+        if j >= n:
+            j = period - 1 - j
+        out[j] += padded[k]
+    return np.moveaxis(out, 0, axis)
+
+
+def _check_locs(locs, source):
+    if not hasattr(locs, "columns"):
+        raise InputError(f"render expects a pandas DataFrame of localizations, got {type(locs).__name__}", source)
+    missing = [c for c in ("x", "y") if c not in locs.columns]
+    if missing:
+        raise InputError(f"localization table has no {' / '.join(missing)} column "
+                         f"(columns: {list(locs.columns)})", source)
+
+
+def _snap_fov(y, x, pixel_size):
+    # outward to whole pixels; +1 pixel at the top so that a point exactly on the max is inside
+    y_min = math.floor(y.min() / pixel_size) * pixel_size
+    x_min = math.floor(x.min() / pixel_size) * pixel_size
+    y_max = (math.floor(y.max() / pixel_size) + 1) * pixel_size
+    x_max = (math.floor(x.max() / pixel_size) + 1) * pixel_size
+    return y_min, x_min, y_max, x_max
+
+
+def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: float | None = None,
+           fov=None, channel=None) -> Image:
+    """Render localizations as a density image (localizations per pixel).
+
+    Parameters
+    ----------
+    locs : pandas.DataFrame
+        Localizations with columns ``x``, ``y`` (nm); optional ``uncertainty`` (localization
+        precision, nm) and ``channel``. A ``z`` column is ignored: 3D data are rendered as their
+        2D (y, x) projection. ``locs.attrs["source"]`` is used in error messages.
+    pixel_size : float
+        Pixel edge length in nm.
+    method : {"gaussian", "histogram"}
+        ``"histogram"``: counts per pixel. ``"gaussian"``: each localization is spread as a 2D
+        Gaussian integrated over the pixels (see Notes).
+    sigma : float, optional
+        Fixed Gaussian standard deviation in nm. When None, each localization uses its own
+        ``uncertainty``; without that column :data:`DEFAULT_SIGMA_NM` (20 nm) is used.
+        Rows with a missing or non-positive uncertainty get the median of the valid ones.
+    fov : tuple of float, optional
+        ``(y_min, x_min, y_max, x_max)`` in nm. Pixel ``(i, j)`` covers
+        ``y_min + i*pixel_size <= y < y_min + (i+1)*pixel_size`` (same for x); the image has
+        ``ceil((y_max - y_min) / pixel_size)`` rows. Only localizations with
+        ``y_min <= y < y_max`` and ``x_min <= x < x_max`` are rendered. Default: the bounds of the
+        data snapped outward to whole pixels.
+    channel : optional
+        When given, only rows whose ``channel`` column equals this value are rendered.
+
+    Returns
+    -------
+    Image
+        ``data`` float64 ``(ny, nx)``; ``origin`` = centre of pixel (0, 0) in nm;
+        ``data.sum()`` equals the number of localizations inside the fov (float precision).
+        ``metadata`` holds ``method``, ``sigma``, ``n_localizations``, ``units``.
+
+    Raises
+    ------
+    InputError
+        No ``x``/``y`` column, no rows, NaN coordinates, ``pixel_size <= 0``, an unknown method,
+        a fov that contains no localization, or an image larger than :data:`MAX_PIXELS`.
+
+    Notes
+    -----
+    Each localization is spread as a 2D Gaussian integrated over every pixel (differences of the
+    error function at the pixel edges, separable in y and x), truncated at 4 sigma and
+    renormalised to unit sum. Mass that would fall outside the fov is mirrored back at the edge,
+    so every localization inside the fov contributes exactly one count.
+
+    To render 10 million localizations in seconds, localizations are grouped by sigma into
+    geometric bins of ratio :data:`SIGMA_BIN_RATIO` (1.25). Per bin, one of two algorithms runs,
+    whichever is estimated cheaper:
+
+    * *histogram and convolve* (dense bins): positions are quantised to the centres of ``u``
+      sub-pixel phases per axis, ``u = min(8, ceil(3 * pixel_size / sigma))`` (so a
+      localization moves by at most ``pixel_size / (2u)``, i.e. sigma / 6, or pixel_size / 16
+      when sigma < 3/8 pixel), histogrammed per phase on the pixel grid and convolved
+      separably with that phase's pixel-integrated kernel. All localizations of the bin use the
+      bin's RMS sigma (which keeps the bin's second moment; exact when sigma is fixed).
+    * *direct scatter* (sparse bins): each localization's own kernel, at its exact position and
+      with its own sigma, is added to the image.
+
+    Measured against exact rendering, the quantisation misplaces on average about 2 % (sigma =
+    2 pixels) to 10 % (sigma = 0.1 pixel) of a localization's mass into a neighbouring pixel.
+    With a fixed ``sigma`` there is one bin and the only approximation is the sub-pixel
+    quantisation.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> locs = pd.DataFrame({"x": [10.0, 30.0, 35.0], "y": [5.0, 5.0, 25.0]})
+    >>> img = render(locs, pixel_size=20.0, method="histogram")
+    >>> img.data
+    array([[1., 1.],
+           [0., 1.]])
+    >>> img.origin
+    (10.0, 10.0)
+    >>> round(float(render(locs, pixel_size=10.0, sigma=15.0).data.sum()), 6)
+    3.0
+    """
+    source = _source(locs)
+    _check_locs(locs, source)
+    try:
+        pixel_size = float(pixel_size)
+    except (TypeError, ValueError):
+        raise InputError(f"pixel_size must be a number of nm, got {pixel_size!r}", source) from None
+    if not np.isfinite(pixel_size) or pixel_size <= 0:
+        raise InputError(f"pixel_size must be a positive number of nm, got {pixel_size}", source)
+    if method not in ("gaussian", "histogram"):
+        raise InputError(f"unknown render method {method!r}; use 'gaussian' or 'histogram'", source)
+    if sigma is not None:
+        sigma = float(sigma)
+        if not np.isfinite(sigma) or sigma <= 0:
+            raise InputError(f"sigma must be a positive number of nm, got {sigma}", source)
+
+    if channel is not None:
+        if "channel" not in locs.columns:
+            raise InputError(f"channel={channel!r} asked for but the table has no 'channel' column", source)
+        locs = locs[locs["channel"].to_numpy() == channel]
+        if len(locs) == 0:
+            raise InputError(f"no localizations in channel {channel!r}", source)
+    if len(locs) == 0:
+        raise InputError("no localizations to render (empty table)", source)
+
+    y = locs["y"].to_numpy(dtype=np.float64)
+    x = locs["x"].to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(y) & np.isfinite(x))
+    if bad.any():
+        raise InputError(f"{int(bad.sum())} localizations have NaN or infinite x/y coordinates", source)
+
+    if fov is None:
+        y_min, x_min, y_max, x_max = _snap_fov(y, x, pixel_size)
+    else:
+        try:
+            y_min, x_min, y_max, x_max = (float(v) for v in fov)
+        except (TypeError, ValueError):
+            raise InputError(f"fov must be (y_min, x_min, y_max, x_max) in nm, got {fov!r}", source) from None
+        if not (y_max > y_min and x_max > x_min):
+            raise InputError(f"fov {fov!r} is empty: need y_max > y_min and x_max > x_min", source)
+    ny = max(1, math.ceil((y_max - y_min) / pixel_size - 1e-9))
+    nx = max(1, math.ceil((x_max - x_min) / pixel_size - 1e-9))
+    if ny * nx > MAX_PIXELS:
+        fit = pixel_size * math.sqrt(ny * nx / MAX_PIXELS)
+        raise InputError(f"image would be {ny} x {nx} pixels (> {MAX_PIXELS:.0e}); use a pixel size of at "
+                         f"least {math.ceil(fit * 10) / 10:g} nm or a smaller fov", source)
+
+    inside = (y >= y_min) & (y < y_max) & (x >= x_min) & (x < x_max)
+    n_in = int(inside.sum())
+    if n_in == 0:
+        raise InputError(f"no localization inside fov (y {y_min:g}..{y_max:g}, x {x_min:g}..{x_max:g} nm); "
+                         f"data span y {y.min():g}..{y.max():g}, x {x.min():g}..{x.max():g} nm", source)
+    # positions in pixel units, relative to the edge of pixel 0
+    py = (y[inside] - y_min) / pixel_size
+    px = (x[inside] - x_min) / pixel_size
+    iy = np.minimum(py.astype(np.int64), ny - 1)
+    ix = np.minimum(px.astype(np.int64), nx - 1)
+
+    meta = {"method": method, "n_localizations": n_in, "units": "localizations per pixel",
+            "fov": (y_min, x_min, y_max, x_max)}
+    if method == "histogram":
+        data = np.bincount(iy * nx + ix, minlength=ny * nx).astype(np.float64).reshape(ny, nx)
+        meta["sigma"] = None
+    else:
+        if sigma is not None:
+            sig = np.full(n_in, sigma)
+            meta["sigma"] = sigma
+        elif "uncertainty" in locs.columns:
+            sig = locs["uncertainty"].to_numpy(dtype=np.float64)[inside]
+            ok = np.isfinite(sig) & (sig > 0)
+            if not ok.all():
+                fill = float(np.median(sig[ok])) if ok.any() else DEFAULT_SIGMA_NM
+                sig = np.where(ok, sig, fill)
+                meta["uncertainty_filled"] = int((~ok).sum())
+            meta["sigma"] = "uncertainty"
+            meta["sigma_median"] = float(np.median(sig))
+        else:
+            sig = np.full(n_in, DEFAULT_SIGMA_NM)
+            meta["sigma"] = DEFAULT_SIGMA_NM
+        data = _render_gaussian(py, px, iy, ix, sig / pixel_size, ny, nx)
+
+    name = Path(source).stem if source else "density"
+    return Image(data, pixel_size=pixel_size,
+                 origin=(y_min + 0.5 * pixel_size, x_min + 0.5 * pixel_size),
+                 name=name, source=source, metadata=meta)
+
+
+def _scatter_direct(padded, by, bx, jy, jx, s_l, half, nx_pad):
+    """Add each localization's own pixel-integrated Gaussian (exact position and sigma) to ``padded``.
+
+    Cost ~ (2*half+1)**2 per localization; used for sparse sigma bins where it beats the
+    histogram-and-convolve path.
+    """
+    width = 2 * half + 1
+    chunk = max(1, 4_000_000 // (width * width))
+    d = np.arange(-half, half + 1)
+    flat = padded.reshape(-1)
+    for lo in range(0, len(by), chunk):
+        sl = slice(lo, lo + chunk)
+        wy = _pixel_weights(by[sl] - jy[sl] - 0.5, s_l[sl], half)
+        wx = _pixel_weights(bx[sl] - jx[sl] - 0.5, s_l[sl], half)
+        rows = (jy[sl, None] + half + d[None, :]) * nx_pad          # (m, width)
+        cols = jx[sl, None] + half + d[None, :]
+        idx = (rows[:, :, None] + cols[:, None, :]).reshape(-1)
+        vals = (wy[:, :, None] * wx[:, None, :]).reshape(-1)
+        flat += np.bincount(idx, weights=vals, minlength=flat.size)
+
+
+def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto") -> np.ndarray:
+    """Gaussian render; ``py, px`` pixel-unit positions, ``s`` sigmas in pixels (see Notes of render).
+
+    ``path`` ("auto", "direct", "convolve") forces one of the two algorithms (for tests).
+    """
+    out = np.zeros((ny, nx))
+    step = math.log(SIGMA_BIN_RATIO)
+    sbin = np.floor(np.log(s) / step).astype(np.int64)
+    b_min = int(sbin.min())
+    per_bin = np.bincount(sbin - b_min)
+    single = np.count_nonzero(per_bin) == 1
+    for k in np.flatnonzero(per_bin):
+        b = b_min + int(k)
+        sel = None if single else np.flatnonzero(sbin == b)
+        by, bx = (py, px) if sel is None else (py[sel], px[sel])
+        jy, jx = (iy, ix) if sel is None else (iy[sel], ix[sel])
+        s_l = s if sel is None else s[sel]
+        # the bin's sigma keeps the second moment of its mixture of Gaussians (exact when all equal)
+        s_b = float(np.sqrt(np.mean(s_l * s_l)))
+        half = max(1, math.ceil(TRUNCATE_SIGMAS * float(s_l.max()) + 0.5))
+        u = int(min(_MAX_SUBPIXEL, max(1, math.ceil(SUBPIXEL_STEPS_PER_SIGMA / s_b))))
+        padded = np.zeros((ny + 2 * half, nx + 2 * half))
+        width = 2 * half + 1
+        # rough costs: ~15 ns per scattered weight vs ~1 ns per multiply-add of a convolution
+        direct = 15 * len(by) * width * width < (u * u + u) * (ny + 2 * half) * nx * width
+        if path == "direct" or (path == "auto" and direct):
+            _scatter_direct(padded, by, bx, jy, jx, s_l, half, nx + 2 * half)
+        else:
+            # sub-pixel phase (0..u-1) of each localization; phase a sits at offset centres[a]
+            qy = np.minimum(((by - jy) * u).astype(np.int64), u - 1)
+            qx = np.minimum(((bx - jx) * u).astype(np.int64), u - 1)
+            centres = (np.arange(u) + 0.5) / u - 0.5
+            w = _pixel_weights(centres, np.full(u, s_b), half)   # (u, 2*half+1), same for y and x
+            counts = np.bincount(((qy * u + qx) * ny + jy) * nx + jx,
+                                 minlength=u * u * ny * nx).reshape(u, u, ny, nx)
+            # y pass: one call per y phase a, over all x phases at once -> col[c] (y padded)
+            col = np.zeros((u, ny + 2 * half, nx))
+            tmp = np.zeros((u, ny + 2 * half, nx))
+            for a in range(u):
+                tmp[:, half:half + ny] = counts[a]
+                # convolve1d, mode "constant": out[i] = sum_d w[d] * in[i - d], d = -half..half
+                col += ndimage.convolve1d(tmp, w[a], axis=1, mode="constant", cval=0.0)
+            del counts, tmp
+            # x pass: one call per x phase c
+            tmp = np.zeros_like(padded)
+            for c in range(u):
+                tmp[:, half:half + nx] = col[c]
+                padded += ndimage.convolve1d(tmp, w[c], axis=1, mode="constant", cval=0.0)
+        padded = _fold_edges(padded, half, ny, axis=0)
+        out += _fold_edges(padded, half, nx, axis=1)
+    return out

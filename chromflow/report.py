@@ -1,0 +1,198 @@
+"""A one-page figure of a pipeline run: density, nucleus, fields, rate map and its diagnostics.
+
+The figure is built on matplotlib's Agg canvas directly (no ``pyplot``), so it never needs a
+display, never touches the global figure list and is safe in worker processes and threads.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .io._atomic import atomic_path
+
+__all__ = ["make_report", "nice_scale_bar_length", "REPORT_PANELS"]
+
+#: Titles of the panels of :func:`make_report`, in reading order.
+REPORT_PANELS = (
+    "density",
+    "nucleus mask",
+    "heterochromatin phi_h",
+    "rate lambda",
+    "residual",
+    "uncertainty",
+)
+
+
+def nice_scale_bar_length(width_um: float, fraction: float = 0.2) -> float:
+    """A round scale-bar length (1, 2 or 5 times a power of ten) near ``fraction * width_um``.
+
+    Parameters
+    ----------
+    width_um : float
+        Width of the panel in micrometres.
+    fraction : float
+        Target bar length as a fraction of the width.
+
+    Returns
+    -------
+    float
+        Bar length in micrometres, never longer than ``fraction * width_um``.
+
+    Examples
+    --------
+    >>> nice_scale_bar_length(10.0)
+    2.0
+    >>> nice_scale_bar_length(2.56)
+    0.5
+    """
+    target = float(width_um) * fraction
+    if not np.isfinite(target) or target <= 0:
+        raise ValueError(f"width must be a positive number of um, got {width_um}")
+    power = 10.0 ** math.floor(math.log10(target))
+    for step in (5.0, 2.0, 1.0):
+        if step * power <= target * (1 + 1e-9):
+            return step * power
+    return power  # unreachable: 1 * power <= target by construction
+
+
+def _extent_um(shape, spacing_nm, origin_nm):
+    """imshow extent (left, right, bottom, top) in um for pixel centres at ``origin + i * spacing``."""
+    ny, nx = shape[-2:]
+    oy, ox = float(origin_nm[-2]), float(origin_nm[-1])
+    s = float(spacing_nm)
+    left, right = ox - s / 2, ox + (nx - 0.5) * s
+    top, bottom = oy - s / 2, oy + (ny - 0.5) * s
+    # y grows downwards as in the array: top of the panel is row 0
+    return (left / 1000.0, right / 1000.0, bottom / 1000.0, top / 1000.0)
+
+
+def _format_um(length_um: float) -> str:
+    if length_um >= 1:
+        return f"{length_um:g} µm"
+    return f"{length_um * 1000:g} nm"
+
+
+def _add_scale_bar(ax, extent, color="white"):
+    from matplotlib.font_manager import FontProperties
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    width_um = abs(extent[1] - extent[0])
+    length = nice_scale_bar_length(width_um)
+    bar = AnchoredSizeBar(ax.transData, length, _format_um(length), "lower right", pad=0.4,
+                          color=color, frameon=False, size_vertical=width_um / 100.0,
+                          fontproperties=FontProperties(size=8))
+    bar.set_gid("scale_bar")
+    bar.length_um = length  # kept on the artist so tests and callers can read the bar back
+    ax.add_artist(bar)
+    return bar
+
+
+def _robust_limits(values, symmetric=False):
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return (0.0, 1.0)
+    if symmetric:
+        m = float(np.percentile(np.abs(finite), 99))
+        return (-m, m) if m > 0 else (-1.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(finite, [1, 99]))
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def _masked(values, mask):
+    out = np.array(values, dtype=float, copy=True)
+    if mask is not None:
+        out[~np.asarray(mask, dtype=bool)] = np.nan
+    return out
+
+
+def make_report(density_image, mask, result, path=None, title=None):
+    """Draw the summary figure of one pipeline run and optionally write it as a PNG.
+
+    Six panels: the density image, the nucleus mask outlined on it, the heterochromatin
+    fraction ``phi_h``, the rate map ``lambda``, the steady-state residual and the rate
+    uncertainty. Every panel has a scale bar (its length read from the pixel size of the image
+    or the grid spacing of the result) and a colour bar with units.
+
+    Parameters
+    ----------
+    density_image : chromflow.Image
+        Rendered or loaded density; ``pixel_size`` and ``origin`` in nm.
+    mask : ndarray of bool
+        Nucleus mask on the pixels of ``density_image``.
+    result : chromflow.RateMapResult
+        Inference result with ``phi_h``, ``rate``, ``residual``, ``uncertainty`` (arrays on the
+        field grid), ``mask``, ``spacing`` (nm per grid cell) and ``origin`` (nm).
+    path : str or os.PathLike, optional
+        Where to write the figure as PNG (atomically: a temporary file renamed on success).
+    title : str, optional
+        Figure title; defaults to the image name.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure, drawn on an Agg canvas.
+
+    Examples
+    --------
+    >>> fig = make_report(image, mask, result, "cell_report.png")   # doctest: +SKIP
+    >>> [ax.get_title() for ax in fig.axes[::2]]                     # doctest: +SKIP
+    ['density', 'nucleus mask', ...]
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    density = np.asarray(density_image.data, dtype=float)
+    if density.ndim == 3:  # a z-stack: show the sum projection
+        density = density.sum(axis=0)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != density.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the density shape {density.shape}")
+    image_extent = _extent_um(density.shape, density_image.pixel_size, density_image.origin)
+    grid_extent = _extent_um(np.shape(result.rate), result.spacing, result.origin)
+    grid_mask = np.asarray(result.mask, dtype=bool)
+
+    fig = Figure(figsize=(13.5, 8.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    density_unit = density_image.metadata.get("units", "localizations / pixel") if density_image.metadata else "localizations / pixel"
+    lo, hi = _robust_limits(density)
+    residual = _masked(result.residual, grid_mask)
+    phi_h = _masked(result.phi_h, grid_mask)
+    # volume fractions on a fixed 0..phi_max scale so reports of different cells compare
+    phi_h_max = max(0.7, float(np.nanmax(phi_h))) if np.isfinite(phi_h).any() else 0.7
+    panels = [
+        (density, image_extent, "magma", (lo, hi), density_unit),
+        (density, image_extent, "gray", (lo, hi), density_unit),
+        (phi_h, grid_extent, "viridis", (0.0, phi_h_max), "volume fraction"),
+        (_masked(result.rate, grid_mask), grid_extent, "plasma", _robust_limits(_masked(result.rate, grid_mask)), "Γ_me / Γ_ac (dimensionless)"),
+        (residual, grid_extent, "RdBu_r", _robust_limits(residual, symmetric=True), "1 / acetylation time"),
+        (_masked(result.uncertainty, grid_mask), grid_extent, "cividis", _robust_limits(_masked(result.uncertainty, grid_mask)), "std of λ (dimensionless)"),
+    ]
+    for ax, name, (values, extent, cmap, (vmin, vmax), unit) in zip(axes.flat, REPORT_PANELS, panels):
+        shown = ax.imshow(values, extent=extent, origin="upper", cmap=cmap, vmin=vmin, vmax=vmax,
+                          interpolation="nearest")
+        ax.set_facecolor("black")
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        colorbar = fig.colorbar(shown, ax=ax, shrink=0.85)
+        colorbar.set_label(unit)
+        # the diverging map is white at 0: a white bar would vanish there
+        _add_scale_bar(ax, extent, color="black" if cmap == "RdBu_r" else "white")
+    # the mask as an outline on the density, so a user can judge the segmentation by eye
+    if mask.any():
+        ny, nx = mask.shape
+        ys = np.linspace(image_extent[3], image_extent[2], ny + 1)[:-1] + (image_extent[2] - image_extent[3]) / (2 * ny)
+        xs = np.linspace(image_extent[0], image_extent[1], nx + 1)[:-1] + (image_extent[1] - image_extent[0]) / (2 * nx)
+        axes.flat[1].contour(xs, ys, mask.astype(float), levels=[0.5], colors="cyan", linewidths=1.2)
+    fig.suptitle(title if title is not None else (density_image.name or "chromflow report"))
+    if path is not None:
+        path = os.fspath(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    return fig

@@ -1,0 +1,160 @@
+"""napari reader: ThunderSTORM / plain CSV, Picasso HDF5 and TIFF, placed in nm.
+
+Localizations open as a rendered density image (a points layer with millions of points makes
+napari crawl); :func:`read_layers` with ``as_points=True`` gives a points layer instead, and the
+*Render localizations* widget switches between the two for an open layer. Every layer carries
+``scale`` (nm per pixel) and ``translate`` (nm of the centre of pixel (0, 0)), so density images,
+masks and rate maps line up in napari's world coordinates (nm).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._layers import image_layer_kwargs, report_error
+
+__all__ = ["get_reader", "read_layers", "localization_layers", "DEFAULT_PIXEL_SIZE_NM",
+           "LOCALIZATION_SUFFIXES", "IMAGE_SUFFIXES"]
+
+#: Pixel size (nm) of the density image rendered when localizations are opened.
+DEFAULT_PIXEL_SIZE_NM = 20.0
+LOCALIZATION_SUFFIXES = (".csv", ".hdf5", ".h5")
+IMAGE_SUFFIXES = (".tif", ".tiff")
+
+
+def get_reader(path):
+    """npe2 reader hook: a function that reads ``path``, or None when it is not ours.
+
+    Parameters
+    ----------
+    path : str or list of str
+        What the user dropped. One file with a suffix in :data:`LOCALIZATION_SUFFIXES` or
+        :data:`IMAGE_SUFFIXES` is accepted; stacks of several files are left to other readers.
+
+    Returns
+    -------
+    callable or None
+        ``reader(path) -> list of (data, kwargs, layer_type)``.
+
+    Examples
+    --------
+    >>> get_reader("cell.csv") is not None
+    True
+    >>> get_reader("notes.txt") is None
+    True
+    """
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    suffix = Path(os.fspath(path)).suffix.lower()
+    if suffix not in LOCALIZATION_SUFFIXES + IMAGE_SUFFIXES:
+        return None
+    return _read_for_napari
+
+
+def _read_for_napari(path):
+    """Reader used by napari: errors become notifications, not tracebacks."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    try:
+        return read_layers(path)
+    except Exception as error:  # noqa: BLE001 - every failure must reach the user as a message
+        report_error(error, f"chromflow could not open {os.fspath(path)}")
+        # napari's sentinel for "handled, nothing to add": no second reader is tried
+        return [(None,)]
+
+
+def read_layers(path, as_points: bool = False, pixel_size: float = DEFAULT_PIXEL_SIZE_NM,
+                method: str = "gaussian") -> list:
+    """Read a localization table or TIFF into napari layer-data tuples.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ThunderSTORM / plain CSV, Picasso ``.hdf5`` (with its ``.yaml``) or TIFF.
+    as_points : bool
+        Localizations as a points layer (coordinates in nm) instead of a rendered image.
+    pixel_size : float
+        Pixel size in nm of the rendered density image (localizations only).
+    method : {"gaussian", "histogram"}
+        Rendering method, passed to :func:`chromflow.render`.
+
+    Returns
+    -------
+    list of tuple
+        ``[(data, kwargs, layer_type)]``; ``kwargs["metadata"]`` keeps ``source`` (the path)
+        and, for localizations, ``localizations`` (the DataFrame, for re-rendering).
+
+    Raises
+    ------
+    chromflow.InputError
+        When the file cannot be read (the message names the file and the problem).
+
+    Examples
+    --------
+    >>> [(data, kwargs, kind)] = read_layers("cell.csv")    # doctest: +SKIP
+    >>> kind, kwargs["scale"]                               # doctest: +SKIP
+    ('image', (20.0, 20.0))
+    """
+    import chromflow as cf
+
+    path = Path(os.fspath(path))
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        image = cf.read_image(path)
+        image.name = image.name or path.stem
+        kwargs = image_layer_kwargs(image, name=path.stem)
+        kwargs["metadata"]["source"] = str(path)
+        return [(image.data, kwargs, "image")]
+    locs = cf.read_localizations(path)
+    return localization_layers(locs, as_points=as_points, pixel_size=pixel_size, method=method,
+                               name=path.stem, source=str(path))
+
+
+def localization_layers(locs, as_points: bool = False, pixel_size: float = DEFAULT_PIXEL_SIZE_NM,
+                        method: str = "gaussian", name: str | None = None,
+                        source: str | None = None) -> list:
+    """Layer-data tuples for a localization table: a density image or a points layer.
+
+    Parameters
+    ----------
+    locs : pandas.DataFrame
+        Localizations with ``x``, ``y`` in nm (as from :func:`chromflow.read_localizations`).
+    as_points : bool
+        Points layer (``(y, x)`` in nm, point size = localization precision when known).
+    pixel_size : float
+        Density-image pixel size in nm.
+    method : str
+        :func:`chromflow.render` method.
+    name, source : str, optional
+        Layer name and source path (default: from ``locs.attrs``).
+
+    Returns
+    -------
+    list of tuple
+        One ``(data, kwargs, layer_type)`` tuple.
+    """
+    import chromflow as cf
+
+    source = source if source is not None else locs.attrs.get("source")
+    name = name or (Path(source).stem if source else "localizations")
+    metadata = {"source": source, "localizations": locs, "format": locs.attrs.get("format")}
+    if as_points:
+        coords = locs[["y", "x"]].to_numpy(dtype=float)
+        if "uncertainty" in locs and np.isfinite(locs["uncertainty"]).any():
+            # a marker as wide as twice the precision reads as "where the molecule may be"
+            size = float(2 * np.nanmedian(locs["uncertainty"].to_numpy(dtype=float)))
+        else:
+            size = 2 * float(pixel_size)
+        metadata["kind"] = "localizations"
+        kwargs = {"name": f"{name} localizations", "size": size, "border_width": 0,
+                  "face_color": "magenta", "metadata": metadata}
+        return [(coords, kwargs, "points")]
+    image = cf.render(locs, pixel_size=pixel_size, method=method)
+    metadata.update(kind="density", pixel_size=image.pixel_size, render_method=method,
+                    units="localizations per pixel")
+    image.name = f"{name} density"
+    image.metadata = {**image.metadata, **metadata}
+    return [(image.data, image_layer_kwargs(image, colormap="gray"), "image")]

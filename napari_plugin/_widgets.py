@@ -1,0 +1,219 @@
+"""Dock widgets for the first steps: render localizations and segment the nucleus.
+
+Each widget is a :class:`magicgui.widgets.Container` built with the viewer; the buttons call
+plain methods (:meth:`RenderWidget.render`, :meth:`SegmentWidget.segment`) that scripts and tests
+can call directly. All computation is done by :mod:`chromflow`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label, PushButton
+
+from ._layers import image_from_layer, report_error
+from ._reader import DEFAULT_PIXEL_SIZE_NM, localization_layers
+
+__all__ = ["RenderWidget", "SegmentWidget", "RENDER_METHODS", "upsert_layer"]
+
+RENDER_METHODS = ("gaussian", "histogram")
+
+
+def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
+    """Update the layer called ``kwargs["name"]`` in place, or add it when there is none.
+
+    Updating keeps the layer's place in the list and the user's display settings, which is what
+    one wants when re-rendering or moving a threshold slider. A layer of another type with the
+    same name is replaced.
+    """
+    name = kwargs["name"]
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer._type_string == layer_type:
+            # metadata and placement first: listeners of the data event (the results panel)
+            # then see the new data with its new metadata
+            for key in ("metadata", "scale", "translate"):
+                if key in kwargs:
+                    setattr(layer, key, kwargs[key])
+            layer.data = data
+            if layer_type == "image" and "contrast_limits" in kwargs:
+                layer.contrast_limits = kwargs["contrast_limits"]
+            elif layer_type == "image":
+                layer.reset_contrast_limits()
+            return layer
+        viewer.layers.remove(layer)
+    return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+
+
+def _layer_choices(viewer, predicate):
+    def choices(_widget=None):
+        return [layer for layer in viewer.layers if predicate(layer)]
+    return choices
+
+
+def _refresh_on_layer_change(viewer, *combos):
+    def refresh(_event=None):
+        for combo in combos:
+            combo.reset_choices()
+    viewer.layers.events.inserted.connect(refresh)
+    viewer.layers.events.removed.connect(refresh)
+    viewer.layers.events.reordered.connect(refresh)
+    return refresh
+
+
+def _has_localizations(layer) -> bool:
+    return "localizations" in getattr(layer, "metadata", {})
+
+
+def _is_image(layer) -> bool:
+    return getattr(layer, "_type_string", "") == "image" and layer.rgb is False
+
+
+def _is_density_candidate(layer) -> bool:
+    # chromflow's own outputs (rate maps, ...) are not inputs to segmentation or inference
+    return _is_image(layer) and layer.metadata.get("kind") not in {
+        "rate", "uncertainty", "residual", "true_rate"}
+
+
+class RenderWidget(Container):
+    """Render (or re-render) an opened localization file as a density image or points.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer to work in (injected by napari).
+
+    Notes
+    -----
+    The localizations come from the ``localizations`` DataFrame that the chromflow reader keeps
+    in the layer metadata, so any layer opened by the reader can be re-rendered at another pixel
+    size or shown as points.
+    """
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.source = ComboBox(label="localizations",
+                               choices=_layer_choices(napari_viewer, _has_localizations),
+                               tooltip="a layer opened by the chromflow reader")
+        self.pixel_size = FloatSpinBox(label="pixel size (nm)", value=DEFAULT_PIXEL_SIZE_NM,
+                                       min=1.0, max=1000.0, step=1.0)
+        self.method = ComboBox(label="method", choices=list(RENDER_METHODS), value="gaussian")
+        self.as_points = CheckBox(label="show as points (slow for millions)", value=False)
+        self.run_button = PushButton(text="Render")
+        super().__init__(widgets=[self.source, self.pixel_size, self.method, self.as_points,
+                                  self.run_button])
+        self.run_button.changed.connect(self.render)
+        _refresh_on_layer_change(napari_viewer, self.source)
+
+    def render(self, _=None):
+        """Render the chosen localizations with the current settings; returns the layer or None."""
+        layer = self.source.value
+        if layer is None:
+            report_error(ValueError("open a localization file first (File > Open)"), "Render")
+            return None
+        locs = layer.metadata["localizations"]
+        base = layer.name.removesuffix(" density").removesuffix(" localizations")
+        try:
+            [(data, kwargs, kind)] = localization_layers(
+                locs, as_points=self.as_points.value, pixel_size=self.pixel_size.value,
+                method=self.method.value, name=base, source=layer.metadata.get("source"))
+        except Exception as error:  # noqa: BLE001 - shown to the user, layers untouched
+            report_error(error, "Render")
+            return None
+        return upsert_layer(self.viewer, data, kwargs, kind)
+
+
+class SegmentWidget(Container):
+    """Segment the nucleus of a density image into an editable Labels layer.
+
+    Moving the threshold slider previews the mask live (the Labels layer is updated in place);
+    the Labels layer can then be edited with napari's paint/erase tools, and the inference
+    widget uses the labels as they are then (label > 0 is nucleus).
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer to work in (injected by napari).
+    """
+
+    #: milliseconds of slider stillness before a preview is computed (keeps dragging smooth)
+    PREVIEW_DELAY_MS = 120
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image",
+                              choices=_layer_choices(napari_viewer, _is_density_candidate))
+        self.auto_threshold = CheckBox(label="automatic threshold", value=True)
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, value=0.5, step=0.001,
+                                     enabled=False, tooltip="density above which a pixel is "
+                                     "nucleus (same units as the image)")
+        self.live_preview = CheckBox(label="live preview", value=True)
+        self.run_button = PushButton(text="Segment")
+        self.status = Label(value="")
+        super().__init__(widgets=[self.image, self.auto_threshold, self.threshold,
+                                  self.live_preview, self.run_button, self.status])
+        self.run_button.changed.connect(self.segment)
+        self.auto_threshold.changed.connect(self._on_auto_changed)
+        self.threshold.changed.connect(self._schedule_preview)
+        self.image.changed.connect(self._on_image_changed)
+        _refresh_on_layer_change(napari_viewer, self.image)
+        self._timer = None
+        self._on_image_changed()
+
+    # -- slider range follows the image ---------------------------------------------------------
+    def _on_image_changed(self, _=None):
+        layer = self.image.value
+        if layer is None:
+            return
+        data = np.asarray(layer.data, dtype=float)
+        finite = data[np.isfinite(data)]
+        top = float(finite.max()) if finite.size else 1.0
+        top = top if top > 0 else 1.0
+        with self.threshold.changed.blocked():
+            self.threshold.max = top
+            self.threshold.step = top / 1000
+            self.threshold.value = min(max(self.threshold.value, 0.0), top)
+
+    def _on_auto_changed(self, auto):
+        self.threshold.enabled = not auto
+        self._schedule_preview()
+
+    def _schedule_preview(self, _=None):
+        if not self.live_preview.value or self.image.value is None:
+            return
+        from qtpy.QtCore import QTimer
+
+        if self._timer is None:
+            self._timer = QTimer()
+            self._timer.setSingleShot(True)
+            self._timer.timeout.connect(self.segment)
+        self._timer.start(self.PREVIEW_DELAY_MS)
+
+    # -- the work ------------------------------------------------------------------------------
+    def segment(self, _=None):
+        """Segment the chosen image; returns the Labels layer, or None on failure.
+
+        On failure (no nucleus at this threshold, ...) the message is shown as a notification and
+        an existing Labels layer is left as it was.
+        """
+        import chromflow as cf
+
+        layer = self.image.value
+        if layer is None:
+            report_error(ValueError("open or render a density image first"), "Segment")
+            return None
+        threshold = None if self.auto_threshold.value else float(self.threshold.value)
+        try:
+            image = image_from_layer(layer)
+            mask = cf.segment_nucleus(image, threshold=threshold)
+        except Exception as error:  # noqa: BLE001 - shown to the user, layers untouched
+            self.status.value = "no nucleus found"
+            report_error(error, "Segment")
+            return None
+        base = layer.name.removesuffix(" density")
+        kwargs = {"name": f"{base} nucleus", "scale": tuple(layer.scale),
+                  "translate": tuple(layer.translate), "opacity": 0.4,
+                  "metadata": {"kind": "nucleus", "source": layer.metadata.get("source"),
+                               "image_layer": layer.name, "threshold": threshold}}
+        labels = upsert_layer(self.viewer, np.asarray(mask, dtype=np.uint8), kwargs, "labels")
+        area_um2 = float(np.count_nonzero(mask)) * float(layer.scale[-1]) ** 2 / 1e6
+        self.status.value = f"nucleus: {area_um2:.1f} um^2"
+        return labels

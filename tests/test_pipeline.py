@@ -1,0 +1,216 @@
+"""Tests of chromflow.pipeline (settings, run_file, all-or-nothing outputs) and chromflow.report."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from chromflow import Image
+from chromflow.errors import CancelledError, ChromflowError, InputError, SegmentationError
+from chromflow.pipeline import (OUTPUT_KINDS, PipelineSettings, _domain_stats, load_input, output_paths,
+                                process_file, run_file)
+from chromflow.report import REPORT_PANELS, make_report, nice_scale_bar_length
+
+# small and fast: a 48-cell nucleus, a few thousand localizations per channel
+SIM_GRID = 48
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """A simulated two-channel nucleus written as a ThunderSTORM CSV, and its ground truth."""
+    from chromflow.io import write_localizations
+    from chromflow.simulate.sample import simulate_nucleus
+
+    sim = simulate_nucleus(grid=SIM_GRID, nucleus_um=6.0, n_localizations=30_000, seed=3)
+    folder = tmp_path_factory.mktemp("sim")
+    path = folder / "cell.csv"
+    write_localizations(sim.localizations, path, format="thunderstorm")
+    return sim, path
+
+
+def fast_settings(**inference):
+    """Direct inversion on a small grid: the whole pipeline in about a second."""
+    s = PipelineSettings()
+    s.render.pixel_size = 40.0
+    s.fields.grid = 40
+    s.inference.method = "direct"
+    for key, value in inference.items():
+        setattr(s.inference, key, value)
+    return s
+
+
+def listing(folder):
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+# ------------------------------------------------------------------------------------------------
+# settings
+# ------------------------------------------------------------------------------------------------
+def test_settings_json_round_trip(tmp_path):
+    s = PipelineSettings()
+    s.render.pixel_size = 15.5
+    s.fields.grid = 64
+    s.fields.euchromatin_channel = 1
+    s.inference.method = "autodiff"
+    s.inference.iterations = 10
+    path = tmp_path / "settings.json"
+    s.to_json(path)
+    back = PipelineSettings.from_json(path)
+    assert back == s
+    assert back.to_dict() == s.to_dict()
+    assert json.loads(path.read_text())["render"]["pixel_size"] == 15.5
+
+
+def test_settings_partial_config_keeps_defaults(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"inference": {"method": "direct"}}))
+    s = PipelineSettings.from_json(path)
+    assert s.inference.method == "direct"
+    assert s.render == PipelineSettings().render and s.fields == PipelineSettings().fields
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"render": {"pixel_sise": 10}}, ["render.pixel_sise", "unknown"]),
+    ({"rendering": {}}, ["rendering", "unknown"]),
+    ({"fields": {"grid": 3}}, ["fields.grid", ">= 8"]),
+    ({"fields": {"grid": 32.5}}, ["fields.grid"]),
+    ({"inference": {"method": "magic"}}, ["inference.method", "pinn"]),
+    ({"inference": {"seed": True}}, ["inference.seed"]),
+    ({"inference": {"device": "gpu"}}, ["inference.device"]),
+    ({"render": {"pixel_size": -1}}, ["render.pixel_size"]),
+    ([1, 2], ["JSON object"]),
+])
+def test_settings_errors_name_the_file_and_key(tmp_path, config, words):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(InputError) as info:
+        PipelineSettings.from_json(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    for word in words:
+        assert word in message
+
+
+def test_settings_bad_json_and_missing_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"render": {"pixel_size": 10,}}')
+    with pytest.raises(InputError, match="not valid JSON.*line 1"):
+        PipelineSettings.from_json(path)
+    with pytest.raises(InputError, match="config file not found"):
+        PipelineSettings.from_json(tmp_path / "nope.json")
+
+
+def test_fingerprint_tracks_results_not_device():
+    a = PipelineSettings()
+    b = PipelineSettings()
+    assert a.fingerprint() == b.fingerprint()
+    assert len(a.fingerprint()) == 16
+    b.inference.device = "cpu"
+    assert a.fingerprint() == b.fingerprint()  # same numbers on any device
+    for section, key, value in [("fields", "grid", 64), ("render", "pixel_size", 10.0),
+                                ("inference", "seed", 1), ("segmentation", "threshold", 2.0)]:
+        c = PipelineSettings()
+        setattr(getattr(c, section), key, value)
+        assert c.fingerprint() != a.fingerprint(), (section, key)
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+def test_nice_scale_bar_length():
+    assert nice_scale_bar_length(10.0) == 2.0
+    assert nice_scale_bar_length(2.56) == 0.5
+    assert nice_scale_bar_length(0.9) == pytest.approx(0.1)
+    assert nice_scale_bar_length(30.0) == 5.0
+    for width in np.geomspace(0.05, 500, 37):
+        length = nice_scale_bar_length(width)
+        assert 0.08 * width <= length <= 0.2 * width * (1 + 1e-9)
+        mantissa = length / 10 ** np.floor(np.log10(length))
+        assert round(mantissa, 6) in (1.0, 2.0, 5.0)
+
+
+def _hand_made_result(shape=(30, 40), spacing=50.0, origin=(100.0, 300.0)):
+    from chromflow.inverse import RateMapResult
+
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    mask = (yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2) ** 2 < (min(shape) / 2.5) ** 2
+    rate = np.where(mask, 1.0 + 0.1 * np.sin(xx / 4.0), np.nan)
+    return RateMapResult(rate=rate, uncertainty=np.where(mask, 0.05, np.nan),
+                         residual=np.where(mask, 1e-3 * np.cos(yy / 3.0), np.nan),
+                         phi_h=np.where(mask, 0.3, np.nan), phi_e=np.where(mask, 0.2, np.nan), mask=mask,
+                         spacing=spacing, origin=origin)
+
+
+def test_make_report_panels_scale_bars_and_png(tmp_path):
+    density = Image(np.random.default_rng(0).random((100, 150)), pixel_size=20.0, origin=(50.0, 250.0), name="cell")
+    mask = np.zeros(density.shape, bool)
+    mask[20:80, 30:120] = True
+    result = _hand_made_result()
+    path = tmp_path / "report.png"
+    fig = make_report(density, mask, result, path=path, title="my cell")
+    assert path.stat().st_size > 20_000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in tmp_path.iterdir() if p.name != "report.png"]  # no temporary left
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == list(REPORT_PANELS)
+    assert fig._suptitle.get_text() == "my cell"
+    for ax in panels:
+        (image,) = ax.get_images()
+        left, right, bottom, top = image.get_extent()
+        if ax.get_title() in ("density", "nucleus mask"):
+            # 150 pixels of 20 nm = 3 um wide, 100 of 20 nm = 2 um high; first pixel centre at 250 nm
+            assert right - left == pytest.approx(3.0) and bottom - top == pytest.approx(2.0)
+            assert left == pytest.approx(0.24)
+            expected_bar = 0.5
+        else:
+            # 40 cells of 50 nm = 2 um wide, 30 cells = 1.5 um high
+            assert right - left == pytest.approx(2.0) and bottom - top == pytest.approx(1.5)
+            assert top == pytest.approx(0.075)
+            expected_bar = 0.2
+        bars = [a for a in ax.artists if a.get_gid() == "scale_bar"]
+        assert len(bars) == 1 and bars[0].length_um == pytest.approx(expected_bar)
+        label = bars[0].txt_label.get_text()
+        assert label == (f"{expected_bar:g} µm" if expected_bar >= 1 else f"{expected_bar * 1000:g} nm")
+    # every panel has a colour bar with a unit label
+    colorbar_labels = [ax.get_ylabel() for ax in fig.axes if not ax.get_title()]
+    assert len(colorbar_labels) == 6 and all(colorbar_labels)
+    assert "volume fraction" in colorbar_labels
+    # the mask outline is drawn on the mask panel
+    assert panels[1].collections
+
+
+def test_make_report_rejects_mismatched_mask():
+    density = Image(np.ones((10, 10)), pixel_size=20.0)
+    with pytest.raises(ValueError, match="mask shape"):
+        make_report(density, np.ones((5, 5), bool), _hand_made_result())
+
+
+# ------------------------------------------------------------------------------------------------
+# summary helpers
+# ------------------------------------------------------------------------------------------------
+def test_domain_stats_known_pattern():
+    phi_h = np.full((20, 20), 0.1)
+    phi_e = np.full((20, 20), 0.2)
+    phi_h[2:6, 2:6] = 0.5     # 16 cells
+    phi_h[10:18, 10:12] = 0.5  # 16 cells
+    phi_h[0, 19] = 0.5         # outside the mask: ignored
+    mask = np.ones((20, 20), bool)
+    mask[0, 19] = False
+    n, area, diameter = _domain_stats(phi_h, phi_e, mask, spacing_nm=100.0)
+    assert n == 2
+    assert area == pytest.approx(16 * 0.01)  # 16 cells of 0.1 um x 0.1 um
+    assert diameter == pytest.approx(2000 * np.sqrt(0.16 / np.pi))
+    n, area, _ = _domain_stats(np.zeros((5, 5)), np.ones((5, 5)), np.ones((5, 5), bool), 50.0)
+    assert n == 0 and np.isnan(area)
+
+
+def test_output_paths():
+    paths = output_paths("/data/run1/cell_07.csv", "/out")
+    assert set(paths) == set(OUTPUT_KINDS)
+    assert paths["rate"].name == "cell_07_rate.tif" and paths["summary"].name == "cell_07_summary.json"
+    assert str(paths["report"].parent) == "/out"

@@ -1,0 +1,231 @@
+"""Tests of chromflow.render: counts, geometry, mass conservation, Gaussian accuracy, errors."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import ndtr
+
+from chromflow.errors import InputError
+from chromflow.image import Image
+from chromflow.render import DEFAULT_SIGMA_NM, _render_gaussian, render
+
+
+def _locs(y, x, **cols):
+    df = pd.DataFrame({"x": np.asarray(x, float), "y": np.asarray(y, float), **cols})
+    df.attrs["source"] = "/data/cell_07.csv"
+    return df
+
+
+def _reference_gaussian(y, x, sig, fov, ps):
+    """Brute force: each localization's Gaussian integrated over every pixel of the fov, no
+    truncation, renormalised to the fov (the render mirrors outside mass back instead; compare
+    only away from the borders)."""
+    y_min, x_min, y_max, x_max = fov
+    ey = y_min + ps * np.arange(round((y_max - y_min) / ps) + 1)
+    ex = x_min + ps * np.arange(round((x_max - x_min) / ps) + 1)
+    img = np.zeros((len(ey) - 1, len(ex) - 1))
+    for yi, xi, si in zip(y, x, np.broadcast_to(sig, len(y))):
+        wy = np.diff(ndtr((ey - yi) / si))
+        wx = np.diff(ndtr((ex - xi) / si))
+        img += np.outer(wy, wx)
+    return img
+
+
+def test_histogram_counts_and_geometry():
+    # pixel (i, j) covers [y_min + i ps, y_min + (i+1) ps): points on a lower edge belong to it
+    locs = _locs(y=[0.0, 19.999, 20.0, 45.0, 45.0], x=[0.0, 0.0, 0.0, 59.0, 60.0])
+    img = render(locs, pixel_size=20.0, method="histogram", fov=(0, 0, 60, 80))
+    expected = np.zeros((3, 4))
+    expected[0, 0] = 2
+    expected[1, 0] = 1
+    expected[2, 2] = 1
+    expected[2, 3] = 1
+    np.testing.assert_array_equal(img.data, expected)
+    assert isinstance(img, Image)
+    assert img.pixel_size == 20.0
+    assert img.origin == (10.0, 10.0)              # centre of pixel (0, 0)
+    assert img.metadata["method"] == "histogram"
+    assert img.metadata["n_localizations"] == 5
+    assert img.metadata["units"] == "localizations per pixel"
+    assert img.source == "/data/cell_07.csv"
+
+
+def test_default_fov_snaps_outward_and_keeps_every_point():
+    rng = np.random.default_rng(1)
+    y = rng.uniform(-333.0, 977.0, 500)
+    x = rng.uniform(1234.5, 2500.0, 500)
+    y[0], x[0] = 960.0, 2480.0                      # exactly on a pixel edge at the maximum
+    img = render(_locs(y, x), pixel_size=20.0, method="histogram")
+    assert img.data.sum() == 500
+    y_min, x_min = img.origin[0] - 10.0, img.origin[1] - 10.0
+    assert y_min == math.floor(y.min() / 20.0) * 20.0 and x_min == math.floor(x.min() / 20.0) * 20.0
+    assert y_min + img.shape[0] * 20.0 > y.max() and x_min + img.shape[1] * 20.0 > x.max()
+    # each point lands in the pixel whose span holds it
+    iy = ((y - y_min) // 20.0).astype(int)
+    ix = ((x - x_min) // 20.0).astype(int)
+    ref = np.zeros(img.shape)
+    np.add.at(ref, (iy, ix), 1)
+    np.testing.assert_array_equal(img.data, ref)
+
+
+@pytest.mark.parametrize("method", ["histogram", "gaussian"])
+def test_mass_equals_count_inside_fov(method):
+    rng = np.random.default_rng(2)
+    n = 20_000
+    y = rng.uniform(0, 2000, n)
+    x = rng.uniform(0, 3000, n)
+    unc = rng.gamma(3.0, 6.0, n) + 2.0              # many sigma bins, both algorithms
+    fov = (100.0, 200.0, 1500.0, 2600.0)
+    img = render(_locs(y, x, uncertainty=unc), pixel_size=20.0, method=method, fov=fov)
+    inside = (y >= 100) & (y < 1500) & (x >= 200) & (x < 2600)
+    assert img.shape == (70, 120)
+    assert img.metadata["n_localizations"] == inside.sum()
+    assert img.data.sum() == pytest.approx(inside.sum(), rel=1e-12)
+    assert img.data.min() >= -1e-12
+
+
+def test_gaussian_mass_conserved_at_borders_and_tiny_images():
+    # wide blur in a 3 x 2 image: the kernel is reflected several times, nothing is lost
+    locs = _locs(y=[1.0, 59.0, 30.0], x=[1.0, 39.0, 20.0])
+    img = render(locs, pixel_size=20.0, sigma=200.0, fov=(0, 0, 60, 40))
+    assert img.data.sum() == pytest.approx(3.0, rel=1e-12)
+    assert img.data.min() > 0
+
+
+def test_gaussian_direct_path_matches_brute_force():
+    rng = np.random.default_rng(3)
+    ps = 10.0
+    y = rng.uniform(300, 700, 30)
+    x = rng.uniform(300, 700, 30)
+    sig = rng.uniform(8.0, 30.0, 30)
+    fov = (0.0, 0.0, 1000.0, 1000.0)
+    py, px = y / ps, x / ps
+    got = _render_gaussian(py, px, py.astype(int), px.astype(int), sig / ps, 100, 100, path="direct")
+    ref = _reference_gaussian(y, x, sig, fov, ps)
+    # exact up to the 4-sigma truncation (mass beyond it is < 1e-4 per localization)
+    np.testing.assert_allclose(got, ref, atol=2e-4 * ref.max())
+    assert got.sum() == pytest.approx(30.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("sigma", [2.0, 4.0, 15.0, 45.0])
+def test_gaussian_convolve_path_is_exact_at_documented_phase_positions(sigma):
+    rng = np.random.default_rng(4)
+    ps = 20.0
+    n = 400
+    y = rng.uniform(400, 1600, n)
+    x = rng.uniform(400, 1600, n)
+    fov = (0.0, 0.0, 2000.0, 2000.0)
+    py, px = y / ps, x / ps
+    got = _render_gaussian(py, px, py.astype(int), px.astype(int), np.full(n, sigma / ps), 100, 100,
+                           path="convolve")
+    assert got.sum() == pytest.approx(n, rel=1e-12)
+    # the documented rule: u = min(8, ceil(3 ps / sigma)) phases; each position moves to the
+    # centre of its phase, by at most ps / (2u)
+    u = min(8, math.ceil(3 * ps / sigma))
+    qy = (np.floor(py) + (np.floor((py % 1) * u) + 0.5) / u) * ps
+    qx = (np.floor(px) + (np.floor((px % 1) * u) + 0.5) / u) * ps
+    assert np.abs(qy - y).max() <= ps / (2 * u) and ps / (2 * u) <= max(sigma / 6, ps / 16) + 1e-12
+    ref_quantised = _reference_gaussian(qy, qx, sigma, fov, ps)
+    np.testing.assert_allclose(got, ref_quantised, atol=3e-4)
+    # against exact positions: on average less than 12 % of a localization's mass is misplaced
+    # (the documented accuracy), and at most half the error of binning to pixel centres
+    ref = _reference_gaussian(y, x, sigma, fov, ps)
+    coarse = _reference_gaussian(ps * (np.floor(py) + 0.5), ps * (np.floor(px) + 0.5), sigma, fov, ps)
+    err = np.abs(got - ref).sum()
+    assert err / n < 0.12
+    assert err < 0.5 * np.abs(coarse - ref).sum()
+
+
+def test_gaussian_single_localization_moments():
+    ps = 20.0
+    locs = _locs(y=[497.3], x=[1203.9])
+    for sigma in (10.0, 30.0):
+        img = render(locs, pixel_size=ps, sigma=sigma, fov=(0, 0, 1000, 2400))
+        yy, xx = np.indices(img.shape)
+        cy = (img.data * yy).sum() * ps + img.origin[0]
+        cx = (img.data * xx).sum() * ps + img.origin[1]
+        assert abs(cy - 497.3) < sigma / 6 + 1e-9 and abs(cx - 1203.9) < sigma / 6 + 1e-9
+        # pixel integration adds ps^2/12 to the variance of a point source's Gaussian
+        var = (img.data * ((yy * ps + img.origin[0] - cy) ** 2)).sum()
+        assert var == pytest.approx(sigma ** 2 + ps ** 2 / 12, rel=0.12)
+        assert img.metadata["sigma"] == sigma
+
+
+def test_gaussian_uses_uncertainty_column_and_fills_missing():
+    ps = 10.0
+    fov = (0, 0, 1000, 1000)
+    narrow = render(_locs(y=[500.0], x=[500.0], uncertainty=[8.0]), pixel_size=ps, fov=fov)
+    wide = render(_locs(y=[500.0], x=[500.0], uncertainty=[40.0]), pixel_size=ps, fov=fov)
+    assert narrow.data.max() > 10 * wide.data.max()
+    assert narrow.metadata["sigma"] == "uncertainty"
+    # no uncertainty column -> the documented default
+    plain = render(_locs(y=[500.0], x=[500.0]), pixel_size=ps, fov=fov)
+    fixed = render(_locs(y=[500.0], x=[500.0]), pixel_size=ps, sigma=DEFAULT_SIGMA_NM, fov=fov)
+    np.testing.assert_allclose(plain.data, fixed.data)
+    # a NaN uncertainty gets the median of the valid ones
+    mixed = render(_locs(y=[305.0, 695.0], x=[505.0, 505.0], uncertainty=[np.nan, 25.0]), pixel_size=ps, fov=fov)
+    assert mixed.metadata["uncertainty_filled"] == 1
+    np.testing.assert_allclose(mixed.data[:50].sum(), 1.0)
+    # both then have sigma 25 nm: the image is mirror-symmetric about y = 500 nm
+    np.testing.assert_allclose(mixed.data[:50], np.flipud(mixed.data[50:]), atol=1e-12)
+
+
+def test_channel_selection_and_3d_projection():
+    locs = _locs(y=[10.0, 10.0, 50.0], x=[10.0, 50.0, 50.0], channel=[1, 2, 2], z=[-300.0, 0.0, 500.0])
+    fov = (0, 0, 60, 60)
+    both = render(locs, pixel_size=20.0, method="histogram", fov=fov)
+    two = render(locs, pixel_size=20.0, method="histogram", fov=fov, channel=2)
+    assert both.data.sum() == 3 and two.data.sum() == 2
+    assert two.data[0, 0] == 0 and two.data[0, 2] == 1 and two.data[2, 2] == 1
+    flat = render(locs.drop(columns="z"), pixel_size=20.0, method="histogram", fov=fov)
+    np.testing.assert_array_equal(both.data, flat.data)      # z ignored: 2D projection
+
+
+def test_render_10k_is_deterministic():
+    rng = np.random.default_rng(5)
+    locs = _locs(rng.uniform(0, 1000, 10_000), rng.uniform(0, 1000, 10_000), uncertainty=rng.uniform(5, 30, 10_000))
+    a = render(locs, pixel_size=10.0)
+    b = render(locs, pixel_size=10.0)
+    np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: pd.DataFrame({"y": [1.0]}), "no x"),
+    (lambda: pd.DataFrame({"x": [], "y": []}), "empty"),
+    (lambda: pd.DataFrame({"x": [1.0, np.nan], "y": [1.0, 2.0]}), "NaN"),
+])
+def test_bad_tables_raise_with_source(bad, match):
+    df = bad()
+    df.attrs["source"] = "/data/bad.csv"
+    with pytest.raises(InputError, match=match) as info:
+        render(df)
+    assert "/data/bad.csv" in str(info.value)
+
+
+def test_bad_arguments_raise():
+    locs = _locs(y=[10.0, 500.0], x=[10.0, 500.0])
+    for ps in (0.0, -5.0, float("nan")):
+        with pytest.raises(InputError, match="pixel_size"):
+            render(locs, pixel_size=ps)
+    with pytest.raises(InputError, match="no localization inside fov"):
+        render(locs, fov=(2000, 2000, 3000, 3000))
+    with pytest.raises(InputError, match="method"):
+        render(locs, method="splat")
+    with pytest.raises(InputError, match="channel"):
+        render(locs, channel=1)
+    with pytest.raises(InputError, match="sigma"):
+        render(locs, sigma=-1.0)
+    with pytest.raises(InputError, match="cell_07"):
+        render(locs, pixel_size=float("inf"))
+
+
+def test_too_large_image_suggests_pixel_size():
+    locs = _locs(y=[0.0, 1e6], x=[0.0, 1e6])            # 1 mm square
+    with pytest.raises(InputError, match="pixel size of at least") as info:
+        render(locs, pixel_size=20.0, method="histogram")
+    suggested = float(str(info.value).split("at least ")[1].split(" nm")[0])
+    # the suggestion really fits
+    n = math.ceil(1e6 / suggested + 1) ** 2
+    assert n <= 2.0e8 * 1.01
+    assert suggested < 80.0

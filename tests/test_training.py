@@ -1,0 +1,113 @@
+"""The training loop: convergence, schedules, early stopping, progress/cancel, determinism."""
+import threading
+
+import pytest
+import torch
+
+from chromflow.errors import CancelledError
+from chromflow.training import TrainingHistory, resolve_device, seed_everything, train
+
+
+def _quadratic(target):
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+    def loss():
+        diff = ((w - target) ** 2).sum()
+        return diff, {"diff": diff.detach()}
+
+    return w, loss
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "soap"])
+def test_converges_to_known_minimum(optimizer):
+    target = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    w, loss = _quadratic(target)
+    hist = train(loss, [w], iterations=400, optimizer=optimizer, lr=0.05)
+    assert torch.allclose(w.detach(), target, atol=1e-2)
+    assert isinstance(hist, TrainingHistory)
+    assert hist.iterations == 400 and hist.stop_reason == "iterations"
+    assert len(hist.losses["total"]) == 400 and len(hist.losses["diff"]) == 400
+    assert hist.losses["total"][-1] < 1e-3 * hist.losses["total"][0]
+    assert hist.wall_time > 0
+
+
+@pytest.mark.parametrize("schedule,last", [("cosine", 0.01), ("exponential", 0.01), (None, 1.0)])
+def test_schedules_reach_final_fraction(schedule, last):
+    w, loss = _quadratic(torch.ones(3, dtype=torch.float64))
+    hist = train(loss, [w], iterations=50, lr=0.1, schedule=schedule, final_lr_fraction=0.01)
+    assert hist.lr[0] == pytest.approx(0.1)
+    assert hist.lr[-1] == pytest.approx(0.1 * last)
+    assert all(a >= b - 1e-15 for a, b in zip(hist.lr, hist.lr[1:]))
+
+
+def test_early_stopping_stops_on_plateau():
+    p = torch.nn.Parameter(torch.zeros(1))
+    # a loss with no dependence on the parameter never improves after the first iteration
+    hist = train(lambda: ((p * 0).sum() + 1.0, {}), [p], iterations=1000, early_stopping=(10, 1e-6))
+    assert hist.stop_reason == "early_stopping"
+    assert hist.iterations == 11
+
+
+def test_progress_and_cancel():
+    w, loss = _quadratic(torch.ones(3, dtype=torch.float64))
+    calls = []
+    train(loss, [w], iterations=20, log_every=5, progress=lambda d, t, m: calls.append((d, t)))
+    assert calls[0] == (0, 20) and calls[-1] == (20, 20)
+    assert (5, 20) in calls and (15, 20) in calls
+
+    event = threading.Event()
+    count = {"n": 0}
+
+    def stopping_loss():
+        count["n"] += 1
+        if count["n"] == 3:
+            event.set()
+        return loss()
+
+    with pytest.raises(CancelledError):
+        train(stopping_loss, [w], iterations=100, cancel=event)
+    assert count["n"] == 3
+    with pytest.raises(CancelledError):
+        train(loss, [w], iterations=100, cancel=lambda: True)
+
+
+def test_bit_reproducible_on_cpu():
+    def run():
+        seed_everything(7)
+        net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        x = torch.rand(32, 2)
+        y = torch.rand(32, 1)
+        train(lambda: (((net(x) - y) ** 2).mean(), {}), net.parameters(), iterations=30, lr=1e-2)
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    assert torch.equal(run(), run())
+
+
+def test_bad_arguments():
+    w, loss = _quadratic(torch.ones(3))
+    with pytest.raises(ValueError, match="adam"):
+        train(loss, [w], iterations=5, optimizer="sgd")
+    with pytest.raises(ValueError, match="cosine"):
+        train(loss, [w], iterations=5, schedule="step")
+    with pytest.raises(ValueError):
+        train(loss, [w], iterations=0)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    with pytest.raises(ValueError, match="auto"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_train_on_cuda():
+    target = torch.tensor([1.0, -2.0, 0.5], device="cuda")
+    w = torch.nn.Parameter(torch.zeros(3, device="cuda"))
+    train(lambda: (((w - target) ** 2).sum(), {}), [w], iterations=300, lr=0.05)
+    assert torch.allclose(w.detach(), target, atol=1e-2)
