@@ -15,6 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .errors import CancelledError, ChromflowError, InputError
 
@@ -221,14 +223,101 @@ def sample_data_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _cmd_demo(args) -> int:
-    from . import demo as _demo
+DEMO_INPUT = "nucleus_two_channel.csv"
+DEMO_TRUTH = "nucleus_rate_truth.tif"
 
+
+def find_sample_data(cache_dir) -> Path:
+    """Folder holding the demo's input and true rate map.
+
+    The ``sample_data/`` folder of a source checkout when it has them; otherwise they are
+    generated once with :func:`chromflow.simulate.make_sample_data` (seed 0) into ``cache_dir``.
+    """
+    folder = sample_data_dir()
+    if folder is not None and (folder / DEMO_INPUT).is_file() and (folder / DEMO_TRUTH).is_file():
+        return folder
+    cache_dir = Path(cache_dir)
+    if not ((cache_dir / DEMO_INPUT).is_file() and (cache_dir / DEMO_TRUTH).is_file()):
+        from .simulate import make_sample_data
+
+        make_sample_data(cache_dir, seed=0)
+    return cache_dir
+
+
+def rate_correlation(result, truth) -> tuple:
+    """Pearson correlation of a recovered rate map with a true one given on another grid.
+
+    The truth (an :class:`~chromflow.Image` with pixel size and origin in nm) is linearly
+    interpolated at the centres of the result's grid cells; cells outside the result's mask, or
+    where the truth is NaN (outside the true nucleus), are left out.
+
+    Returns
+    -------
+    (float, int)
+        Correlation and the number of grid cells compared.
+    """
+    from scipy import ndimage
+
+    ny, nx = np.shape(result.rate)
+    yy, xx = np.mgrid[:ny, :nx]
+    y_nm = result.origin[0] + yy * result.spacing
+    x_nm = result.origin[1] + xx * result.spacing
+    coords = [(y_nm - truth.origin[0]) / truth.pixel_size, (x_nm - truth.origin[1]) / truth.pixel_size]
+    true_rate = ndimage.map_coordinates(np.asarray(truth.data, dtype=float), coords, order=1, mode="constant",
+                                        cval=np.nan)
+    rate = np.asarray(result.rate, dtype=float)
+    use = np.asarray(result.mask, dtype=bool) & np.isfinite(rate) & np.isfinite(true_rate)
+    if use.sum() < 3:
+        return float("nan"), int(use.sum())
+    return float(np.corrcoef(rate[use], true_rate[use])[0, 1]), int(use.sum())
+
+
+def run_demo(out_dir, fast: bool = False, device=None, progress=None, cancel=None) -> dict:
+    """Run the pipeline on the two-channel sample nucleus and compare with its true rate map.
+
+    Parameters
+    ----------
+    out_dir : path
+        Output folder (the sample data are generated into ``out_dir/sample_data`` when the
+        source checkout's ``sample_data/`` is not there).
+    fast : bool
+        :data:`DEMO_FAST` settings (direct method, 48-cell grid) instead of :data:`DEMO_FULL`.
+    device : str, optional
+        Inference device (default ``"auto"``).
+    progress, cancel
+        The progress/cancel protocol.
+
+    Returns
+    -------
+    dict
+        ``summary`` (the run's summary row), ``correlation``, ``n_compared``, ``input``,
+        ``truth``, ``out_dir``.
+    """
+    from .io import read_image
+    from .pipeline import PipelineSettings, process_file, write_outputs
+
+    out_dir = Path(out_dir)
+    folder = find_sample_data(out_dir / "sample_data")
+    settings = PipelineSettings.from_dict(DEMO_FAST if fast else DEMO_FULL)
+    settings.fields.euchromatin_channel = 1  # the sample's channel 1 is the euchromatin mark
+    if device is not None:
+        settings.inference.device = device
+    settings.validate()
+    run = process_file(folder / DEMO_INPUT, settings, progress=progress, cancel=cancel)
+    truth = read_image(folder / DEMO_TRUTH, allow_nan=True)
+    correlation, n = rate_correlation(run.result, truth)
+    run.summary["truth_correlation"] = correlation
+    write_outputs(run, out_dir, cancel=cancel)
+    return {"summary": run.summary, "correlation": correlation, "n_compared": n,
+            "input": folder / DEMO_INPUT, "truth": folder / DEMO_TRUTH, "out_dir": out_dir}
+
+
+def _cmd_demo(args) -> int:
     out = args.out if args.out is not None else Path.cwd() / "chromflow-demo"
     bar = _ProgressBar(not args.quiet, desc="demo")
     try:
         with _ctrl_c_cancels() as cancel:
-            outcome = _demo.run_demo(out, fast=args.fast, device=args.device, progress=bar, cancel=cancel)
+            outcome = run_demo(out, fast=args.fast, device=args.device, progress=bar, cancel=cancel)
     finally:
         bar.close()
     _print_summary(outcome["summary"], outcome["out_dir"])

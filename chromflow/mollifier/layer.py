@@ -28,7 +28,7 @@ BOUNDARIES = ("valid", "reflect", "zeros", "constant", "mask")
 METHODS = ("auto", "direct", "fft")
 #: ``method="auto"`` switches from direct (separable) convolution to FFT when a 1D kernel is
 #: wider than this many samples (see benchmarks/derivatives.py and docs/mollifier.md).
-FFT_MIN_WIDTH = 64
+FFT_MIN_WIDTH = 40
 
 _NAMED = {"lap", "laplacian", "biharmonic", "bilap", "u"}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -503,6 +503,8 @@ class MollifierLayer(nn.Module):
         self.kernel = kernel
         self.boundary = boundary
         self.method = method
+        self.discretization = discretization
+        self._gradient_layer = None
         self._plan = _Plan(orders, ndim, self.radius, self.spacing, kernel, discretization)
         for a, bank in enumerate(self._plan.banks):
             self.register_buffer(f"bank{a}", torch.as_tensor(bank, dtype=torch.float64), persistent=False)
@@ -545,13 +547,21 @@ class MollifierLayer(nn.Module):
         return _run(self._plan, g, banks, self.boundary, self.method, extension, mask_t)
 
     def gradient(self, g) -> tuple:
-        """Gradient of the mollified field, one tensor per axis (array order), same boundary."""
+        """Gradient of the mollified field, one tensor per axis (array order), same settings."""
         orders = [tuple(1 if i == a else 0 for i in range(self.ndim)) for a in range(self.ndim)]
-        layer = MollifierLayer(self.radius, orders=orders, ndim=self.ndim, spacing=self.spacing,
-                               kernel=self.kernel, boundary=self.boundary, method=self.method,
-                               mask=None if self.boundary != "mask" else self.mask.cpu().numpy())
-        layer = layer.to(self.bank0.device)
-        out = layer(g)
+        if all(o in self._plan.keys for o in orders):
+            out = self(g)
+        else:
+            if self._gradient_layer is None:
+                mask = None if self.boundary != "mask" else self.mask.cpu().numpy()
+                sub = MollifierLayer(self.radius, orders, self.ndim, self.spacing, self.kernel, self.boundary,
+                                     self.method, mask, self.discretization)
+                # built once and kept out of the module tree (no duplicate entries in repr or .modules())
+                object.__setattr__(self, "_gradient_layer", sub)
+            sub = self._gradient_layer
+            if sub.bank0.device != self.bank0.device:
+                sub.to(self.bank0.device)
+            out = sub(g)
         return tuple(out[o] for o in orders)
 
     def extra_repr(self) -> str:
