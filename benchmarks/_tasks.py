@@ -393,11 +393,20 @@ def fit_pinn(data: TaskData, backbone: str = "mlp", mode: str = "mollifier", ite
 
 
 def chromatin_fields(data: TaskData):
-    """The chromatin task's data as :class:`chromflow.ChromatinFields` (spacing in nm)."""
-    from chromflow.fields import ChromatinFields
+    """The chromatin task's data as :class:`chromflow.ChromatinFields` (spacing in nm).
 
-    return ChromatinFields(phi_h=data.arrays["phi_h"], phi_e=data.arrays["phi_e"], mask=data.arrays["mask"].astype(bool),
-                           spacing=data.spacing, origin=(0.0, 0.0), source=None, settings={})
+    Falls back to a plain namespace with the same attributes (all that
+    :func:`chromflow.inverse.infer_rates` reads) when :mod:`chromflow.fields` is not importable.
+    """
+    values = dict(phi_h=data.arrays["phi_h"], phi_e=data.arrays["phi_e"], mask=data.arrays["mask"].astype(bool),
+                  spacing=data.spacing, origin=(0.0, 0.0), source=None)
+    try:
+        from chromflow.fields import ChromatinFields
+    except ImportError:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**values)
+    return ChromatinFields(**values, settings={})
 
 
 def fit_chromatin(data: TaskData, backbone: str = "mlp", mode: str = "mollifier", iterations: int = 2000,
@@ -405,18 +414,18 @@ def fit_chromatin(data: TaskData, backbone: str = "mlp", mode: str = "mollifier"
     """Recover the rate map of the chromatin task with :func:`chromflow.inverse.infer_rates`.
 
     ``mode="mollifier"`` calls ``method="pinn"``, ``mode="autodiff"`` calls ``method="autodiff"``,
-    with the same backbone, iterations, seed and remaining options.
+    with the same backbone, iterations, seed and remaining options (``lr``, ``radius``, ...).
     """
     from chromflow.inverse import infer_rates
 
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     method = {"mollifier": "pinn", "autodiff": "autodiff"}[mode]
     result = infer_rates(chromatin_fields(data), method=method, device=device, seed=seed, backbone=backbone,
                          iterations=iterations, **options)
-    history = getattr(result, "history", None)
-    its = getattr(history, "iterations", None) if history is not None else None
-    return FitResult(np.asarray(result.rate, np.float64), int(its if its is not None else iterations),
-                     float(getattr(history, "final_loss", float("nan"))) if history is not None else float("nan"),
-                     history)
+    losses = (result.loss_history or {}).get("total", [])
+    return FitResult(np.asarray(result.rate, np.float64), len(losses) or int(iterations),
+                     float(losses[-1]) if losses else float("nan"), result)
 
 
 def fit(data: TaskData, backbone: str = "mlp", mode: str = "mollifier", iterations: int = 2000, device="cpu",

@@ -70,7 +70,6 @@ def run_case(spec: dict) -> dict:
 
     if spec["task"] == "chromatin":
         import chromflow.inverse  # noqa: F401
-        import chromflow.fields  # noqa: F401
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     device = resolve_device(spec["device"])
     data = _tasks.TaskData.load(spec["data"])

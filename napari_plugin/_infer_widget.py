@@ -224,6 +224,7 @@ class InferWidget(Container):
                                 iterations=self.iterations.value, ensemble=self.ensemble.value,
                                 cancel=self._cancel_event)
         self._set_running(True)
+        self._outcome_seen = False
         if run_synchronously():
             self._run_here(steps)
             return None
@@ -263,6 +264,7 @@ class InferWidget(Container):
         self.status.value = str(message)
 
     def _on_outcome(self, outcome):
+        self._outcome_seen = True
         kind, value = outcome
         if kind == "ok":
             self._on_result(value)
@@ -289,10 +291,15 @@ class InferWidget(Container):
     def _on_aborted(self):
         from napari.utils.notifications import show_info
 
+        self._outcome_seen = True
         self.status.value = "cancelled"
         show_info("Infer rates: cancelled; no layers were changed")
 
     def _on_finished(self):
+        # after quit() the worker emits neither "returned" nor "aborted" when the generator
+        # had already ended (the library raised CancelledError first): report the cancel here
+        if not self._outcome_seen:
+            self._on_aborted()
         self.worker = None
         self._set_running(False)
 

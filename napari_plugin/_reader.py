@@ -103,7 +103,8 @@ def read_layers(path, as_points: bool = False, pixel_size: float = DEFAULT_PIXEL
 
     path = Path(os.fspath(path))
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = cf.read_image(path)
+        # NaN is how chromflow marks "outside the nucleus" in exported rate maps
+        image = cf.read_image(path, allow_nan=True)
         image.name = image.name or path.stem
         kwargs = image_layer_kwargs(image, name=path.stem)
         kwargs["metadata"]["source"] = str(path)

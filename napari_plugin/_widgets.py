@@ -24,6 +24,16 @@ def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
     one wants when re-rendering or moving a threshold slider. A layer of another type with the
     same name is replaced.
     """
+    kwargs = dict(kwargs)
+    # display properties that napari sets on a layer but does not take in add_*()
+    after = {key: kwargs.pop(key) for key in ("contour",) if key in kwargs}
+    layer = _update_or_add(viewer, data, kwargs, layer_type)
+    for key, value in after.items():
+        setattr(layer, key, value)
+    return layer
+
+
+def _update_or_add(viewer, data, kwargs, layer_type):
     name = kwargs["name"]
     if name in viewer.layers:
         layer = viewer.layers[name]
@@ -165,7 +175,9 @@ class SegmentWidget(Container):
             return
         data = np.asarray(layer.data, dtype=float)
         finite = data[np.isfinite(data)]
-        top = float(finite.max()) if finite.size else 1.0
+        # the threshold applies to the smoothed density, whose peak is far below the few
+        # hottest raw pixels: the 99th percentile keeps the useful range on the slider
+        top = float(np.percentile(finite, 99)) if finite.size else 1.0
         top = top if top > 0 else 1.0
         with self.threshold.changed.blocked():
             self.threshold.max = top

@@ -27,7 +27,7 @@ def cell_csv(tmp_path_factory):
     sim = simulate_nucleus(grid=48, nucleus_um=6.0, n_localizations=30_000, seed=5)
     path = tmp_path_factory.mktemp("cli_in") / "cell.csv"
     write_localizations(sim.localizations, path, format="thunderstorm")
-    return path
+    return path, len(sim.localizations)
 
 
 def one_error_line(err: str, *words):
@@ -53,6 +53,7 @@ def test_usage_error_exit_code(capsys):
 def test_run_writes_all_outputs(cell_csv, tmp_path, capsys):
     from chromflow.io import read_image
 
+    cell_csv, n_locs = cell_csv
     out = tmp_path / "out"
     assert main(["run", str(cell_csv), "--out", str(out), "--seed", "3", *FAST]) == EXIT_OK
     assert capsys.readouterr().out == ""  # --quiet
@@ -60,7 +61,7 @@ def test_run_writes_all_outputs(cell_csv, tmp_path, capsys):
     assert names == sorted(f"cell{suffix}" for suffix in OUTPUT_KINDS.values())
     summary = json.loads((out / "cell_summary.json").read_text())
     assert summary["status"] == "ok" and summary["file"] == str(cell_csv)
-    assert summary["n_localizations"] == 60_000
+    assert summary["n_localizations"] == n_locs
     assert summary["pixel_size_nm"] == 40.0 and summary["method"] == "direct" and summary["seed"] == 3
     assert summary["grid"] == "40x40"
     for key in ("mean_rate", "median_rate", "heterochromatin_fraction", "nucleus_area_um2", "domain_area_um2",
@@ -80,6 +81,7 @@ def test_run_writes_all_outputs(cell_csv, tmp_path, capsys):
 
 
 def test_run_prints_summary_and_uses_config(cell_csv, tmp_path, capsys):
+    cell_csv, _ = cell_csv
     config = tmp_path / "settings.json"
     config.write_text(json.dumps({"fields": {"grid": 40}, "render": {"pixel_size": 40},
                                   "inference": {"method": "direct", "seed": 9}}))
@@ -114,6 +116,7 @@ def test_bad_inputs_one_line_error_no_outputs(case, tmp_path, capsys):
 
 
 def test_bad_config_key_names_file_and_key(cell_csv, tmp_path, capsys):
+    cell_csv, _ = cell_csv
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"inference": {"iteration": 5}}))
     assert main(["run", str(cell_csv), "--out", str(tmp_path / "o"), "--config", str(config)]) == EXIT_ERROR
@@ -124,6 +127,7 @@ def test_bad_config_key_names_file_and_key(cell_csv, tmp_path, capsys):
 
 def test_ctrl_c_cancels_cleanly(cell_csv, tmp_path, monkeypatch, capsys):
     """A SIGINT during the run stops it at the next check: exit 130 and no outputs."""
+    cell_csv, _ = cell_csv
     import chromflow.pipeline as pipeline
 
     real_compute_fields = pipeline.compute_fields

@@ -102,10 +102,25 @@ def test_threshold_slider_previews_live_and_failures_keep_labels(viewer_with_sam
     area_auto = int((labels.data > 0).sum())
     widget.auto_threshold.value = False
     assert widget.threshold.enabled
-    # a lower threshold takes in more of the dim surroundings: the preview grows the mask
-    widget.threshold.value = widget.threshold.max * 0.02
-    qtbot.waitUntil(lambda: int((labels.data > 0).sum()) != area_auto, timeout=3000)
-    assert int((labels.data > 0).sum()) > area_auto
+    # the preview shows exactly what the library gives at the slider's threshold
+    import chromflow as cf
+    from napari_plugin._layers import image_from_layer
+
+    image = image_from_layer(viewer.layers["simulated nucleus density"])
+    for fraction in np.linspace(0.05, 0.95, 19):
+        threshold = fraction * widget.threshold.max
+        try:
+            expected = cf.segment_nucleus(image, threshold=threshold)
+        except cf.SegmentationError:
+            continue
+        if int(expected.sum()) != area_auto:
+            break
+    else:
+        pytest.fail("no slider position gives a nucleus different from the automatic one")
+    widget.threshold.value = threshold
+    qtbot.waitUntil(lambda: int((labels.data > 0).sum()) != area_auto, timeout=5000)
+    np.testing.assert_array_equal(labels.data > 0, expected)
+    assert labels.metadata["threshold"] == pytest.approx(threshold)
     before = labels.data.copy()
     # above every pixel: no nucleus -> a notification, the labels layer is left as it was
     widget.live_preview.value = False

@@ -214,3 +214,131 @@ def test_output_paths():
     assert set(paths) == set(OUTPUT_KINDS)
     assert paths["rate"].name == "cell_07_rate.tif" and paths["summary"].name == "cell_07_summary.json"
     assert str(paths["report"].parent) == "/out"
+
+
+# ------------------------------------------------------------------------------------------------
+# run_file end to end
+# ------------------------------------------------------------------------------------------------
+def test_run_file_two_channel_recovers_rate(simulated, tmp_path):
+    """Two-channel table -> outputs on disk; the rate map correlates with the simulation's truth."""
+    from chromflow.cli import rate_correlation
+    from chromflow.inverse import RateMapResult
+    from chromflow.io import read_image
+
+    sim, path = simulated
+    s = fast_settings(radius=4.0)
+    s.fields.euchromatin_channel = 1
+    s.fields.smoothing = 150.0
+    steps = []
+    row = run_file(path, tmp_path / "out", s, progress=lambda done, total, msg: steps.append((done, total, msg)))
+    assert row["status"] == "ok" and row["two_channel"] is True
+    assert row["n_localizations"] == len(sim.localizations)
+    # progress runs monotonically from 0 to 100 through every stage
+    dones = [d for d, _, _ in steps]
+    assert dones == sorted(dones) and dones[0] == 0 and dones[-1] == 100 and {t for _, t, _ in steps} == {100}
+    for stage in ("read", "segment", "fields", "infer", "report", "write"):
+        assert any(msg.startswith(stage) for _, _, msg in steps), stage
+        assert row[f"time_{stage}_s"] >= 0
+    paths = output_paths(path, tmp_path / "out")
+    assert all(p.is_file() for p in paths.values())
+    assert json.loads(paths["summary"].read_text()) == row
+    result = RateMapResult.load(paths["result"])
+    rate_tif = read_image(paths["rate"], allow_nan=True)
+    np.testing.assert_allclose(rate_tif.data, result.rate.astype(np.float32), equal_nan=True)
+    assert rate_tif.pixel_size == pytest.approx(result.spacing)
+    assert rate_tif.origin == pytest.approx(result.origin)
+    from chromflow import Image
+    truth = Image(sim.rate, pixel_size=sim.spacing_nm, origin=sim.origin)
+    corr, n = rate_correlation(result, truth)
+    assert n > 500 and corr > 0.5
+
+
+def test_run_file_tiff_input_and_no_overwrite(tmp_path, simulated):
+    from chromflow.io import write_image
+
+    sim, path = simulated
+    density = load_input(path, fast_settings()).density
+    tif = tmp_path / "dens.tif"
+    write_image(Image(density.data.astype(np.float32), pixel_size=40.0, origin=density.origin), tif)
+    s = fast_settings()
+    s.render.pixel_size = 10.0  # ignored: the TIFF records its pixel size
+    row = run_file(tif, tmp_path / "out", s)
+    assert row["kind"] == "image" and row["pixel_size_nm"] == 40.0 and row["n_localizations"] is None
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(InputError, match="outputs exist"):
+        run_file(tif, tmp_path / "out", s, overwrite=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
+
+
+def _tiff(tmp_path, data, name="x.tif", pixel_size=40.0):
+    from chromflow.io import write_image
+
+    path = tmp_path / name
+    write_image(Image(np.asarray(data, dtype=np.float32), pixel_size=pixel_size), path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["no_contrast", "tiny_nucleus", "no_nucleus"])
+def test_failures_raise_and_leave_nothing(tmp_path, case):
+    yy, xx = np.mgrid[:200, :200]
+    if case == "no_contrast":
+        data = np.full((200, 200), 3.0)
+    elif case == "tiny_nucleus":
+        # a nucleus of ~3 pixels radius (120 nm): fewer grid cells than the mollifier kernel needs
+        data = np.where((yy - 100) ** 2 + (xx - 100) ** 2 < 9, 50.0, 0.0)
+    else:
+        data = np.random.default_rng(1).poisson(2.0, (200, 200))
+    path = _tiff(tmp_path, data)
+    out = tmp_path / "out"
+    with pytest.raises(ChromflowError) as info:
+        run_file(path, out, fast_settings())
+    assert str(path) in str(info.value) or "nucleus" in str(info.value)
+    assert not out.exists()
+
+
+def test_cancel_and_write_failure_leave_nothing(simulated, tmp_path, monkeypatch):
+    sim, path = simulated
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    cancel = threading.Event()
+
+    def cancel_when_inferring(done, total, message):
+        if message.startswith("infer"):
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        run_file(path, out, fast_settings(), progress=cancel_when_inferring, cancel=cancel)
+    assert listing(out) == ["keep.txt"]
+
+    # a failure while writing (here: the result file) removes everything written so far
+    from chromflow import inverse
+
+    def broken_save(self, path):
+        open(path, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(inverse.RateMapResult, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        run_file(path, out, fast_settings())
+    assert listing(out) == ["keep.txt"]
+
+
+def test_euchromatin_channel_errors(simulated, tmp_path):
+    sim, path = simulated
+    s = fast_settings()
+    s.fields.euchromatin_channel = 7
+    with pytest.raises(InputError, match="no localizations in channel 7"):
+        load_input(path, s)
+    s.fields.euchromatin_channel = 1
+    s.fields.euchromatin = str(path)
+    with pytest.raises(InputError, match="use one"):
+        load_input(path, s)
+
+
+def test_process_file_is_reproducible(simulated):
+    sim, path = simulated
+    a = process_file(path, fast_settings(), figure=False)
+    b = process_file(path, fast_settings(), figure=False)
+    np.testing.assert_array_equal(a.result.rate, b.result.rate)
+    assert a.summary["settings_fingerprint"] == b.summary["settings_fingerprint"]

@@ -137,6 +137,15 @@ class _Problem:
     def rhs(self, d, reaction=True):
         return self.L @ self.mu(d) + self.reaction(d, reaction)
 
+    def roundoff_floor(self, d):
+        # The residual cannot be evaluated more accurately than the rounding of its largest terms:
+        # |L mu| and |l^2 L L d| carry 1/h^2 and 1/h^4, so on fine grids the floor exceeds 1e-10.
+        eps = np.finfo(np.float64).eps
+        norm_L = float(abs(self.L).sum(axis=1).max())
+        norm_LL = float(abs(self.LL).sum(axis=1).max())
+        mu_bulk = np.abs(-0.5 * (self.tot - d) + bulk_potential(self.phi_h(d), self.model.phi_max)).max()
+        return 2 * eps * (norm_L * float(mu_bulk) + self.l2 * norm_LL * float(np.abs(d).max()))
+
     def jacobian(self, d, reaction=True):
         # dG/dd = L diag(1/2 + F'(phi_h)/2) - l^2 L L - diag(lambda + 1)
         c = 0.5 + 0.5 * bulk_potential(self.phi_h(d), self.model.phi_max, derivative=1)
@@ -391,7 +400,9 @@ def chromatin_steady_state(rate, total=None, mask=None, spacing_um: float = 0.05
         Most Newton iterations.
     return_info : bool
         Also return a dict with ``steps``, ``time``, ``newton_steps``, ``residual`` (final max-norm),
-        ``history`` (max-norm residual after every step) and ``converged``.
+        ``history`` (max-norm residual after every step), ``roundoff_floor`` (the accuracy to which
+        the residual can be evaluated in float64, grows like ``h^-4``) and ``converged``
+        (``residual <= max(tol, roundoff_floor)``).
     progress, cancel
         The chromflow progress/cancel protocol.
     phi_max, length : float, optional
@@ -446,6 +457,8 @@ def chromatin_steady_state(rate, total=None, mask=None, spacing_um: float = 0.05
     phi_h, phi_e = prob.to_fields(d)
     if not return_info:
         return phi_h, phi_e
+    floor = prob.roundoff_floor(d)
     info = {"steps": steps, "time": time, "newton_steps": newton_steps, "residual": history[-1],
-            "history": np.asarray(history), "converged": bool(history[-1] <= tol)}
+            "roundoff_floor": floor, "history": np.asarray(history),
+            "converged": bool(history[-1] <= max(tol, floor))}
     return phi_h, phi_e, info

@@ -1,0 +1,233 @@
+"""Cost of a 4th-order derivative + backward: recursive autodiff vs the mollifier layer.
+
+One evaluation = network on the grid -> biharmonic ``u_xxxx + 2 u_xxyy + u_yyyy`` -> loss
+(mean square) -> ``loss.backward()``.
+
+* autodiff: a coordinate network ``u(y, x)`` (chromflow.models.MLP, width 64) on the grid's
+  points, derivatives by recursive ``torch.autograd.grad(create_graph=True)`` (8 calls);
+* mollifier: the same network on the grid padded by the kernel half-width, then
+  ``MollifierLayer(radius, ("biharmonic",), boundary="valid")``.
+
+Time is the median over repeats (after one warm-up); memory is the peak above the state before
+the first evaluation: on CPU the RSS high-water mark (``VmHWM`` in /proc/self/status) of a fresh
+subprocess per case, on CUDA ``torch.cuda.max_memory_allocated``. A second table times the layer
+alone (forward + backward) for direct and FFT convolution against the kernel radius, which sets
+``FFT_MIN_WIDTH``.
+
+Usage: python benchmarks/derivatives.py [--quick] [--device cpu|cuda] [--repeats N] [--radius R]
+(--quick: grids 32 and 64, depths 2 and 4; under 2 minutes on 2 CPU cores.)
+CSV files go to benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from chromflow.io._atomic import atomic_path
+from chromflow.models import MLP, evaluate_on_grid, grid_coordinates
+from chromflow.mollifier import MollifierLayer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _vm_hwm_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autodiff_step(net, coords):
+    """Biharmonic of u(coords) by recursive autograd, then backward."""
+    coords = coords.detach().requires_grad_(True)
+    u = net(coords)
+
+    def grad(f):
+        return torch.autograd.grad(f.sum(), coords, create_graph=True)[0]
+
+    du = grad(u)                         # (u_y, u_x)
+    d_x = grad(du[:, 1])                 # (u_xy, u_xx)
+    d_yy = grad(du[:, 0])[:, 0]          # u_yy
+    d_xxx = grad(d_x[:, 1])              # (u_xxy, u_xxx)
+    d_yyy = grad(d_yy)[:, 0]             # u_yyy
+    u_xxxx = grad(d_xxx[:, 1])[:, 1]
+    u_xxyy = grad(d_xxx[:, 0])[:, 0]
+    u_yyyy = grad(d_yyy)[:, 0]
+    bilap = u_xxxx + 2 * u_xxyy + u_yyyy
+    loss = bilap.square().mean()
+    loss.backward()
+    return float(loss)
+
+
+def mollifier_step(net, layer, shape, coords):
+    g = evaluate_on_grid(net, shape, pad=layer.halo[0], coords=coords)
+    bilap = layer(g)["biharmonic"]
+    loss = bilap.square().mean()
+    loss.backward()
+    return float(loss)
+
+
+def run_case(method: str, size: int, depth: int, radius: float, repeats: int, device: str, seed: int = 0) -> dict:
+    """Time and peak memory of one (method, grid size, depth) case in this process."""
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    net = MLP(2, 1, width=64, depth=depth).to(dev)
+    shape = (size, size)
+    if method == "autodiff":
+        coords, _ = grid_coordinates(shape, device=dev)
+        step = lambda: autodiff_step(net, coords)  # noqa: E731
+    else:
+        layer = MollifierLayer(radius, ("biharmonic",), boundary="valid").to(dev)
+        coords, _ = grid_coordinates(shape, pad=layer.halo[0], device=dev)
+        step = lambda: mollifier_step(net, layer, shape, coords)  # noqa: E731
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        base = _vm_hwm_mb()
+    times = []
+    for i in range(repeats + 1):
+        net.zero_grad(set_to_none=True)
+        _sync(dev)
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        if i:  # first call warms up kernels and allocators
+            times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+    else:
+        peak = _vm_hwm_mb() - base
+    return {"method": method, "grid": size, "depth": depth, "time_s": statistics.median(times), "peak_mb": peak}
+
+
+def layer_case(size: int, radius: float, method: str, repeats: int, device: str) -> dict:
+    dev = torch.device(device)
+    layer = MollifierLayer(radius, ("u", "lap", "biharmonic"), boundary="valid", method=method).to(dev)
+    h = layer.halo[0]
+    g = torch.randn(1, 1, size + 2 * h, size + 2 * h, device=dev, requires_grad=True)
+    times = []
+    for i in range(repeats + 1):
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = layer(g)
+        sum(v.square().mean() for v in out.values()).backward()
+        _sync(dev)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return {"grid": size, "radius": radius, "width": 2 * h + 1, "method": method,
+            "time_ms": 1e3 * statistics.median(times)}
+
+
+def _case_in_subprocess(args: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--_case", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="grids 32, 64 and depths 2, 4")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--radius", type=float, default=4.0, help="kernel radius in grid cells")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--_case", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args._case:  # child process: one case, JSON on the last line of stdout
+        method, size, depth, radius, repeats = args._case
+        row = run_case(method, int(size), int(depth), float(radius), int(repeats), args.device)
+        print(json.dumps(row))
+        return
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available")
+    sizes = [32, 64] if args.quick else [32, 64, 128, 256]
+    depths = [2, 4] if args.quick else [2, 4, 6, 8]
+    name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
+    print(f"4th-order derivative (biharmonic) + backward on {args.device} ({name}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} torch threads); MLP width 64; mollifier radius {args.radius:g} cells; "
+          f"median of {args.repeats}; peak memory above the starting state\n")
+    print("| grid | depth | autodiff time (s) | mollifier time (s) | speed-up | autodiff peak (MiB) | "
+          "mollifier peak (MiB) | memory ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for size in sizes:
+        for depth in depths:
+            pair = {}
+            for method in ("autodiff", "mollifier"):
+                if args.device == "cuda":
+                    try:
+                        pair[method] = run_case(method, size, depth, args.radius, args.repeats, "cuda")
+                    except torch.OutOfMemoryError:
+                        pair[method] = {"error": "out of memory"}
+                    torch.cuda.empty_cache()
+                else:
+                    extra = ["--threads", str(args.threads)] if args.threads else []
+                    pair[method] = _case_in_subprocess([method, str(size), str(depth), str(args.radius),
+                                                        str(args.repeats)] + extra)
+            a, m = pair["autodiff"], pair["mollifier"]
+            if "error" in a or "error" in m:
+                print(f"| {size} | {depth} | {a.get('error', '')} | {m.get('error', '')} | | | | |")
+                continue
+            print(f"| {size} | {depth} | {a['time_s']:.4f} | {m['time_s']:.4f} | {a['time_s'] / m['time_s']:.1f}x | "
+                  f"{a['peak_mb']:.1f} | {m['peak_mb']:.1f} | "
+                  f"{a['peak_mb'] / max(m['peak_mb'], 0.1):.1f}x |", flush=True)
+            rows += [a, m]
+    if rows:
+        path = RESULTS / f"derivatives_{args.device}.csv"
+        _write_csv(rows, path)
+        print(f"\nwrote {path}")
+
+    # the layer alone: direct vs FFT against kernel width
+    size = 128 if args.quick else 256
+    radii = [4, 16, 32] if args.quick else [4, 8, 16, 24, 32, 48]
+    print(f"\nMollifierLayer(('u', 'lap', 'biharmonic')) forward + backward on a {size}x{size} grid "
+          f"(float32, median of {args.repeats})\n")
+    print("| radius (cells) | kernel width | direct (ms) | fft (ms) |")
+    print("|---:|---:|---:|---:|")
+    layer_rows = []
+    for radius in radii:
+        d = layer_case(size, radius, "direct", args.repeats, args.device)
+        f = layer_case(size, radius, "fft", args.repeats, args.device)
+        layer_rows += [d, f]
+        print(f"| {radius} | {d['width']} | {d['time_ms']:.2f} | {f['time_ms']:.2f} |", flush=True)
+    path = RESULTS / f"mollifier_layer_{args.device}.csv"
+    _write_csv(layer_rows, path)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

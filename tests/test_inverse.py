@@ -1,0 +1,208 @@
+"""Rate inference against simulated nuclei with a known rate map."""
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from chromflow.errors import CancelledError, GridError, InputError
+from chromflow.inverse import RateMapResult, _autodiff_derivatives, infer_rates
+from chromflow.simulate import chromatin_steady_state
+
+SPACING_NM = 50.0
+
+
+def _nucleus(n=48):
+    """Elliptic nucleus, smooth spatially varying rate, steady-state fields (independent FD solver)."""
+    y, x = np.mgrid[0:n, 0:n].astype(float)
+    c = (n - 1) / 2
+    mask = np.hypot((y - c) / (0.44 * n), (x - c) / (0.40 * n)) < 1
+    rate = 1.4 + 0.4 * np.sin(2 * np.pi * x / n + 0.4) * np.cos(1.6 * np.pi * y / n)
+    h, e = chromatin_steady_state(rate, total=0.5, mask=mask, spacing_um=SPACING_NM / 1000)
+    fields = SimpleNamespace(phi_h=h, phi_e=e, mask=mask, spacing=SPACING_NM, origin=(100.0, 200.0),
+                             source="sim.tif")
+    return fields, rate
+
+
+@pytest.fixture(scope="module")
+def nucleus():
+    return _nucleus()
+
+
+def _corr(a, b, where):
+    return float(np.corrcoef(a[where], b[where])[0, 1])
+
+
+def test_direct_uniform_fields_give_exact_ratio():
+    m = np.zeros((32, 32), bool)
+    m[6:26, 5:27] = True
+    f = SimpleNamespace(phi_h=np.full((32, 32), 0.33), phi_e=np.full((32, 32), 0.22), mask=m, spacing=40.0,
+                        origin=(0.0, 0.0), source=None)
+    r = infer_rates(f, method="direct")
+    assert np.allclose(r.rate[m], 1.5, atol=1e-12)
+    assert np.isnan(r.rate[~m]).all()
+    assert np.allclose(r.residual[m], 0, atol=1e-12)
+
+
+def test_direct_recovers_rate_inside(nucleus):
+    fields, rate = nucleus
+    r = infer_rates(fields, method="direct", radius=3)
+    # away from the edge (kernel footprint inside the nucleus) the closed form is near exact
+    inner = ndimage.binary_erosion(fields.mask, iterations=5)
+    assert _corr(r.rate, rate, inner) > 0.999
+    assert np.nanmax(np.abs(r.rate - rate)[inner]) < 0.02
+    assert r.method == "direct" and np.isnan(r.uncertainty).all()
+
+
+def test_pinn_recovers_rate_on_whole_mask(nucleus):
+    fields, rate = nucleus
+    r = infer_rates(fields, method="pinn", iterations=PINN_ITERATIONS, seed=0, device="cpu")
+    corr = _corr(r.rate, rate, fields.mask)
+    direct = infer_rates(fields, method="direct")
+    # the network is free outside the mask, so the edge band is recovered too (direct is not)
+    assert corr > PINN_MIN_CORR
+    assert corr > _corr(direct.rate, rate, fields.mask) + 0.05
+    assert np.isnan(r.rate[~fields.mask]).all()
+    assert r.loss_history["total"][-1] < 0.1 * r.loss_history["total"][0]
+    # fitted fields follow the data
+    assert np.nanmax(np.abs(r.phi_h - fields.phi_h)[fields.mask]) < 0.02
+    assert r.settings["iterations"] == PINN_ITERATIONS and r.device == "cpu"
+
+
+PINN_ITERATIONS = 400
+PINN_MIN_CORR = 0.95
+
+
+def test_autodiff_derivatives_are_exact_on_analytic_function():
+    """Recursive autograd gives the analytic lap / bilap of sin(a y) cos(b x) (with unit scaling)."""
+
+    class Analytic(torch.nn.Module):
+        def forward(self, c):
+            return (torch.sin(1.3 * c[:, 0]) * torch.cos(0.7 * c[:, 1]))[:, None]
+
+    shape = (5, 6)
+    y, x = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 6), indexing="ij")
+    c = torch.tensor(np.stack([y.ravel(), x.ravel()], 1), requires_grad=True)
+    to_um = 2.0
+    d = _autodiff_derivatives(Analytic()(c)[:, 0], c, to_um, shape)
+    u = np.sin(1.3 * y) * np.cos(0.7 * x)
+    k2 = 1.3 ** 2 + 0.7 ** 2
+    assert np.allclose(d.dy.detach().numpy(), 1.3 * np.cos(1.3 * y) * np.cos(0.7 * x) * to_um)
+    assert np.allclose(d.dx.detach().numpy(), -0.7 * np.sin(1.3 * y) * np.sin(0.7 * x) * to_um)
+    assert np.allclose(d.lap.detach().numpy(), -k2 * u * to_um ** 2)
+    assert np.allclose(d.bilap.detach().numpy(), k2 ** 2 * u * to_um ** 4)
+
+
+def test_autodiff_runs_and_agrees_with_finite_differences():
+    """method="autodiff" on a tiny grid: its residual equals the one from finite differences of its fields."""
+    n = 12
+    m = np.ones((n, n), bool)
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    f = SimpleNamespace(phi_h=0.3 + 0.02 * np.sin(2 * yy + xx), phi_e=0.2 + 0.01 * np.cos(xx), mask=m,
+                        spacing=SPACING_NM, origin=(0.0, 0.0), source=None)
+    r = infer_rates(f, method="autodiff", iterations=30, device="cpu")
+    assert r.method == "autodiff" and np.isfinite(r.rate).all() and np.isfinite(r.residual).all()
+    # the fitted lambda is close to the local reaction balance phi_h / phi_e of smooth fields
+    assert np.nanmedian(r.rate) == pytest.approx(1.5, rel=0.1)
+
+
+def test_deterministic_on_cpu(nucleus):
+    fields, _ = nucleus
+    a = infer_rates(fields, method="pinn", iterations=15, seed=3, device="cpu")
+    b = infer_rates(fields, method="pinn", iterations=15, seed=3, device="cpu")
+    c = infer_rates(fields, method="pinn", iterations=15, seed=4, device="cpu")
+    assert np.array_equal(a.rate, b.rate, equal_nan=True)
+    assert not np.array_equal(a.rate, c.rate, equal_nan=True)
+
+
+def test_ensemble_gives_uncertainty(nucleus):
+    fields, _ = nucleus
+    r = infer_rates(fields, method="pinn", iterations=20, ensemble=2, device="cpu")
+    m = fields.mask
+    assert np.isfinite(r.uncertainty[m]).all() and (r.uncertainty[m] > 0).all()
+    assert np.isnan(r.uncertainty[~m]).all()
+
+
+def test_progress_and_cancel(nucleus):
+    fields, _ = nucleus
+    calls = []
+    infer_rates(fields, method="pinn", iterations=10, log_every=5, progress=lambda d, t, msg: calls.append((d, t)))
+    assert calls and calls[-1] == (10, 10) and (5, 10) in calls
+    with pytest.raises(CancelledError):
+        infer_rates(fields, method="pinn", iterations=10, cancel=lambda: True)
+    event = threading.Event()
+    event.set()
+    with pytest.raises(CancelledError):
+        infer_rates(fields, method="direct", cancel=event)
+
+
+def test_errors():
+    m = np.zeros((32, 32), bool)
+    m[14:18, 14:18] = True
+    f = SimpleNamespace(phi_h=np.full((32, 32), 0.3), phi_e=np.full((32, 32), 0.2), mask=m, spacing=50.0,
+                        origin=(0.0, 0.0), source="tiny.tif")
+    for method in ("direct", "pinn"):
+        with pytest.raises(GridError, match="tiny.tif"):
+            infer_rates(f, method=method, radius=3)
+    m2 = np.zeros((32, 32), bool)
+    m2[4:28, 4:28] = True
+    e = np.full((32, 32), 0.2)
+    e[10, 10] = 0.0
+    bad = SimpleNamespace(phi_h=np.full((32, 32), 0.3), phi_e=e, mask=m2, spacing=50.0, origin=(0, 0), source="b.tif")
+    with pytest.raises(InputError, match="phi_e"):
+        infer_rates(bad, method="direct")
+    good = SimpleNamespace(phi_h=np.full((32, 32), 0.3), phi_e=np.full((32, 32), 0.2), mask=m2, spacing=50.0,
+                           origin=(0, 0), source=None)
+    with pytest.raises(ValueError, match="pinn"):
+        infer_rates(good, method="magic")
+    with pytest.raises(ValueError, match="auto"):
+        infer_rates(good, device="tpu")
+    with pytest.raises(ValueError, match="mlp"):
+        infer_rates(good, backbone="resnet")
+    with pytest.raises(ValueError, match="unknown option"):
+        infer_rates(good, learning_rate=1.0)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_result_save_load_round_trip(tmp_path, nucleus, suffix):
+    fields, _ = nucleus
+    r = infer_rates(fields, method="pinn", iterations=5, ensemble=2)
+    path = tmp_path / f"result{suffix}"
+    r.save(path)
+    back = RateMapResult.load(path)
+    for name in ("rate", "uncertainty", "residual", "phi_h", "phi_e", "mask"):
+        assert np.array_equal(getattr(back, name), getattr(r, name), equal_nan=True)
+    assert back.mask.dtype == bool and back.rate.dtype == np.float64
+    assert back.spacing == r.spacing and back.origin == r.origin == (100.0, 200.0)
+    assert back.loss_history == r.loss_history and back.settings == r.settings
+    assert (back.method, back.device, back.source, back.timing) == (r.method, r.device, r.source, r.timing)
+    assert list(tmp_path.iterdir()) == [path]  # atomic write leaves no temporary file
+    with pytest.raises(InputError, match="nope.npz"):
+        RateMapResult.load(tmp_path / "nope.npz")
+
+
+def test_summary_and_image(nucleus):
+    fields, rate = nucleus
+    r = infer_rates(fields, method="direct")
+    s = r.summary()
+    m = fields.mask
+    assert s["nucleus_area_um2"] == pytest.approx(m.sum() * 0.05 ** 2)
+    assert s["median_rate"] == pytest.approx(float(np.nanmedian(r.rate)))
+    h, e = fields.phi_h[m], fields.phi_e[m]
+    assert s["heterochromatin_fraction"] == pytest.approx(r.phi_h[m].sum() / (r.phi_h[m] + r.phi_e[m]).sum())
+    assert 0.3 < s["heterochromatin_fraction"] < 0.8 and h.sum() > e.sum() * 0.5
+    img = r.to_image("rate")
+    assert img.pixel_size == SPACING_NM and img.origin == (100.0, 200.0) and img.source == "sim.tif"
+    assert np.array_equal(img.data, r.rate, equal_nan=True)
+    with pytest.raises(ValueError):
+        r.to_image("nothing")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pinn_on_cuda_matches_cpu_closely(nucleus):
+    fields, rate = nucleus
+    r = infer_rates(fields, method="pinn", iterations=PINN_ITERATIONS, device="cuda")
+    assert r.device.startswith("cuda")
+    assert _corr(r.rate, rate, fields.mask) > PINN_MIN_CORR
