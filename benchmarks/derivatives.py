@@ -136,6 +136,68 @@ def layer_case(size: int, radius: float, method: str, repeats: int, device: str)
             "time_ms": 1e3 * statistics.median(times)}
 
 
+def _mollified_cos_factor(w: float, radius: float) -> float:
+    """(cos(w .) * eta_radius) = factor * cos(w .) for the (even) bump kernel."""
+    import math
+
+    from scipy import integrate
+
+    from chromflow.mollifier import profile
+    from chromflow.mollifier.kernels import profile_integral
+
+    val = integrate.quad(lambda s: float(profile("bump", s)) * math.cos(w * radius * s), -1, 1, limit=200)[0]
+    return val / profile_integral("bump")
+
+
+BANDS = ((0.0, 0.5), (0.5, 1.0), (1.0, 1.5), (1.5, float("inf")))
+
+
+def boundary_errors(size: int = 128, radius: float = 6.0, wavelength: float = 40.0) -> list[dict]:
+    """Error of mollified derivatives against the exact mollified field, by distance to the edge.
+
+    Field ``sin(w x + 0.7) cos(w y + 0.3)`` (w = 2 pi / wavelength, grid units), whose exact
+    mollified derivatives are the raw ones times a Fourier factor of the kernel. Errors are the
+    largest absolute error in each band of distance to the domain edge (in units of the radius),
+    divided by the largest exact value. Domains: the whole grid (reflect, zeros) and a disk of
+    radius 0.4 size (mask, extension degrees 1-3).
+    """
+    import math
+
+    import numpy as np
+    from scipy import ndimage
+
+    from chromflow.mollifier import derivative
+
+    w = 2 * math.pi / wavelength
+    t = torch.arange(size, dtype=torch.float64)
+    y, x = torch.meshgrid(t, t, indexing="ij")
+    field = torch.sin(w * x + 0.7) * torch.cos(w * y + 0.3)
+    fac = _mollified_cos_factor(w, radius) ** 2
+    truth = {"d/dx": ((0, 1), w * fac * torch.cos(w * x + 0.7) * torch.cos(w * y + 0.3)),
+             "lap": ("lap", -2 * w**2 * fac * field),
+             "biharmonic": ("biharmonic", 4 * w**4 * fac * field)}
+    c = (size - 1) / 2
+    disk = ((x - c) ** 2 + (y - c) ** 2 <= (0.4 * size) ** 2).numpy()
+    full = np.ones((size, size), bool)
+    cases = [("reflect", full, {}), ("zeros", full, {})]
+    cases += [(f"mask, degree {d}", disk, {"mask": disk, "mask_degree": d}) for d in (1, 2, 3)]
+    rows = []
+    for label, domain, extra in cases:
+        boundary = "mask" if "mask" in extra else label
+        # distance (cells) from each pixel centre to the edge of its domain
+        dist = ndimage.distance_transform_edt(np.pad(domain, 1))[1:-1, 1:-1] - 0.5
+        for name, (order, want) in truth.items():
+            got = derivative(field, order, radius, boundary=boundary, **extra)
+            err = (got - want).abs().numpy()
+            scale = float(want.abs().max())
+            row = {"boundary": label, "order": name, "wavelength": wavelength, "radius": radius}
+            for lo, hi in BANDS:
+                sel = domain & (dist >= lo * radius) & (dist < hi * radius)
+                row[f"{lo:g}-{hi:g}"] = float(err[sel].max()) / scale
+            rows.append(row)
+    return rows
+
+
 def _case_in_subprocess(args: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--_case", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -161,6 +223,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--radius", type=float, default=4.0, help="kernel radius in grid cells")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--parts", default="speed,layer,boundary",
+                        help="comma-separated tables to make: speed, layer, boundary")
     parser.add_argument("--_case", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -174,6 +238,34 @@ def main(argv=None):
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available")
+    parts = set(args.parts.split(","))
+    if "speed" in parts:
+        speed_table(args)
+    if "layer" in parts:
+        layer_table(args)
+    if "boundary" in parts:
+        boundary_table()
+
+
+def boundary_table():
+    print("\nRelative error of mollified derivatives near the domain edge (bump, radius 6 cells, "
+          "128x128 grid, float64); columns: distance to the edge in radii\n")
+    rows = []
+    for wavelength in (40.0, 80.0):
+        print(f"wavelength {wavelength:g} cells\n")
+        print("| boundary | order | " + " | ".join(f"{lo:g}-{hi:g}" for lo, hi in BANDS) + " |")
+        print("|---|---|" + "---:|" * len(BANDS))
+        for row in boundary_errors(wavelength=wavelength):
+            rows.append(row)
+            vals = " | ".join(f"{row[f'{lo:g}-{hi:g}']:.1e}" for lo, hi in BANDS)
+            print(f"| {row['boundary']} | {row['order']} | {vals} |")
+        print()
+    path = RESULTS / "mollifier_boundary.csv"
+    _write_csv(rows, path)
+    print(f"wrote {path}")
+
+
+def speed_table(args):
     sizes = [32, 64] if args.quick else [32, 64, 128, 256]
     depths = [2, 4] if args.quick else [2, 4, 6, 8]
     name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
@@ -211,7 +303,9 @@ def main(argv=None):
         _write_csv(rows, path)
         print(f"\nwrote {path}")
 
-    # the layer alone: direct vs FFT against kernel width
+
+def layer_table(args):
+    """The layer alone: direct vs FFT against kernel width."""
     size = 128 if args.quick else 256
     radii = [4, 16, 32] if args.quick else [4, 8, 16, 24, 32, 48]
     print(f"\nMollifierLayer(('u', 'lap', 'biharmonic')) forward + backward on a {size}x{size} grid "

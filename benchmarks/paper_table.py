@@ -41,8 +41,11 @@ import _tasks  # noqa: E402  (benchmark-only set-ups, next to this script)
 PAPER = {"chromatin": {"autodiff": dict(time_s=3386.0, peak_mb=2750.0, corr=0.44),
                        "mollifier": dict(time_s=335.0, peak_mb=230.0, corr=0.99)}}
 
+#: --quick: small grids, one noise level, MLP only. The 4th-order autodiff case costs seconds per
+#: iteration on a CPU, so its run is capped and its total time extrapolated (labelled in "note").
 QUICK = dict(tasks=["langevin", "heat", "chromatin"], backbones=["mlp"], noise=[0.01],
-             grid={"langevin": 128, "heat": 32, "chromatin": 32}, iterations=300)
+             grid={"langevin": 128, "heat": 32, "chromatin": 32}, iterations=300,
+             autodiff_iterations={"chromatin": 20}, threads=1)
 FULL_ITERATIONS = 2000
 
 COLUMNS = ["task", "order", "backbone", "noise", "mode", "grid", "iterations", "corr", "rmse", "peak_mb",
@@ -187,7 +190,8 @@ def parse_args(argv=None):
                    help="cap autodiff runs at this many steps; total time is then extrapolated to --iterations")
     p.add_argument("--grid", type=int, default=None, help="grid points per axis (all tasks)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per case")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per case (default: torch's own; 1 with --quick on CPU)")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per case")
     p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/paper_table_<time>.csv)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -221,12 +225,13 @@ def main(argv=None) -> int:
                 data.save(data_path)
                 for backbone in backbones:
                     for mode in _tasks.MODES:
-                        its = iterations
-                        note = ""
-                        if mode == "autodiff" and args.autodiff_iterations and args.autodiff_iterations < iterations:
-                            its, note = args.autodiff_iterations, f"ran {args.autodiff_iterations} its; time_full extrapolated"
+                        its, note = iterations, ""
+                        cap = args.autodiff_iterations or (QUICK["autodiff_iterations"].get(task) if args.quick else None)
+                        if mode == "autodiff" and cap and cap < iterations:
+                            its, note = cap, f"capped at {cap} its: time_full_s extrapolated, corr not converged"
+                        threads = args.threads or (QUICK["threads"] if args.quick and device == "cpu" else None)
                         spec = dict(task=task, noise=noise, backbone=backbone, mode=mode, iterations=its,
-                                    device=device, seed=args.seed, data=str(data_path), threads=args.threads)
+                                    device=device, seed=args.seed, data=str(data_path), threads=threads)
                         print(f"[paper_table] {task} noise={noise:g} {backbone} {mode} ({its} its) ...",
                               file=sys.stderr, flush=True)
                         res = _spawn(spec, workdir, args.timeout)

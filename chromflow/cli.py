@@ -73,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a local cluster)")
     batch.add_argument("--workers", type=int, metavar="N", help="number of local workers")
     _add_device(batch)
+    batch.add_argument("--pixel-size", type=float, metavar="NM", help="render pixel size in nm")
+    batch.add_argument("--method", choices=("pinn", "direct", "autodiff"), help="inference method")
+    batch.add_argument("--iterations", type=int, metavar="N", help="training iterations")
+    batch.add_argument("--grid", type=int, metavar="N", help="grid cells along the longer side of the nucleus")
+    batch.add_argument("--seed", type=int, metavar="S", help="random seed")
+    batch.add_argument("--force", action="store_true",
+                       help="accept settings that differ from those the output folder was made with "
+                            "(every file is recomputed)")
+    batch.add_argument("--retry-failed", action="store_true",
+                       help="retry files whose failure an earlier run recorded (default: only if they changed)")
+    batch.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary line")
 
     demo = sub.add_parser("demo", help="run the pipeline on the bundled sample data",
                           description="Run the pipeline on sample data with a known rate map and report the "
@@ -211,13 +222,17 @@ def _cmd_batch(args) -> int:
 
     settings = _settings_from_args(args)
     table = run_batch(args.in_dir, args.out, pattern=args.pattern, recursive=args.recursive, settings=settings,
-                      scheduler=args.scheduler, workers=args.workers, device=args.device, progress=True)
-    n = len(table)
-    failed = 0 if n == 0 or "status" not in table else int((table["status"] != "ok").sum())
-    skipped = 0 if n == 0 or "status" not in table else int((table["status"] == "skipped").sum())
-    failed -= skipped
-    print(f"chromflow: {n} file(s): {n - failed - skipped} processed, {skipped} skipped, {failed} failed; "
-          f"summary in {Path(args.out) / 'summary.csv'}")
+                      scheduler=args.scheduler, workers=args.workers, device=args.device,
+                      progress=not args.quiet, retry_failed=args.retry_failed, force=args.force)
+    status = table["status"] if "status" in table else []
+    processed = int((status == "ok").sum()) if len(table) else 0
+    skipped = int((status == "skipped").sum()) if len(table) else 0
+    failed = int((status == "failed").sum()) if len(table) else 0
+    if not args.quiet:
+        print(f"chromflow: {len(table)} file(s): {processed} processed, {skipped} skipped (done before), "
+              f"{failed} failed; summary in {Path(args.out) / 'summary.csv'}")
+        for _, row in table[table["status"] == "failed"].iterrows() if failed else []:
+            print(f"  failed: {row['input']}: {row['error']}", file=sys.stderr)
     return EXIT_FAILED_FILES if failed else EXIT_OK
 
 

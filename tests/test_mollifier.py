@@ -185,6 +185,15 @@ def test_direct_and_fft_agree_all_orders():
         b = MollifierLayer(6, orders, boundary=boundary, method="fft")(g)
         for key in orders:
             torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-10)
+    g3 = torch.randn(2, 12, 14, 16, dtype=F64, generator=torch.Generator().manual_seed(7))
+    orders3 = ["lap", "biharmonic", (1, 0, 2)]
+    a = MollifierLayer((2.5, 3, 2), orders3, ndim=3, spacing=(1, 1.5, 1), boundary="reflect", method="direct")(g3)
+    b = MollifierLayer((2.5, 3, 2), orders3, ndim=3, spacing=(1, 1.5, 1), boundary="reflect", method="fft")(g3)
+    for key in orders3:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-10)
+    g1 = g3[0, 0, 0]
+    for k in range(5):
+        torch.testing.assert_close(derivative(g1, k, 3, method="direct"), derivative(g1, k, 3, method="fft"))
 
 
 def test_float32_matches_float64():
@@ -209,6 +218,9 @@ def test_layer_matches_derivative_and_has_no_parameters():
     dy, dx = layer.gradient(g)
     torch.testing.assert_close(dy, out[(1, 0)])
     torch.testing.assert_close(dx, out[(0, 1)])
+    dy2, dx2 = MollifierLayer(4, ("lap",)).gradient(g)  # through a gradient sub-layer
+    torch.testing.assert_close(dy2, out[(1, 0)])
+    torch.testing.assert_close(dx2, out[(0, 1)])
     # spatial-only input
     assert MollifierLayer(4, ("lap",))(g[0, 0])["lap"].shape == (20, 24)
 
@@ -268,22 +280,29 @@ def test_mask_rectangle_linear_exact_to_the_edge():
     torch.testing.assert_close(u[mask], f[torch.as_tensor(mask)])
 
 
-def test_mask_disk_interior_exact_and_boundary_error_bounded():
+def test_mask_disk_polynomial_extension_exact_to_the_edge():
+    """Extension of degree m is exact for degree-m polynomials on a convex domain."""
     n, radius = 64, 5
     y, x = grid(n, n)
     mask = (x**2 + y**2 <= 24**2).numpy()
-    f = (x**2 + y**2) / 2 + x * y / 4  # lap = 2
-    lap = derivative(f, "lap", radius, boundary="mask", mask=mask)
-    hw = halo(radius)
-    dist = np.sqrt((x**2 + y**2).numpy())
-    interior = dist <= 24 - hw - 1
-    torch.testing.assert_close(lap[interior], torch.full((interior.sum(),), 2.0, dtype=F64))
-    # near the edge the odd reflection gets the curvature wrong by O(1); measured in docs/mollifier.md
-    edge = mask & ~interior
-    assert float((lap[edge] - 2).abs().max()) < 4.0
-    # same answers from the layer, which precomputes the extension
-    layer = MollifierLayer(radius, ["lap"], boundary="mask", mask=mask)
-    torch.testing.assert_close(layer(f)["lap"], lap)
+    quadratic = (x**2 + y**2) / 2 + x * y / 4 + 0.3 * x  # lap = 2
+    cubic = x**3 / 6 + x * y**2 / 2  # lap = 2 x
+    m = torch.as_tensor(mask)
+    for degree in (1, 2, 3):
+        lap = derivative(quadratic, "lap", radius, boundary="mask", mask=mask, mask_degree=degree)
+        err = (lap - 2)[m].abs()
+        interior = torch.as_tensor((x**2 + y**2).sqrt().numpy() <= 24 - halo(radius) - 1)[m]
+        assert float(err[interior].max()) < 1e-10  # unaffected by the boundary at all
+        assert (float(err.max()) < 1e-10) == (degree >= 2), (degree, float(err.max()))
+        lap3 = derivative(cubic, "lap", radius, boundary="mask", mask=mask, mask_degree=degree)
+        assert (float((lap3 - 2 * x)[m].abs().max()) < 1e-9) == (degree == 3)
+        assert float(lap[~m].abs().max()) == 0.0
+    # the layer precomputes the same extension
+    layer = MollifierLayer(radius, ["lap", (1, 0)], boundary="mask", mask=mask)
+    torch.testing.assert_close(layer(quadratic)["lap"], derivative(quadratic, "lap", radius, boundary="mask", mask=mask))
+    dy, dx = layer.gradient(quadratic)
+    torch.testing.assert_close(dy[m], (y + x / 4)[m])
+    torch.testing.assert_close(dx[m], (x + y / 4 + 0.3)[m])
 
 
 # ---------------------------------------------------------------------------------------------

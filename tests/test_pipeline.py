@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from chromflow import Image
-from chromflow.errors import CancelledError, ChromflowError, InputError, SegmentationError
+from chromflow.errors import CancelledError, ChromflowError, InputError
 from chromflow.pipeline import (OUTPUT_KINDS, PipelineSettings, _domain_stats, load_input, output_paths,
                                 process_file, run_file)
 from chromflow.report import REPORT_PANELS, make_report, nice_scale_bar_length
@@ -250,7 +250,11 @@ def test_run_file_two_channel_recovers_rate(simulated, tmp_path):
     from chromflow import Image
     truth = Image(sim.rate, pixel_size=sim.spacing_nm, origin=sim.origin)
     corr, n = rate_correlation(result, truth)
-    assert n > 500 and corr > 0.5
+    # sparse data (30 000 localizations) limit the accuracy; placement errors would kill the match:
+    # the same map compared with the truth mirrored left-right correlates far less
+    mirrored = Image(sim.rate[:, ::-1], pixel_size=sim.spacing_nm, origin=sim.origin)
+    corr_mirrored, _ = rate_correlation(result, mirrored)
+    assert n > 500 and corr > 0.4 and corr_mirrored < corr - 0.3, (corr, corr_mirrored)
 
 
 def test_run_file_tiff_input_and_no_overwrite(tmp_path, simulated):

@@ -226,3 +226,15 @@ def test_physics_residual_formula_recovers_the_rate_from_simulated_fields():
     e32, e64 = recovered_error(32), recovered_error(64)
     assert e64 < 3e-3  # lambda is O(1): 0.3 % error
     assert 3.0 < e32 / e64 < 5.0
+
+
+def test_march_only_and_newton_only_agree():
+    n, h = 32, 0.05
+    mask = disc_mask(n, 14)
+    rate, total = smooth_fields(n, h)
+    march = chromatin_steady_state(rate, total, mask, spacing_um=h, newton=False, tol=1e-11, return_info=True)
+    newton = chromatin_steady_state(rate, total, mask, spacing_um=h, max_steps=0, return_info=True)
+    assert march[2]["newton_steps"] == 0 and march[2]["converged"] and march[2]["steps"] > 5
+    assert newton[2]["steps"] == 0 and newton[2]["converged"]
+    assert newton[2]["newton_steps"] <= 6  # quadratic convergence from the local equilibrium
+    np.testing.assert_allclose(march[0], newton[0], atol=1e-11)

@@ -182,3 +182,21 @@ def test_simulate_nucleus_total_count_samples_total_chromatin():
     m = sim.mask
     assert np.corrcoef(hist[m], sim.total[m])[0, 1] > 0.3  # total varies little: weak but real
     assert hist[~ndimage.binary_dilation(m, iterations=2)].sum() == 0
+
+
+def test_simulate_nucleus_with_given_rate_and_mask():
+    n = 40
+    y, x = np.mgrid[:n, :n]
+    mask = (y - 19.5) ** 2 + (x - 19.5) ** 2 < 15 ** 2
+    rate = np.where(x < 20, 0.5, 2.0)
+    sim = simulate_nucleus(grid=n, n_localizations=1000, seed=0, rate=rate, mask=mask, total=0.4 + 0 * rate)
+    np.testing.assert_array_equal(sim.mask, mask)
+    np.testing.assert_array_equal(sim.rate[mask], rate[mask])
+    np.testing.assert_allclose(sim.total[mask], 0.4)
+    # far from the step in lambda, the local equilibrium phi_h / phi_e = lambda holds
+    far_left, far_right = mask & (x < 8), mask & (x > 31)
+    np.testing.assert_allclose((sim.phi_h / np.where(mask, sim.phi_e, 1))[far_left], 0.5, rtol=5e-3)
+    np.testing.assert_allclose((sim.phi_h / np.where(mask, sim.phi_e, 1))[far_right], 2.0, rtol=5e-3)
+    assert sim.settings["given"] == ["mask", "rate", "total"]
+    with pytest.raises(InputError, match="shape"):
+        simulate_nucleus(grid=n, rate=np.ones((8, 8)))

@@ -72,7 +72,8 @@ def simulate_nucleus(grid: int = 128, nucleus_um: float = 10.0, seed: int = 0, n
                      total_mean: float = 0.5, total_amplitude: float = 0.08, total_length_um: float = 1.5,
                      aspect: float = 0.8, roughness: float = 0.05, margin: float = 1.25,
                      precision=(15.0, 5.0), blinks: float = 3.0, background: float = 0.02,
-                     frames: int = 10000, model: ChromatinModel = ChromatinModel()) -> SimulatedNucleus:
+                     frames: int = 10000, model: ChromatinModel = ChromatinModel(), rate=None, total=None,
+                     mask=None) -> SimulatedNucleus:
     """Simulate a nucleus: mask, random rate map and total chromatin, steady state, localizations.
 
     Parameters
@@ -103,6 +104,9 @@ def simulate_nucleus(grid: int = 128, nucleus_um: float = 10.0, seed: int = 0, n
         Passed to :func:`sample_localizations`.
     model : ChromatinModel
         Model parameters.
+    rate, total, mask : (grid, grid) ndarray, optional
+        Use these instead of the random rate map, total chromatin map or nucleus shape (e.g. a
+        rate map with a known pattern). Values outside the mask are ignored.
 
     Returns
     -------
@@ -114,6 +118,7 @@ def simulate_nucleus(grid: int = 128, nucleus_um: float = 10.0, seed: int = 0, n
     >>> sim.rate.shape, sorted(sim.localizations["channel"].unique().tolist())
     ((48, 48), [0, 1])
     """
+    rate_given, total_given, mask_given = rate, total, mask
     grid = int(grid)
     if grid < 16:
         raise InputError(f"grid must be >= 16 cells, got {grid}")
@@ -136,6 +141,17 @@ def simulate_nucleus(grid: int = 128, nucleus_um: float = 10.0, seed: int = 0, n
     mask = nucleus_mask((grid, grid), radius * aspect, radius, angle=angle, roughness=roughness, seed=s_shape)
     rate = random_rate_map((grid, grid), rate_mean, rate_amplitude, rate_length_um / spacing_um, s_rate)
     total = random_total((grid, grid), total_mean, total_amplitude, total_length_um / spacing_um, s_total)
+    given = {"rate": rate_given, "total": total_given, "mask": mask_given}
+    for name, value in given.items():
+        if value is not None and np.shape(value) != (grid, grid):
+            raise InputError(f"{name} must have shape ({grid}, {grid}), got {np.shape(value)}")
+    if mask_given is not None:
+        mask = np.asarray(mask_given, dtype=bool)
+    if rate_given is not None:
+        rate = np.asarray(rate_given, dtype=np.float64)
+    if total_given is not None:
+        total = np.asarray(total_given, dtype=np.float64)
+    settings["given"] = sorted(k for k, v in given.items() if v is not None)
     phi_h, phi_e, info = chromatin_steady_state(rate, total, mask, spacing_um=spacing_um, model=model,
                                                 return_info=True)
     origin = (0.5 * spacing_nm, 0.5 * spacing_nm)
