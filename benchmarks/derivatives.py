@@ -72,7 +72,7 @@ def autodiff_step(net, coords):
     bilap = u_xxxx + 2 * u_xxyy + u_yyyy
     loss = bilap.square().mean()
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 def mollifier_step(net, layer, shape, coords):
@@ -80,7 +80,7 @@ def mollifier_step(net, layer, shape, coords):
     bilap = layer(g)["biharmonic"]
     loss = bilap.square().mean()
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 def run_case(method: str, size: int, depth: int, radius: float, repeats: int, device: str, seed: int = 0) -> dict:

@@ -27,11 +27,12 @@ EXIT_FAILED_FILES = 1
 EXIT_ERROR = 2
 EXIT_CANCELLED = 130
 
-# Demo settings, chosen on the sample nucleus (45 000 localizations: sparse, so the fields are
-# smoothed and the kernel is wide). The full demo is the mollified PINN; --fast is the closed-form
-# direct inversion, seconds on a laptop CPU.
-DEMO_FULL = {"render": {"pixel_size": 50.0}, "fields": {"grid": 64, "smoothing": 200.0},
-             "inference": {"method": "pinn", "radius": 5.0}}
+# Demo settings, chosen on the sample nucleus (45 000 localizations: sparse, so the kernel is
+# wide). The full demo is the mollified PINN (the network smooths by itself: no field smoothing;
+# correlation with the truth 0.75-0.86 over seeds, ~10 s on an H100); --fast is the closed-form
+# direct inversion on smoothed fields (0.75, seconds on a laptop CPU).
+DEMO_FULL = {"render": {"pixel_size": 50.0}, "fields": {"grid": 64},
+             "inference": {"method": "pinn", "radius": 8.0}}
 DEMO_FAST = {"render": {"pixel_size": 50.0}, "fields": {"grid": 48, "smoothing": 200.0},
              "inference": {"method": "direct", "radius": 5.0}}
 

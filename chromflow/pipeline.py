@@ -334,7 +334,10 @@ class PipelineSettings:
 
     @classmethod
     def from_json(cls, path) -> "PipelineSettings":
-        """Read settings from a JSON config file (errors name the file and the key)."""
+        """Read settings from a JSON config file (errors name the file and the key).
+
+        A relative ``fields.euchromatin`` path is taken relative to the config file's folder.
+        """
         path = os.fspath(path)
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -346,7 +349,12 @@ class PipelineSettings:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path=path) from None
-        return cls.from_dict(data, source=path)
+        settings = cls.from_dict(data, source=path)
+        eu = settings.fields.euchromatin
+        if eu is not None and not os.path.isabs(eu):
+            # a path in a config file means a path next to that file, wherever the command runs
+            settings.fields.euchromatin = os.path.join(os.path.dirname(os.path.abspath(path)), eu)
+        return settings
 
     def copy(self) -> "PipelineSettings":
         return PipelineSettings.from_dict(self.to_dict())

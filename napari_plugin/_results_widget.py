@@ -18,7 +18,7 @@ from chromflow.errors import InputError
 from chromflow.image import Image
 from chromflow.io._atomic import atomic_path
 
-from ._layers import report_error
+from ._layers import report_error, robust_contrast_limits
 from ._widgets import _layer_choices, _refresh_on_layer_change
 
 __all__ = ["ResultsWidget", "export_result_layers", "EXPORT_SUFFIXES"]
@@ -170,12 +170,14 @@ class ResultsWidget(Container):
         values = self.histogram_values()
         self.axes.set_axis_on()
         if values.size:
-            self.axes.hist(values, bins=50, color="#3b7dd8")
+            # the 1st-99th percentile range, like the layer's contrast: a few rim cells with
+            # extreme lambda would otherwise squeeze the histogram into one bar
+            self.axes.hist(values, bins=50, range=robust_contrast_limits(values), color="#3b7dd8")
             self.axes.axvline(float(np.median(values)), color="k", lw=1, ls="--",
                               label=f"median {np.median(values):.3g}")
             self.axes.legend(fontsize=8, frameon=False)
         self.axes.set_xlabel("rate lambda = Gamma_me / Gamma_ac")
-        self.axes.set_ylabel("grid cells in nucleus")
+        self.axes.set_ylabel("grid cells (1st-99th pct)")
         self.axes.set_title(layer.name, fontsize=9)
         self.canvas.draw_idle()
 

@@ -151,7 +151,8 @@ def test_batch_passes_arguments_and_exit_code(tmp_path, monkeypatch, capsys):
     def fake_run_batch(in_dir, out_dir, **kwargs):
         calls.append((in_dir, out_dir, kwargs))
         status = ["ok", "failed", "skipped"] if kwargs["pattern"] == "*.csv" else ["ok", "skipped"]
-        return pd.DataFrame({"file": [f"f{i}" for i in range(len(status))], "status": status})
+        return pd.DataFrame({"input": [f"f{i}.csv" for i in range(len(status))], "status": status,
+                             "error": [None if st != "failed" else "f.csv: no nucleus" for st in status]})
 
     monkeypatch.setitem(sys.modules, "chromflow.batch", types.SimpleNamespace(run_batch=fake_run_batch))
     config = tmp_path / "c.json"
@@ -166,7 +167,9 @@ def test_batch_passes_arguments_and_exit_code(tmp_path, monkeypatch, capsys):
     assert kwargs["scheduler"] == "tcp://127.0.0.1:8786" and kwargs["workers"] == 3
     assert kwargs["device"] == "cpu" and kwargs["progress"] is True
     assert kwargs["settings"].fields.grid == 32 and kwargs["settings"].inference.device == "cpu"
-    assert "1 processed, 1 skipped, 1 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "1 processed, 1 skipped" in captured.out and "1 failed" in captured.out
+    assert "f1.csv: f.csv: no nucleus" in captured.err
     assert main(["batch", str(tmp_path), "--out", str(tmp_path / "o"), "--pattern", "*.tif"]) == EXIT_OK
 
 

@@ -168,7 +168,8 @@ def test_results_panel_summary_histogram_and_export(viewer, tmp_path, monkeypatc
     expected = result.rate[result.mask & np.isfinite(result.rate)]
     np.testing.assert_array_equal(np.sort(values), np.sort(expected))
     counts = sum(patch.get_height() for patch in panel.axes.patches)
-    assert counts == values.size
+    lo, hi = np.percentile(values, [1, 99])
+    assert counts == np.count_nonzero((values >= lo) & (values <= hi))
     panel.out_dir.value = tmp_path
     written = panel.export()
     assert not errors, errors

@@ -72,6 +72,8 @@ def test_settings_partial_config_keeps_defaults(tmp_path):
     s = PipelineSettings.from_json(path)
     assert s.inference.method == "direct"
     assert s.render == PipelineSettings().render and s.fields == PipelineSettings().fields
+    path.write_text(json.dumps({"fields": {"euchromatin": "eu/marks.csv"}}))
+    assert PipelineSettings.from_json(path).fields.euchromatin == str(tmp_path / "eu" / "marks.csv")
 
 
 @pytest.mark.parametrize("config, words", [
@@ -346,3 +348,15 @@ def test_process_file_is_reproducible(simulated):
     b = process_file(path, fast_settings(), figure=False)
     np.testing.assert_array_equal(a.result.rate, b.result.rate)
     assert a.summary["settings_fingerprint"] == b.summary["settings_fingerprint"]
+
+
+def test_tiff_without_pixel_size_uses_render_setting(tmp_path):
+    import tifffile
+
+    path = tmp_path / "bare.tif"
+    tifffile.imwrite(path, np.ones((20, 30), np.float32))  # no calibration at all
+    s = PipelineSettings()
+    s.render.pixel_size = 12.5
+    with pytest.warns(UserWarning, match="render.pixel_size = 12.5"):
+        loaded = load_input(path, s)
+    assert loaded.density.pixel_size == 12.5 and loaded.kind == "image" and loaded.density.shape == (20, 30)

@@ -27,8 +27,10 @@ __all__ = ["derivative", "gradient", "MollifierLayer", "BOUNDARIES", "METHODS", 
 BOUNDARIES = ("valid", "reflect", "zeros", "constant", "mask")
 METHODS = ("auto", "direct", "fft")
 #: ``method="auto"`` switches from direct (separable) convolution to FFT when a 1D kernel is
-#: wider than this many samples (see benchmarks/derivatives.py and docs/mollifier.md).
+#: wider than this many samples: on CPU FFT wins from ~35 samples, on an H100 direct
+#: convolution was as fast up to 99 (benchmarks/derivatives.py, docs/mollifier.md).
 FFT_MIN_WIDTH = 40
+FFT_MIN_WIDTH_CUDA = 128
 
 _NAMED = {"lap", "laplacian", "biharmonic", "bilap", "u"}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -145,11 +147,12 @@ class _Plan:
     def widths(self) -> tuple:
         return tuple(2 * h + 1 for h in self.halos)
 
-    def pick_method(self, method: str) -> str:
+    def pick_method(self, method: str, device_type: str = "cpu") -> str:
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method == "auto":
-            return "fft" if max(self.widths) > FFT_MIN_WIDTH else "direct"
+            limit = FFT_MIN_WIDTH_CUDA if device_type == "cuda" else FFT_MIN_WIDTH
+            return "fft" if max(self.widths) > limit else "direct"
         return method
 
     # -- direct: separable grouped convolutions, last axis first --------------------------------
@@ -337,6 +340,13 @@ def valid_shape(shape: Sequence[int], radius, spacing=1.0) -> tuple:
     return tuple(n - 2 * halo(r / h) for n, r, h in zip(shape, radius, spacing))
 
 
+def _mask_array(mask) -> np.ndarray:
+    """A bool numpy copy of a mask given as an array or a (possibly CUDA) tensor."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    return np.asarray(mask, dtype=bool)
+
+
 def _as_float(u) -> torch.Tensor:
     if not isinstance(u, torch.Tensor):
         u = torch.as_tensor(np.asarray(u))
@@ -352,7 +362,7 @@ def _run(plan: _Plan, u: torch.Tensor, banks, boundary: str, method: str, extens
     lead, spatial = u.shape[:-nd], u.shape[-nd:]
     x = u.reshape((-1, 1) + tuple(spatial))
     x = _prepare(x, plan.halos, boundary, extension)
-    how = plan.pick_method(method)
+    how = plan.pick_method(method, u.device.type)
     out = plan.combine(plan.direct(x, banks)) if how == "direct" else plan.fft(x, banks)
     result = {}
     for key, val in out.items():
@@ -399,7 +409,8 @@ def derivative(u, order, radius, spacing=1.0, kernel: str = "bump", boundary: st
         Domain for ``boundary="mask"``.
     method : {"auto", "direct", "fft"}
         Separable direct convolution or FFT; ``"auto"`` takes FFT for kernels wider than
-        ``FFT_MIN_WIDTH`` samples. Both agree to rounding.
+        ``FFT_MIN_WIDTH`` (40) samples on CPU, ``FFT_MIN_WIDTH_CUDA`` (128) on CUDA. Both agree
+        to rounding.
     ndim : int, optional
         Number of spatial axes. Default: ``len(order)`` for a tuple; 1 for a nonzero int; for
         ``0``, ``"u"``, ``"lap"``, ``"biharmonic"`` it is 2 (1 for a 1D tensor): pass ``ndim=3``
@@ -449,7 +460,7 @@ def derivative(u, order, radius, spacing=1.0, kernel: str = "bump", boundary: st
     banks = [torch.as_tensor(b, dtype=u.dtype, device=u.device) for b in plan.banks]
     extension = mask_t = None
     if boundary == "mask":
-        mask_np = np.asarray(mask, dtype=bool)
+        mask_np = _mask_array(mask)
         index, weight = mask_extension_indices(mask_np, mask_degree)
         extension = (torch.as_tensor(index, device=u.device), tuple(float(w) for w in weight))
         mask_t = torch.as_tensor(mask_np, dtype=u.dtype, device=u.device)
@@ -545,7 +556,7 @@ class MollifierLayer(nn.Module):
         if boundary == "mask":
             if mask is None:
                 raise InputError("boundary='mask' needs a mask (bool array of the spatial shape)")
-            mask_np = np.asarray(mask, dtype=bool)
+            mask_np = _mask_array(mask)
             if mask_np.ndim != ndim:
                 raise InputError(f"mask of shape {mask_np.shape} does not have {ndim} spatial axes")
             index, weight = mask_extension_indices(mask_np, mask_degree)
