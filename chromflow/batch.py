@@ -644,6 +644,11 @@ def _summary_table(rows: list[dict]):
         if column not in table.columns:
             table[column] = None
     ordered = _LEADING_COLUMNS + [c for c in table.columns if c not in _LEADING_COLUMNS]
+    for column in table.columns:
+        # counts stay integers in the CSV even where failed rows leave holes (pandas would make floats)
+        values = [row[column] for row in rows if row.get(column) is not None]
+        if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+            table[column] = table[column].astype("Int64")
     table = table[ordered].sort_values("input", kind="stable").reset_index(drop=True)
     return table
 
