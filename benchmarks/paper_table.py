@@ -159,7 +159,7 @@ def _fmt(value, digits=3):
     if value is None or (isinstance(value, float) and value != value):
         return "—"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 1e3 else f"{value:.0f}"
     return str(value)
 
 

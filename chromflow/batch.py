@@ -280,7 +280,9 @@ def _read_record(path: Path) -> dict | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT or not isinstance(record.get("row"), dict):
+    if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
+        return None
+    if not isinstance(record.get("row"), dict):
         return None
     return record
 
@@ -396,7 +398,7 @@ def _process_one(task: dict) -> dict:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
     elapsed = time.perf_counter() - start
-    row.update(input=task["input"], input_sha256=digest, output_dir=str(out_folder),
+    row.update(input=task["input"], input_sha256=digest, out_dir=str(out_folder),
                log=task["log"], worker=_worker_name(), batch_time_s=round(elapsed, 4), reused=False)
     warning_lines = [f"  {w.category.__name__}: {w.message}" for w in caught]
     if warning_lines:
@@ -812,7 +814,7 @@ def run_batch(in_dir, out_dir, pattern: str | None = None, recursive: bool = Fal
         and reused, ``"failed"``), ``error``, ``error_type``, ``reused``, ``device``,
         ``time_total_s`` (pipeline), ``batch_time_s`` (including hashing and the log), then the
         summary statistics of :func:`~chromflow.pipeline.run_file`, ``input_sha256``,
-        ``output_dir``, ``log``, ``worker``.
+        ``out_dir`` (the file's output folder), ``log``, ``worker``.
 
     Raises
     ------

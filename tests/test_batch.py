@@ -26,7 +26,7 @@ from chromflow.batch import (CONFIG_NAME, FIGURE_NAME, RECORD_SUFFIX, SUMMARY_NA
 from chromflow.cli import EXIT_FAILED_FILES, EXIT_OK, main
 from chromflow.errors import InputError
 from chromflow.io import read_image, write_image, write_localizations
-from chromflow.pipeline import OUTPUT_KINDS, PipelineSettings, output_paths
+from chromflow.pipeline import PipelineSettings, output_paths
 
 SETTINGS = {"render": {"pixel_size": 40.0}, "fields": {"grid": 32},
             "inference": {"method": "direct", "device": "cpu"}}
@@ -155,6 +155,10 @@ def test_rerun_skips_finished_files(two_workers, inputs, config):
     failed = again[again["status"] == "failed"]
     assert set(failed["input"]) == set(BAD) and not failed["reused"].any()
     assert set(again.loc[again["status"] == "skipped", "input"]) == set(GOOD)
+    # only good files selected: exit code 0 (and nothing to do, so no cluster is started)
+    assert main(["batch", str(inputs), "--out", str(out), "--pattern", "*.hdf5", "--config", str(config),
+                 "--scheduler", "tcp://127.0.0.1:9", "-q"]) == EXIT_OK
+    assert list(pd.read_csv(out / SUMMARY_NAME)["status"]) == ["skipped"]
 
 
 def test_kill_and_resume_one_worker_matches_two(two_workers, cluster, inputs, config, tmp_path):
@@ -168,11 +172,13 @@ def test_kill_and_resume_one_worker_matches_two(two_workers, cluster, inputs, co
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "chromflow.cli", "batch", str(src), "--out", str(out), "-r", "--workers", "1",
            "--config", str(config), "--quiet"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = tmp_path / "stderr.txt"
+    with open(stderr, "wb") as err:  # a file, not a pipe: a full pipe would stall the child
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 240
     try:
         while not list(out.rglob(f"*{RECORD_SUFFIX}")):
-            assert proc.poll() is None, proc.stderr.read().decode()
+            assert proc.poll() is None, stderr.read_text()
             assert time.monotonic() < deadline, "no file finished in time"
             time.sleep(0.02)
     finally:
@@ -184,6 +190,12 @@ def test_kill_and_resume_one_worker_matches_two(two_workers, cluster, inputs, co
     for rel in finished:  # a finished file is whole
         assert all(p.is_file() for p in output_paths(rel, out / Path(rel).parent).values())
     before = _mtimes(out)
+    # what a kill during a write can leave (hidden temporary names) is cleared by the rerun
+    (out / ".a.x1y2.chromflow-tmp").mkdir(exist_ok=True)
+    (out / ".a.x1y2.chromflow-tmp" / "a_rate.tif").write_bytes(b"half")
+    (out / "sub").mkdir(exist_ok=True)
+    (out / "sub" / ".a_rate.k3j4.part.tif").write_bytes(b"half")
+    assert len(_leftovers(out)) >= 2
 
     table = run_batch(src, out, recursive=True, settings=config, scheduler=cluster.scheduler_address,
                       progress=False)

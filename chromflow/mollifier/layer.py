@@ -494,8 +494,8 @@ class MollifierLayer(nn.Module):
 
     The 1D kernel banks are computed once (float64 buffers, cast to the input's dtype in
     ``forward``); separable terms share passes (along x each distinct x-kernel is applied
-    once, then the y-kernels to those results), so ``("u", "lap", "biharmonic")`` costs 5
-    x-convolutions... at most, whatever network produced ``g``.
+    once, then the y-kernels to those results), so ``("u", "lap", "biharmonic")`` costs 3 x-passes
+    and 5 y-passes of 1D kernels, whatever network produced ``g``.
 
     Parameters
     ----------
