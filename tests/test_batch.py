@@ -361,3 +361,28 @@ def test_rate_distribution_figure():
     assert [line.get_xdata()[0] for line in ax.lines] == [0.7]  # a constant map: one tick
     many = rate_distribution_figure({f"f{i}": rng.normal(i, 1, 50) for i in range(40)})
     assert len(many.axes[0].get_yticklabels()) == 40
+
+
+def _cuda_available():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+def test_gpu_batch_matches_cpu_and_is_reused(inputs, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy2(inputs / "a.csv", src / "a.csv")
+    cpu = run_batch(src, tmp_path / "cpu", settings=SETTINGS, scheduler="synchronous", progress=False)
+    gpu = run_batch(src, tmp_path / "gpu", settings=SETTINGS, device="cuda", scheduler="synchronous",
+                    progress=False)
+    assert gpu.loc[0, "status"] == "ok" and str(gpu.loc[0, "device"]).startswith("cuda")
+    assert gpu.loc[0, "settings_fingerprint"] == cpu.loc[0, "settings_fingerprint"]
+    rate_cpu, rate_gpu = _rate(tmp_path / "cpu", "a.csv"), _rate(tmp_path / "gpu", "a.csv")
+    assert np.array_equal(np.isnan(rate_cpu), np.isnan(rate_gpu))
+    assert np.allclose(rate_cpu, rate_gpu, rtol=1e-3, atol=1e-3, equal_nan=True)
+    # the device is not part of the question: a CPU rerun into the GPU folder reuses the result
+    again = run_batch(src, tmp_path / "gpu", settings=SETTINGS, device="cpu", scheduler="synchronous",
+                      progress=False)
+    assert again.loc[0, "status"] == "skipped"
