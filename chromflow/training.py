@@ -190,7 +190,7 @@ def train(loss_fn: Callable[[], tuple], parameters: Iterable[torch.nn.Parameter]
     --------
     >>> w = torch.nn.Parameter(torch.tensor([3.0]))
     >>> hist = train(lambda: ((w ** 2).sum(), {}), [w], iterations=200, lr=0.1)
-    >>> abs(float(w)) < 1e-2, hist.iterations
+    >>> abs(float(w.detach())) < 1e-2, hist.iterations
     (True, 200)
     """
     iterations = int(iterations)

@@ -370,19 +370,22 @@ def _cuda_available():
 
 
 @pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
-def test_gpu_batch_matches_cpu_and_is_reused(inputs, tmp_path):
+def test_gpu_batch_and_device_free_reuse(inputs, tmp_path):
+    """The device reaches the pipeline (PINN on CUDA), and a CPU rerun reuses the GPU result."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy2(inputs / "a.csv", src / "a.csv")
-    cpu = run_batch(src, tmp_path / "cpu", settings=SETTINGS, scheduler="synchronous", progress=False)
-    gpu = run_batch(src, tmp_path / "gpu", settings=SETTINGS, device="cuda", scheduler="synchronous",
+    settings = PipelineSettings.from_dict(SETTINGS)
+    settings.inference.method, settings.inference.iterations, settings.inference.ensemble = "pinn", 5, 1
+    cpu = run_batch(src, tmp_path / "cpu", settings=settings, scheduler="synchronous", progress=False)
+    gpu = run_batch(src, tmp_path / "gpu", settings=settings, device="cuda", scheduler="synchronous",
                     progress=False)
+    assert cpu.loc[0, "device"] == "cpu"
     assert gpu.loc[0, "status"] == "ok" and str(gpu.loc[0, "device"]).startswith("cuda")
     assert gpu.loc[0, "settings_fingerprint"] == cpu.loc[0, "settings_fingerprint"]
     rate_cpu, rate_gpu = _rate(tmp_path / "cpu", "a.csv"), _rate(tmp_path / "gpu", "a.csv")
-    assert np.array_equal(np.isnan(rate_cpu), np.isnan(rate_gpu))
-    assert np.allclose(rate_cpu, rate_gpu, rtol=1e-3, atol=1e-3, equal_nan=True)
+    assert np.array_equal(np.isnan(rate_cpu), np.isnan(rate_gpu)) and np.isfinite(rate_gpu).sum() > 100
     # the device is not part of the question: a CPU rerun into the GPU folder reuses the result
-    again = run_batch(src, tmp_path / "gpu", settings=SETTINGS, device="cpu", scheduler="synchronous",
+    again = run_batch(src, tmp_path / "gpu", settings=settings, device="cpu", scheduler="synchronous",
                       progress=False)
-    assert again.loc[0, "status"] == "skipped"
+    assert again.loc[0, "status"] == "skipped" and str(again.loc[0, "device"]).startswith("cuda")

@@ -56,23 +56,29 @@ def test_direct_recovers_rate_inside(nucleus):
     assert r.method == "direct" and np.isnan(r.uncertainty).all()
 
 
-def test_pinn_recovers_rate_on_whole_mask(nucleus):
+def test_pinn_recovers_rate_from_noisy_fields(nucleus):
+    """5 % noise: the mollified PINN beats the closed form at the same kernel radius."""
     fields, rate = nucleus
-    r = infer_rates(fields, method="pinn", iterations=PINN_ITERATIONS, seed=0, device="cpu")
-    corr = _corr(r.rate, rate, fields.mask)
-    direct = infer_rates(fields, method="direct")
-    # the network is free outside the mask, so the edge band is recovered too (direct is not)
+    m = fields.mask
+    rng = np.random.default_rng(0)
+    noisy = SimpleNamespace(**vars(fields))
+    noisy.phi_h = fields.phi_h + 0.05 * fields.phi_h[m].std() * rng.standard_normal(m.shape)
+    noisy.phi_e = fields.phi_e + 0.05 * fields.phi_e[m].std() * rng.standard_normal(m.shape)
+    r = infer_rates(noisy, method="pinn", iterations=PINN_ITERATIONS, seed=0, device="cpu")
+    direct = infer_rates(noisy, method="direct")
+    corr = _corr(r.rate, rate, m)
+    # measured: pinn 0.992, direct 0.970 (radius 3)
     assert corr > PINN_MIN_CORR
-    assert corr > _corr(direct.rate, rate, fields.mask) + 0.05
-    assert np.isnan(r.rate[~fields.mask]).all()
+    assert corr > _corr(direct.rate, rate, m) + 0.01
+    assert np.isnan(r.rate[~m]).all() and np.isfinite(r.rate[m]).all()
     assert r.loss_history["total"][-1] < 0.1 * r.loss_history["total"][0]
-    # fitted fields follow the data
-    assert np.nanmax(np.abs(r.phi_h - fields.phi_h)[fields.mask]) < 0.02
+    # the fitted fields are closer to the clean fields than the noisy data are
+    assert np.abs(r.phi_h - fields.phi_h)[m].mean() < np.abs(noisy.phi_h - fields.phi_h)[m].mean()
     assert r.settings["iterations"] == PINN_ITERATIONS and r.device == "cpu"
 
 
-PINN_ITERATIONS = 400
-PINN_MIN_CORR = 0.95
+PINN_ITERATIONS = 300
+PINN_MIN_CORR = 0.98
 
 
 def test_autodiff_derivatives_are_exact_on_analytic_function():
@@ -212,7 +218,7 @@ def test_summary_and_image(nucleus):
     r = infer_rates(fields, method="direct")
     s = r.summary()
     m = fields.mask
-    assert s["nucleus_area_um2"] == pytest.approx(m.sum() * 0.05 ** 2)
+    assert s["nucleus_area_um2"] == pytest.approx(m.sum() * (SPACING_NM / 1000) ** 2)
     assert s["median_rate"] == pytest.approx(float(np.nanmedian(r.rate)))
     h, e = fields.phi_h[m], fields.phi_e[m]
     assert s["heterochromatin_fraction"] == pytest.approx(r.phi_h[m].sum() / (r.phi_h[m] + r.phi_e[m]).sum())
