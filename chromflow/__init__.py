@@ -19,6 +19,11 @@ import importlib
 from .errors import CancelledError, ChromflowError, GridError, InputError, SegmentationError
 from .image import Image
 
+# `render` is both a submodule and the public function: importing the submodule anywhere binds
+# `chromflow.render` to the module, so bind the function eagerly, after the submodule loaded
+# (numpy/scipy only, no torch), and it stays the function.
+from .render import render
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it
@@ -27,7 +32,6 @@ _LAZY = {
     "write_localizations": "chromflow.io",
     "read_image": "chromflow.io",
     "write_image": "chromflow.io",
-    "render": "chromflow.render",
     "segment_nucleus": "chromflow.nucleus",
     "chromatin_fields": "chromflow.fields",
     "ChromatinFields": "chromflow.fields",
@@ -37,10 +41,10 @@ _LAZY = {
     "PipelineSettings": "chromflow.pipeline",
     "run_batch": "chromflow.batch",
 }
-_SUBMODULES = {"io", "mollifier", "models", "physics", "simulate", "render", "nucleus", "fields",
+_SUBMODULES = {"io", "mollifier", "models", "physics", "simulate", "nucleus", "fields",
                "inverse", "pipeline", "batch", "cli", "report", "training"}
 
-__all__ = sorted(["Image", "ChromflowError", "InputError", "SegmentationError", "GridError",
+__all__ = sorted(["Image", "render", "ChromflowError", "InputError", "SegmentationError", "GridError",
                   "CancelledError", *_LAZY, *_SUBMODULES])
 
 

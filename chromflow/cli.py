@@ -369,7 +369,11 @@ def main(argv=None) -> int:
     try:
         return commands[args.command](args)
     except (CancelledError, KeyboardInterrupt):
-        print("chromflow: cancelled; no outputs were written", file=sys.stderr)
+        if args.command == "batch":  # finished files are kept; a rerun resumes
+            print("chromflow: cancelled; finished files are kept, rerun the same command to resume",
+                  file=sys.stderr)
+        else:
+            print("chromflow: cancelled; no outputs were written", file=sys.stderr)
         return EXIT_CANCELLED
     except ChromflowError as exc:
         print(f"chromflow: error: {exc}", file=sys.stderr)

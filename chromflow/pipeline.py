@@ -416,12 +416,14 @@ class PipelineRun:
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other names unchanged."""
-    if device != "auto":
-        return device
-    import torch
+    """The device name a run will use (``"auto"`` -> ``"cuda"`` with a GPU, else ``"cpu"``).
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    A string wrapper of :func:`chromflow.training.resolve_device`, the one place devices are
+    chosen, for summaries and file records.
+    """
+    from .training import resolve_device as _resolve_torch_device
+
+    return str(_resolve_torch_device(device))
 
 
 def _input_kind(path: Path) -> str:

@@ -1,0 +1,31 @@
+"""The public names of ../shared/DESIGN.md resolve to what they promise."""
+import importlib
+import subprocess
+import sys
+
+import chromflow as cf
+
+
+def test_render_stays_the_function_after_submodule_imports():
+    # importing the submodule (as the napari plugin and batch workers do) must not shadow cf.render
+    importlib.import_module("chromflow.render")
+    importlib.import_module("chromflow.pipeline")
+    assert callable(cf.render)
+    assert cf.render.__module__ == "chromflow.render"
+
+
+def test_public_names_resolve():
+    for name in ["read_localizations", "write_localizations", "read_image", "write_image", "render",
+                 "segment_nucleus", "chromatin_fields", "ChromatinFields", "infer_rates", "RateMapResult",
+                 "run_file", "PipelineSettings", "run_batch", "Image", "InputError"]:
+        assert getattr(cf, name) is not None, name
+    assert callable(cf.mollifier.derivative)
+    assert cf.mollifier.MollifierLayer.__module__.startswith("chromflow.mollifier")
+    assert callable(cf.simulate.chromatin_steady_state)
+
+
+def test_import_does_not_load_torch():
+    # the CLI's start-up and napari's plugin discovery stay fast: torch loads only when needed
+    code = "import sys, chromflow; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
