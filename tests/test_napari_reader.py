@@ -10,9 +10,7 @@ pytest.importorskip("napari")
 from napari_plugin import _layers
 from napari_plugin._reader import get_reader, read_layers
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-if not REAL.exists():
-    REAL = Path("/work/shared/realdata")
+from conftest import REALDATA as REAL
 THUNDERSTORM = REAL / "colicoords" / "01_storm.csv"
 THUNDERSTORM_OLD = REAL / "locan" / "Thunderstorm_dstorm_data.csv"
 PICASSO = REAL / "picasso" / "testdata_locs.hdf5"
