@@ -28,7 +28,7 @@ from chromflow.cli import rate_correlation
 from chromflow.pipeline import PipelineSettings, run_file
 
 
-def one_case(seed, count, method, device, grid, workdir):
+def one_case(seed, count, method, device, grid, workdir, iterations=None):
     sim = cf.simulate.simulate_nucleus(grid=grid, seed=seed, n_localizations=int(count))
     path = Path(workdir) / f"nucleus_s{seed}_n{int(count)}.csv"
     if not path.exists():
@@ -37,7 +37,7 @@ def one_case(seed, count, method, device, grid, workdir):
     settings = PipelineSettings.from_dict({
         "render": {"pixel_size": 50.0},
         "fields": {"grid": 128, "euchromatin_channel": 1},
-        "inference": {"method": method, "device": device, "seed": seed},
+        "inference": {"method": method, "device": device, "seed": seed, "iterations": iterations},
     })
     out = Path(workdir) / f"out_{method}_s{seed}_n{int(count)}"
     start = time.perf_counter()
@@ -58,6 +58,7 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["pinn", "direct"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--grid", type=int, default=128, help="simulation grid (cells per side)")
+    parser.add_argument("--iterations", type=int, default=None, help="PINN iterations (default: infer_rates')")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -67,7 +68,7 @@ def main(argv=None):
         for seed in args.seeds:
             for count in args.counts:
                 for method in args.methods:
-                    row = one_case(seed, count, method, args.device, args.grid, workdir)
+                    row = one_case(seed, count, method, args.device, args.grid, workdir, args.iterations)
                     print(f"[end_to_end] {row}", flush=True)
                     rows.append(row)
     table = pd.DataFrame(rows)

@@ -46,10 +46,10 @@ METHODS = ("pinn", "direct", "autodiff")
 #: Default settings per method (``infer_rates`` keyword options override them).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "direct": {"radius": 3.0, "kernel": "bump"},
-    "pinn": {"radius": 3.0, "kernel": "bump", "iterations": 1500, "lr": 1e-2, "schedule": "cosine",
+    "pinn": {"radius": 3.0, "kernel": "bump", "iterations": 800, "lr": 1e-2, "schedule": "cosine",
              "residual_weight": 1.0, "width": 32, "depth": 3, "blocks": 2, "fourier_scale": 1.0,
              "ensemble": 1, "noise_resample": False, "log_every": 25, "dtype": "float64"},
-    "autodiff": {"iterations": 1500, "lr": 1e-2, "schedule": "cosine", "residual_weight": 1.0,
+    "autodiff": {"iterations": 800, "lr": 1e-2, "schedule": "cosine", "residual_weight": 1.0,
                  "width": 32, "depth": 3, "blocks": 2, "fourier_scale": 1.0, "ensemble": 1,
                  "noise_resample": False, "log_every": 25, "dtype": "float64"},
 }
@@ -454,7 +454,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     seed : int
         Seed of the first ensemble member (member ``k`` uses ``seed + k``).
     iterations : int, optional
-        Optimiser steps per fit (default 1500).
+        Optimiser steps per fit (default 800).
     radius : float, optional
         Mollifier support radius in grid cells (default 3). Larger smooths noise more and biases
         fine structure more; see docs/inference.md.

@@ -160,7 +160,7 @@ class InferWidget(Container):
         self.grid = SpinBox(label="grid (cells)", value=128, min=16, max=1024, step=8)
         self.method = ComboBox(label="method", choices=list(INFER_METHODS), value="pinn")
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
-        self.iterations = SpinBox(label="iterations", value=1500, min=1, max=1_000_000, step=100)
+        self.iterations = SpinBox(label="iterations", value=800, min=1, max=1_000_000, step=100)
         self.ensemble = SpinBox(label="ensemble", value=1, min=1, max=32,
                                 tooltip="fits with seeds seed, seed+1, ...; their spread is the "
                                 "uncertainty map (needs >= 2)")
