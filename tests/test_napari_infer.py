@@ -8,32 +8,16 @@ pytest.importorskip("napari")
 from napari_plugin._infer_widget import InferWidget
 from napari_plugin._layers import SYNC_ENV, image_from_layer
 from napari_plugin._results_widget import ResultsWidget
-from napari_plugin._sample_data import simulated_nucleus
 from napari_plugin._widgets import SegmentWidget
+from napari_fixtures import errors, small_sample, viewer_with_sample  # noqa: F401 (fixtures)
 
-SMALL = {"grid": 48, "n_localizations": 6000, "seed": 3}
 GRID = 32
 
 
-@pytest.fixture(scope="module")
-def small_sample():
-    return simulated_nucleus(pixel_size=80.0, **SMALL)
-
-
 @pytest.fixture
-def viewer(make_napari_viewer, small_sample):
-    viewer = make_napari_viewer()
-    for data, kwargs, kind in small_sample:
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
-    SegmentWidget(viewer).segment()
-    return viewer
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    shown = []
-    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
-    return shown
+def viewer(viewer_with_sample):
+    SegmentWidget(viewer_with_sample).segment()
+    return viewer_with_sample
 
 
 def _widget(viewer, method="direct", iterations=30):
