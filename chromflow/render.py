@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import ndtr
 
+from ._validate import check_pixel_size
 from .errors import InputError
 from .image import Image
 
@@ -168,12 +169,9 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
     """
     source = _source(locs)
     _check_locs(locs, source)
-    try:
-        pixel_size = float(pixel_size)
-    except (TypeError, ValueError):
-        raise InputError(f"pixel_size must be a number of nm, got {pixel_size!r}", source) from None
-    if not np.isfinite(pixel_size) or pixel_size <= 0:
-        raise InputError(f"pixel_size must be a positive number of nm, got {pixel_size}", source)
+    if pixel_size is None:
+        raise InputError("pixel_size must be a number of nm, got None", source)
+    pixel_size = check_pixel_size(pixel_size, source)
     if method not in ("gaussian", "histogram"):
         raise InputError(f"unknown render method {method!r}; use 'gaussian' or 'histogram'", source)
     if sigma is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .._validate import check_pixel_size
 from ..image import Image
 from ._atomic import atomic_path
 
@@ -168,13 +169,7 @@ def read_image(path, pixel_size=None, ndim=None, allow_nan=False) -> Image:
         raise InputError("is a folder, not a TIFF image", path)
     if path.stat().st_size == 0:
         raise InputError("file is empty", path)
-    if pixel_size is not None:
-        try:
-            pixel_size = float(pixel_size)
-        except (TypeError, ValueError):
-            raise InputError(f"pixel_size must be a number of nm, got {pixel_size!r}", path) from None
-        if not _valid(pixel_size):
-            raise InputError(f"pixel_size must be a positive number of nm, got {pixel_size!r}", path)
+    pixel_size = check_pixel_size(pixel_size, path)
     try:
         with tifffile.TiffFile(path) as tif:
             data = tif.asarray()
@@ -282,12 +277,9 @@ def write_image(image_or_array, path, pixel_size=None) -> Path:
             raise InputError("pixel_size= (nm) is required to write a bare array", path)
         ps = pixel_size
         origin = (0.0,) * data.ndim
-    try:
-        ps = float(ps)
-    except (TypeError, ValueError):
-        raise InputError(f"pixel_size must be a number of nm, got {ps!r}", path) from None
-    if not _valid(ps):
-        raise InputError(f"pixel_size must be a positive number of nm, got {ps!r}", path)
+    if ps is None:
+        raise InputError("pixel_size must be a number of nm, got None", path)
+    ps = check_pixel_size(ps, path)
     if data.ndim not in (2, 3):
         raise InputError(f"can only write (y, x) or (z, y, x) images, got shape {data.shape}", path)
     if data.dtype.kind not in "biuf":

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from .._validate import check_pixel_size
 from ._atomic import atomic_path
 
 __all__ = ["read_localizations", "write_localizations", "STANDARD_COLUMNS", "LENGTH_UNITS_NM"]
@@ -104,17 +105,6 @@ def _unit_factor(unit: str, column: str, pixel_size: float | None, path) -> floa
     raise InputError(f"unknown length unit {unit!r} for column {column!r}; known units: nm, um "
                      "(\u00b5m, micron), mm, m, px (with pixel_size=)", path)
 
-
-def _check_pixel_size(pixel_size, path):
-    if pixel_size is None:
-        return None
-    try:
-        value = float(pixel_size)
-    except (TypeError, ValueError):
-        raise InputError(f"pixel_size must be a number of nm, got {pixel_size!r}", path) from None
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"pixel_size must be a positive number of nm, got {pixel_size!r}", path)
-    return value
 
 
 def _read_head(path: Path, nbytes: int = 65536) -> str:
@@ -525,7 +515,7 @@ def _read_picasso(path: Path, columns, units, pixel_size, on_invalid) -> pd.Data
     file_pixel = _picasso_yaml_pixel_size(yaml_path)
     if file_pixel is None:
         file_pixel = h5_pixel
-    file_pixel = _check_pixel_size(file_pixel, yaml_path) if file_pixel is not None else None
+    file_pixel = check_pixel_size(file_pixel, yaml_path) if file_pixel is not None else None
     if pixel_size is not None:
         if file_pixel is not None and not math.isclose(file_pixel, pixel_size, rel_tol=1e-9):
             warnings.warn(f"{path}: pixel_size={pixel_size} nm overrides the file's Pixelsize "
@@ -630,7 +620,7 @@ def read_localizations(path, format="auto", columns=None, units=None, pixel_size
         raise InputError("is a folder, not a localization file", path)
     if path.stat().st_size == 0:
         raise InputError("file is empty", path)
-    pixel_size = _check_pixel_size(pixel_size, path)
+    pixel_size = check_pixel_size(pixel_size, path)
     if columns is not None and not isinstance(columns, dict):
         raise InputError(f"columns must be a dict standard name -> file column, got {columns!r}", path)
     if format == "auto":
@@ -809,7 +799,7 @@ def write_localizations(df, path, format="thunderstorm", pixel_size=None) -> Pat
         if pixel_size is None:
             raise InputError("writing Picasso HDF5 needs pixel_size= (nm per camera pixel): Picasso "
                              "stores coordinates in camera pixels", path)
-        pixel_size = _check_pixel_size(pixel_size, path)
+        pixel_size = check_pixel_size(pixel_size, path)
         _write_picasso(df, path, pixel_size)
     else:
         raise InputError(f"unknown format {format!r}; choose 'thunderstorm', 'picasso' or 'csv'", path)
