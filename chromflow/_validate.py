@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["check_pixel_size"]
+__all__ = ["check_pixel_size", "check_input_file"]
 
 
 def check_pixel_size(pixel_size, path=None):
@@ -27,3 +29,19 @@ def check_pixel_size(pixel_size, path=None):
     if not math.isfinite(value) or value <= 0:
         raise InputError(f"pixel_size must be a positive number of nm, got {pixel_size!r}", path)
     return value
+
+
+def check_input_file(path, kind: str = "an input file", allow_empty: bool = False) -> Path:
+    """``path`` as a :class:`~pathlib.Path` to an existing, non-empty file.
+
+    Raises :class:`~chromflow.errors.InputError` naming ``path`` when it is missing, a folder
+    (the message says it is not ``kind``) or empty (unless ``allow_empty``).
+    """
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise InputError("file not found", path)
+    if path.is_dir():
+        raise InputError(f"is a folder, not {kind}", path)
+    if not allow_empty and path.stat().st_size == 0:
+        raise InputError("file is empty", path)
+    return path

@@ -42,6 +42,7 @@ import numpy as np
 from . import __version__
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import ChromflowError, InputError
+from ._validate import check_input_file
 from .image import Image
 from .io._atomic import atomic_path
 
@@ -436,15 +437,6 @@ def _input_kind(path: Path) -> str:
                      f"({', '.join(LOCALIZATION_SUFFIXES)}) or an image ({', '.join(IMAGE_SUFFIXES)})", path=path)
 
 
-def _check_file(path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", path=path)
-    if not path.is_file():
-        raise InputError("not a file", path=path)
-    return path
-
-
 def _read_table(path: Path):
     from .io import read_localizations
 
@@ -500,7 +492,7 @@ def _read_tiff(path: Path, settings: PipelineSettings) -> Image:
 
 
 def _load_euchromatin_file(path, density: Image, settings: PipelineSettings) -> Image:
-    path = _check_file(path)
+    path = check_input_file(path, allow_empty=True)
     if _input_kind(path) == "localizations":
         locs = _read_table(path)
         return _render(locs, settings, fov=_fov_of(density), name=f"{path.stem} euchromatin", source=str(path))
@@ -536,7 +528,7 @@ def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
     20.0
     """
     settings = settings or PipelineSettings()
-    path = _check_file(path)
+    path = check_input_file(path, allow_empty=True)
     kind = _input_kind(path)
     fs = settings.fields
     euchromatin = None

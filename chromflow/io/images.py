@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .._validate import check_pixel_size
+from .._validate import check_input_file, check_pixel_size
 from ..image import Image
 from ._atomic import atomic_path
 
@@ -162,13 +162,7 @@ def read_image(path, pixel_size=None, ndim=None, allow_nan=False) -> Image:
     """
     import tifffile
 
-    path = Path(os.fspath(path))
-    if not path.exists():
-        raise InputError("file not found", path)
-    if path.is_dir():
-        raise InputError("is a folder, not a TIFF image", path)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty", path)
+    path = check_input_file(path, "a TIFF image")
     pixel_size = check_pixel_size(pixel_size, path)
     try:
         with tifffile.TiffFile(path) as tif:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .._validate import check_pixel_size
+from .._validate import check_input_file, check_pixel_size
 from ._atomic import atomic_path
 
 __all__ = ["read_localizations", "write_localizations", "STANDARD_COLUMNS", "LENGTH_UNITS_NM"]
@@ -614,12 +614,7 @@ def read_localizations(path, format="auto", columns=None, units=None, pixel_size
         raise InputError(f"unknown format {format!r}; choose one of {_FORMATS}", path)
     if on_invalid not in ("raise", "drop"):
         raise InputError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}", path)
-    if not path.exists():
-        raise InputError("file not found", path)
-    if path.is_dir():
-        raise InputError("is a folder, not a localization file", path)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty", path)
+    check_input_file(path, "a localization file")
     pixel_size = check_pixel_size(pixel_size, path)
     if columns is not None and not isinstance(columns, dict):
         raise InputError(f"columns must be a dict standard name -> file column, got {columns!r}", path)
