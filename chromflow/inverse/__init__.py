@@ -1,0 +1,463 @@
+"""Epigenetic reaction-rate maps from chromatin fields: :func:`infer_rates`.
+
+Three methods share one steady-state residual (:mod:`chromflow.physics.chromatin`)::
+
+    R = lap(mu_d) + 2 (lambda phi_e - phi_h) = 0
+
+* ``"pinn"`` (default): the mollified physics-informed network. A coordinate network (or free
+  grid values, ``backbone="grid"``) outputs ``(g_h, g_e, g_lambda)`` on the grid padded by the
+  kernel half-width; a :class:`~chromflow.mollifier.MollifierLayer` (``boundary="valid"``)
+  turns ``g_h, g_e`` into smooth fields with their derivatives; ``lambda = softplus(g_lambda)``.
+  Noise-weighted data term, residual on the whole nucleus, stopping chosen on held-out cells
+  (:mod:`chromflow.inverse.fit`).
+* ``"direct"``: closed form ``lambda = (phi_h - lap(mu_d) / 2) / phi_e`` on mollified data, with
+  an edge-safe treatment (:mod:`chromflow.inverse.direct`). Fast; the baseline.
+* ``"autodiff"``: the PINN with derivatives by automatic differentiation of the network
+  (no mollification): the baseline of the Mollifier-Layers paper.
+
+Every method (:func:`infer_rates`):
+
+1. takes the partial-volume *edge band* of the nucleus from the fields (``fields.edge``, made by
+   :func:`chromflow.chromatin_fields` from the density's edge profile) and gives it no weight in
+   the data term;
+2. estimates the noise of each channel from the data (:mod:`chromflow.inverse.noise`);
+3. fits, then (``uncertainty=True``, the default) refits two independent pseudo-halves of the
+   data made by *data fission*: the correlation of their two maps is the quality score
+   ``split_half_r``, and their spread the noise part of the ``uncertainty`` map;
+4. flags what should not be trusted (negative or absurd rates, little euchromatin,
+   irreproducible maps) in ``result.diagnostics["flags"]``.
+
+Numerics: derivatives in grid units (one cell = 1), converted to micrometres by powers of the
+cell size inside the residual; fits in float64 by default.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .._progress import CancelToken, ProgressCallback, check_cancel, report
+from ..errors import GridError, InputError
+from ..physics.chromatin import ChromatinModel, FieldDerivatives, steady_state_residual
+from ..training import resolve_device
+from .direct import direct_rates
+from .noise import NoiseModel, estimate_noise, fission
+from .result import RateMapResult, _jsonable
+
+__all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells",
+           "autodiff_derivatives"]
+
+METHODS = ("pinn", "direct", "autodiff")
+
+_COMMON = {"uncertainty": True, "edge": "auto", "held_out": 0.1}
+_NETWORK = {"iterations": 2000, "lr": 1e-2, "residual_weight": 1.0, "width": 32, "depth": 3, "blocks": 2,
+            "fourier_scale": 1.0, "ensemble": 1, "log_every": 25, "dtype": "float64", "check_every": 10,
+            "patience": 30}
+#: Default settings per method (``infer_rates`` keyword options override them). The single
+#: source of the defaults: the pipeline, the CLI and napari read them from here.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "direct": {"radius": 8.0, "kernel": "bump", **_COMMON},
+    "pinn": {"radius": 3.0, "kernel": "bump", **_NETWORK, **_COMMON},
+    "autodiff": {**_NETWORK, **_COMMON},
+}
+
+#: a map whose two halves correlate less than this is flagged as dominated by noise
+LOW_REPRODUCIBILITY = 0.5
+#: rates outside this range are flagged as absurd (lambda = Gamma_me / Gamma_ac)
+PLAUSIBLE_RATE = (1e-2, 1e2)
+#: euchromatin below this share of the chromatin inside the nucleus makes lambda meaningless
+MIN_EUCHROMATIN_SHARE = 0.02
+
+
+def autodiff_derivatives(u, x, to_um, shape) -> FieldDerivatives:
+    """value, d/dy, d/dx, lap, bilap of a pointwise network output by recursive autograd."""
+
+    def grad(f):
+        (g,) = torch.autograd.grad(f.sum(), x, create_graph=True)
+        return g[:, 0], g[:, 1]
+
+    uy, ux = grad(u)
+    uyy = grad(uy)[0]
+    uxx = grad(ux)[1]
+    lap = uyy + uxx
+    ly, lx = grad(lap)
+    bilap = grad(ly)[0] + grad(lx)[1]
+    r = (lambda t: t.reshape(shape))
+    return FieldDerivatives(r(u), r(uy) * to_um, r(ux) * to_um, r(lap) * to_um ** 2, r(bilap) * to_um ** 4)
+
+
+# kept under its old name for code that imported it
+_autodiff_derivatives = autodiff_derivatives
+
+
+def _unpack(fields):
+    """(phi_h, phi_e, mask, spacing_nm, origin, source) from a ChromatinFields-like object."""
+    try:
+        phi_h = np.asarray(fields.phi_h, dtype=np.float64)
+        phi_e = np.asarray(fields.phi_e, dtype=np.float64)
+        mask = np.asarray(fields.mask, dtype=bool)
+        spacing = float(fields.spacing)
+    except AttributeError as exc:
+        raise InputError(f"fields must have phi_h, phi_e, mask and spacing (a ChromatinFields): {exc}") from None
+    source = getattr(fields, "source", None)
+    origin = tuple(float(o) for o in getattr(fields, "origin", (0.0, 0.0)))
+    if phi_h.ndim != 2 or phi_h.shape != phi_e.shape or mask.shape != phi_h.shape:
+        raise InputError(f"phi_h {phi_h.shape}, phi_e {phi_e.shape} and mask {mask.shape} must be equal 2D shapes",
+                         source)
+    if not np.isfinite(spacing) or spacing <= 0:
+        raise InputError(f"grid spacing must be a positive number of nm, got {spacing}", source)
+    if not mask.any():
+        raise GridError("the nucleus mask is empty", source)
+    for name, arr in (("phi_h", phi_h), ("phi_e", phi_e)):
+        if not np.all(np.isfinite(arr[mask])):
+            raise InputError(f"{name} has NaN or infinite values inside the nucleus mask", source)
+    return phi_h, phi_e, mask, spacing, origin, source
+
+
+def _check_mask_fits(mask, halo: int, source, method: str):
+    # the fitted fields need a neighbourhood of the kernel's size inside the nucleus: demand at
+    # least one pixel whose whole kernel footprint lies inside the mask
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(mask, structure=np.ones((2 * halo + 1, 2 * halo + 1), bool))
+    if not inner.any():
+        raise GridError(f"nucleus mask ({int(mask.sum())} pixels) is too small for a mollifier kernel of "
+                        f"half-width {halo} cells ({method}); use a finer grid or a smaller radius", source)
+    return inner
+
+
+
+
+def edge_band_cells(mask, width_nm: float, spacing_nm: float) -> np.ndarray:
+    """Cells of ``mask`` whose centre lies within ``width_nm`` of the mask's outline.
+
+    Parameters
+    ----------
+    mask : (ny, nx) bool ndarray
+    width_nm : float
+        Band width in nm (0 gives an empty band).
+    spacing_nm : float
+        Cell size in nm.
+
+    Returns
+    -------
+    (ny, nx) bool ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.zeros((9, 9), bool); m[1:8, 1:8] = True
+    >>> int(edge_band_cells(m, 50.0, 50.0).sum())   # the outer ring of the 7x7 square
+    24
+    """
+    mask = np.asarray(mask, bool)
+    if not width_nm > 0:
+        return np.zeros(mask.shape, bool)
+    # distance from a cell centre to the outline: the distance to the nearest outside centre
+    # minus half a cell
+    dist = (ndimage.distance_transform_edt(np.pad(mask, 1)) [1:-1, 1:-1] - 0.5) * spacing_nm
+    return mask & (dist < width_nm)
+
+
+def _edge_band(fields, mask, spacing, edge, source):
+    if isinstance(edge, str):
+        if edge != "auto":
+            raise ValueError(f"edge must be 'auto', a width in nm, or an array; got {edge!r}")
+        band = getattr(fields, "edge", None)
+        if band is None:
+            return np.zeros(mask.shape, bool), "none (the fields carry no edge band)"
+        band = np.asarray(band, bool)
+        if band.shape != mask.shape:
+            raise InputError(f"fields.edge {band.shape} differs from the mask {mask.shape}", source)
+        return band & mask, "from the fields (density edge profile)"
+    if np.ndim(edge) == 0:
+        width = float(edge)
+        if not np.isfinite(width) or width < 0:
+            raise ValueError(f"edge width must be >= 0 nm, got {edge!r}")
+        return edge_band_cells(mask, width, spacing), f"{width:g} nm (given)"
+    band = np.asarray(edge, bool)
+    if band.shape != mask.shape:
+        raise InputError(f"edge array {band.shape} differs from the mask {mask.shape}", source)
+    return band & mask, "given as an array"
+
+
+def _check_euchromatin(phi_h, phi_e, interior, source):
+    h, e = phi_h[interior], phi_e[interior]
+    total = float(np.sum(np.clip(h, 0, None)) + np.sum(np.clip(e, 0, None)))
+    share = float(np.sum(np.clip(e, 0, None))) / total if total > 0 else 0.0
+    if share < MIN_EUCHROMATIN_SHARE:
+        raise InputError(f"almost no euchromatin inside the nucleus ({100 * share:.2g} % of the chromatin; "
+                         f"lambda = Gamma_me / Gamma_ac needs phi_e > 0): check the euchromatin channel "
+                         f"(FieldSettings.euchromatin / euchromatin_channel)", source)
+    if float(np.sum(np.clip(h, 0, None))) <= 0:
+        raise InputError("no heterochromatin inside the nucleus (phi_h is 0 everywhere): check the channels",
+                         source)
+
+
+def _noise(phi_h, phi_e, interior, fields):
+    models, variances = [], []
+    for name, phi in (("h", phi_h), ("e", phi_e)):
+        given = getattr(fields, f"variance_{name}", None)
+        if given is not None:
+            models.append({"source": "given by the fields"})
+            variances.append(np.asarray(given, dtype=np.float64))
+            continue
+        nm = estimate_noise(phi, interior)
+        models.append({**nm.as_dict(), "source": "estimated from the data (3x3 high-pass)"})
+        variances.append(nm.variance(phi))
+    # a floor keeps the weights finite where a channel is ~0; 1e-3 of the mean variance
+    out = []
+    for v in variances:
+        mean = float(np.mean(v[interior])) if interior.any() else 1.0
+        out.append(np.maximum(v, 1e-3 * mean + 1e-30))
+    return out, models
+
+
+def _smooth_on_mask(values, mask, sigma):
+    m = mask.astype(np.float64)
+    num = ndimage.gaussian_filter(np.where(mask, values, 0.0), sigma, mode="constant")
+    den = ndimage.gaussian_filter(m, sigma, mode="constant")
+    return np.where(mask, num / np.maximum(den, 1e-12), np.nan)
+
+
+def _corr(a, b, cells):
+    x, y = a[cells], b[cells]
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(x[ok], y[ok])[0, 1])
+
+
+def _flags(rate, mask, interior, split_r, edge):
+    flags = []
+    lam = rate[mask]
+    lam = lam[np.isfinite(lam)]
+    if lam.size and (lam <= 0).any():
+        flags.append(f"negative or zero lambda in {100 * np.mean(lam <= 0):.1f} % of the nucleus "
+                     "(the data do not fit the model there)")
+    lo, hi = PLAUSIBLE_RATE
+    absurd = (lam > 0) & ((lam < lo) | (lam > hi))
+    if lam.size and absurd.any():
+        flags.append(f"implausible lambda (outside {lo:g}-{hi:g}) in {100 * np.mean(absurd):.1f} % of the nucleus")
+    if np.isfinite(split_r) and split_r < LOW_REPRODUCIBILITY:
+        flags.append(f"low reproducibility: the maps of two halves of the data correlate {split_r:.2f} "
+                     f"(< {LOW_REPRODUCIBILITY}); the map is dominated by noise")
+    if edge.sum() > 0.5 * mask.sum():
+        flags.append(f"{100 * edge.sum() / mask.sum():.0f} % of the nucleus is edge band: little data to fit")
+    return flags
+
+
+def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iterations: int | None = None,
+                radius: float | None = None, backbone: str = "mlp", optimizer: str = "adam",
+                ensemble: int | None = None, uncertainty: bool | None = None, progress: ProgressCallback = None,
+                cancel: CancelToken = None, model: ChromatinModel = ChromatinModel(), **options) -> RateMapResult:
+    """Infer the epigenetic rate map ``lambda(y, x) = Gamma_me / Gamma_ac`` from chromatin fields.
+
+    Parameters
+    ----------
+    fields : ChromatinFields
+        ``phi_h``, ``phi_e`` (volume fractions on a ``(ny, nx)`` grid), ``mask`` (nucleus),
+        ``spacing`` (nm per cell), ``origin`` (nm), ``source``; optional ``edge`` (bool, the
+        partial-volume band, see :func:`chromflow.chromatin_fields`) and ``variance_h``,
+        ``variance_e`` (per-cell noise variances; estimated from the data when absent).
+    method : {"pinn", "direct", "autodiff"}
+        Mollified physics-informed network (default), closed form on mollified data
+        derivatives, or the network with autograd derivatives (the paper's baseline).
+    device : {"auto", "cpu", "cuda"} or torch.device
+        ``"auto"`` takes CUDA when available. The direct method always runs on CPU.
+    seed : int
+        Seed of every random step (network start, held-out cells, data fission).
+    iterations : int, optional
+        Most optimiser steps per fit (default 2000); the fit usually stops earlier, when the
+        misfit on held-out cells stops improving.
+    radius : float, optional
+        Mollifier support radius in grid cells (default 3 for the PINN, 8 for direct).
+    backbone : {"mlp", "fourier", "piratenet", "grid"}
+        Coordinate network, or ``"grid"``: free values per cell (no network).
+    optimizer : {"adam", "soap"}
+    ensemble : int, optional
+        Number of fits with different seeds averaged into ``rate`` (default 1).
+    uncertainty : bool, optional
+        Refit two data-fission halves for the ``uncertainty`` map and the ``split_half_r``
+        quality score (default True; about triples the time of a fit).
+    progress, cancel
+        The chromflow progress/cancel protocol.
+    model : ChromatinModel
+        Model parameters (``phi_max``, interface length in um).
+    **options
+        ``edge`` (``"auto"``: ``fields.edge``; a width in nm; or a bool array), ``held_out``
+        (share of cells held out for stopping, default 0.1), ``check_every``, ``patience``
+        (stopping: checks without improvement), ``lr``, ``residual_weight``, ``width``,
+        ``depth``, ``blocks``, ``fourier_scale``, ``kernel``, ``log_every``, ``dtype``
+        (``"float64"`` or ``"float32"``).
+
+    Returns
+    -------
+    RateMapResult
+        ``diagnostics`` holds the noise model, the stopping point, ``split_half_r`` and flags.
+
+    Raises
+    ------
+    ValueError
+        Unknown method, device, backbone, optimizer or option.
+    GridError
+        Mask too small for the kernel, or all of it edge band.
+    InputError
+        Bad fields; no euchromatin inside the nucleus.
+    CancelledError
+        ``cancel`` was set.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> m = np.zeros((32, 32), bool); m[4:28, 4:28] = True
+    >>> f = SimpleNamespace(phi_h=np.full((32, 32), 0.3), phi_e=np.full((32, 32), 0.2), mask=m,
+    ...                     spacing=50.0, origin=(0.0, 0.0), source=None)
+    >>> r = infer_rates(f, method="direct", radius=3, uncertainty=False)
+    >>> round(float(np.nanmedian(r.rate)), 9)  # uniform fields: lambda = phi_h / phi_e
+    1.5
+    """
+    start = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    dev = resolve_device(device)
+    phi_h, phi_e, mask, spacing, origin, source = _unpack(fields)
+    spacing_um = spacing / 1000.0
+    opts = dict(DEFAULTS[method])
+    known = set(opts) | {"radius", "kernel"}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for method {method!r}; known: {sorted(known)}")
+    opts.update(options)
+    if radius is not None:
+        opts["radius"] = float(radius)
+    opts.setdefault("radius", DEFAULTS["pinn"]["radius"])
+    opts.setdefault("kernel", DEFAULTS["pinn"]["kernel"])
+    if iterations is not None:
+        opts["iterations"] = int(iterations)
+    if ensemble is not None:
+        opts["ensemble"] = int(ensemble)
+    if uncertainty is not None:
+        opts["uncertainty"] = bool(uncertainty)
+    opts.update(backbone=str(backbone).lower(), optimizer=str(optimizer).lower())
+    from ..models import BACKBONES
+    from ..training import OPTIMIZERS
+
+    if opts["backbone"] not in set(BACKBONES) | {"grid"}:
+        raise ValueError(f"backbone must be one of {sorted(set(BACKBONES) | {'grid'})}, got {backbone!r}")
+    if opts["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+    if not 0 <= float(opts["held_out"]) < 0.5:
+        raise ValueError(f"held_out must be in [0, 0.5), got {opts['held_out']}")
+    from ..mollifier.kernels import halo as kernel_halo
+
+    halo = kernel_halo(opts["radius"])
+    edge, edge_source = _edge_band(fields, mask, spacing, opts.pop("edge"), source)
+    interior = mask & ~edge
+    if not interior.any():
+        raise GridError(f"all {int(mask.sum())} cells of the nucleus are in the edge band: no data to fit "
+                        "(a nucleus too small for the grid, or an edge band set too wide)", source)
+    settings = {"method": method, "seed": int(seed), "device": str(dev), **opts,
+                "edge": edge_source, "model": {"phi_max": model.phi_max, "length_um": model.length_um},
+                "spacing_nm": spacing}
+    if method != "autodiff":
+        _check_mask_fits(interior, halo, source, method)
+    elif interior.sum() < 4:
+        raise GridError(f"nucleus interior of {int(interior.sum())} cells is too small to fit", source)
+    _check_euchromatin(phi_h, phi_e, interior, source)
+    check_cancel(cancel, "rate inference")
+    variances, noise_models = _noise(phi_h, phi_e, interior, fields)
+    diagnostics = {"noise": {"phi_h": noise_models[0], "phi_e": noise_models[1]}, "edge_cells": int(edge.sum())}
+    out = (lambda a: np.where(mask, a, np.nan))
+
+    if method == "direct":
+        fit = _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model)
+        halves = None
+        if opts["uncertainty"]:
+            (ha, ea), (hb, eb) = fission([phi_h, phi_e], variances, seed)
+            halves = (_direct(ha, ea, mask, interior, spacing_um, opts, model)["rate"],
+                      _direct(hb, eb, mask, interior, spacing_um, opts, model)["rate"])
+        report(progress, 1, 1, "direct rate estimate")
+        rate, res, hf, ef, training = fit["rate"], fit["residual"], fit["phi_h"], fit["phi_e"], {}
+        history, device_used = {}, "cpu"
+    else:
+        rate, res, hf, ef, history, training, halves = _network_fits(
+            method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev, progress, cancel)
+        device_used = str(dev)
+    unc = np.full(mask.shape, np.nan)
+    split_r = float("nan")
+    if halves is not None:
+        split_r = _corr(halves[0], halves[1], interior)
+        # var(full) = var(half_a - half_b) / 4 for a linear estimator (each half has twice the
+        # noise variance); the per-cell square is one chi^2_1 draw: average it locally
+        diff2 = np.where(mask, (halves[0] - halves[1]) ** 2 / 4.0, 0.0)
+        unc = np.sqrt(_smooth_on_mask(np.nan_to_num(diff2, nan=0.0), mask, max(float(opts["radius"]), 2.0)))
+        diagnostics["split_half_r"] = split_r
+    diagnostics["training"] = training
+    diagnostics["flags"] = _flags(rate, mask, interior, split_r, edge)
+    settings["training"] = training
+    return RateMapResult(rate=out(rate), uncertainty=out(unc), residual=out(res), phi_h=out(hf), phi_e=out(ef),
+                         mask=mask, edge=edge, spacing=spacing, origin=origin, loss_history=history,
+                         settings=_jsonable(settings), timing=time.perf_counter() - start, device=device_used,
+                         method=method, source=source, diagnostics=_jsonable(diagnostics))
+
+
+def _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model):
+    lam, (h, e), _ = direct_rates(phi_h, phi_e, interior, spacing_um, opts["radius"], opts["kernel"], model,
+                                  out_mask=mask)
+    with np.errstate(invalid="ignore"):
+        res = steady_state_residual(h, e, np.nan_to_num(lam), model)
+    return {"rate": lam, "residual": res, "phi_h": h.value, "phi_e": e.value}
+
+
+def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev,
+                  progress, cancel):
+    from .fit import fit_fields
+
+    dtype = {"float64": torch.float64, "float32": torch.float32}.get(str(opts["dtype"]))
+    if dtype is None:
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {opts['dtype']!r}")
+    rng = np.random.default_rng(seed)
+    held = interior & (rng.random(mask.shape) < float(opts["held_out"]))
+    fit_cells = interior & ~held
+    data = np.stack([phi_h, phi_e])
+    weights = np.stack([np.where(interior, 1.0 / variances[0], 0.0), np.where(interior, 1.0 / variances[1], 0.0)])
+    n_members = max(int(opts["ensemble"]), 1)
+    n_fits = n_members + (2 if opts["uncertainty"] else 0)
+    iters = int(opts["iterations"])
+    common = dict(mask=mask, spacing_um=spacing_um, opts=opts, model=model, device=dev, dtype=dtype,
+                  progress=progress, cancel=cancel)
+    members = []
+    for k in range(n_members):
+        members.append(fit_fields(method, data, weights, fit_cells, held, seed=seed + k,
+                                  progress_span=(k * iters, iters, n_fits * iters),
+                                  message=f"{method} fit {k + 1}/{n_fits}", **common))
+    first = members[0]
+    rate = np.mean([m.rate for m in members], axis=0)
+    halves = None
+    if opts["uncertainty"]:
+        # the same procedure on each fission half: same start (seed), same weights, and the
+        # number of steps the full fit chose, so the two differ only through the data
+        (ha, ea), (hb, eb) = fission([phi_h, phi_e], variances, seed + 10_000)
+        steps = first.best_iteration + 1
+        no_hold = np.zeros_like(held)
+        half_rates = []
+        for j, (hh, ee) in enumerate(((ha, ea), (hb, eb))):
+            f = fit_fields(method, np.stack([hh, ee]), weights, fit_cells, no_hold, seed=seed, iterations=steps,
+                           progress_span=((n_members + j) * iters, iters, n_fits * iters),
+                           message=f"{method} fit {n_members + j + 1}/{n_fits} (data fission half)", **common)
+            half_rates.append(f.rate)
+        halves = tuple(half_rates)
+    report(progress, n_fits * iters, n_fits * iters, f"{method} fits done")
+    res = first.residual
+    if n_members > 1:
+        res = res + 2 * (rate - first.rate) * first.phi_e
+    training = {"iterations_run": first.iterations_run, "best_iteration": first.best_iteration,
+                "stop_reason": first.stop_reason, "held_out_cells": int(held.sum()),
+                "held_out_misfit": first.held_out_misfit,
+                "final_data_misfit": first.losses["data"][-1] if first.losses["data"] else float("nan")}
+    return rate, res, first.phi_h, first.phi_e, first.losses, training, halves

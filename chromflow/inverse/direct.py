@@ -1,0 +1,184 @@
+"""Closed-form rates from mollified data: :func:`direct_rates`, edge-safe.
+
+At steady state ``lambda = (phi_h - T) / phi_e`` with the transport term ``T = lap(mu_d) / 2``.
+The two parts need different care at the nucleus edge:
+
+* the local values ``phi_h``, ``phi_e`` are estimated by *local-linear* kernel regression on
+  the cells of the mask only (the mollifier as the weight, the data outside the nucleus never
+  used). In the interior this is exactly the mollified value; within one kernel radius of the
+  edge it stays unbiased for fields that vary linearly, where a plain or renormalised
+  convolution would be dragged towards the outside;
+* the transport term needs 4th derivatives, which no one-sided kernel estimates without bias
+  (see ``docs/mollifier.md``). It comes from the mollifier with the mask's polynomial
+  continuation of the fields (``boundary="mask"``). Measured on domain-scale cases (3 % noise,
+  50 nm cells), this beats computing ``T`` only where the kernel fits and carrying it to the
+  edge (by 0.02-0.06 in correlation) or shrinking the kernel near the edge (noisier). The
+  values, whose continuation used to pull ``phi_h`` at large radii (correlation 0.99 -> 0.63
+  at radius 16), now come from the local-linear fit.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..physics.chromatin import ChromatinModel, FieldDerivatives, chemical_potential_laplacian
+
+__all__ = ["direct_rates", "local_linear_smooth", "mollifier_layer", "layer_derivatives"]
+
+#: the field derivatives every rate method needs
+ORDERS = ("u", (1, 0), (0, 1), "lap", "biharmonic")
+
+
+def mollifier_layer(radius, kernel: str = "bump", boundary: str = "valid", mask=None):
+    """The :class:`~chromflow.mollifier.MollifierLayer` giving value, gradient, lap and biharmonic."""
+    from ..mollifier.layer import MollifierLayer
+
+    return MollifierLayer(radius, orders=ORDERS, ndim=2, kernel=kernel, boundary=boundary, mask=mask)
+
+
+def layer_derivatives(out: dict, index: int, spacing_um: float) -> FieldDerivatives:
+    """Channel ``index`` of a mollifier layer's output, derivatives converted from cells to um."""
+    s = spacing_um
+    return FieldDerivatives(out["u"][index], out[(1, 0)][index] / s, out[(0, 1)][index] / s,
+                            out["lap"][index] / s ** 2, out["biharmonic"][index] / s ** 4)
+
+
+def local_linear_smooth(values, mask, weights_1d, out_mask=None) -> np.ndarray:
+    """Local-linear kernel regression of ``values`` using the cells of ``mask`` only.
+
+    At every cell, fit ``a + b_y dy + b_x dx`` to the mask cells around it, weighted by the
+    separable kernel ``w(dy) w(dx)``; return ``a``. With the whole kernel inside the mask this
+    is the plain kernel average; near the edge it stays exact for linear fields.
+
+    Parameters
+    ----------
+    values : (ny, nx) ndarray
+        Data (values outside ``mask`` are ignored).
+    mask : (ny, nx) bool ndarray
+        Cells that carry data.
+    weights_1d : 1D ndarray, odd length
+        Symmetric kernel weights at offsets ``-h..h`` cells (e.g.
+        ``chromflow.mollifier.kernels.kernel_1d(0, radius)``).
+    out_mask : (ny, nx) bool ndarray, optional
+        Cells where the fit is evaluated (default ``mask``); cells outside ``mask`` get the
+        value of the plane fitted to the data around them (extrapolation).
+
+    Returns
+    -------
+    (ny, nx) float64 ndarray
+        The smoothed field; NaN where the mask around a cell is too thin to fit a plane (fewer
+        than three non-collinear cells), and outside ``out_mask``.
+
+    Examples
+    --------
+    A linear ramp comes back exactly, even at the edge of the mask:
+
+    >>> import numpy as np
+    >>> yy, xx = np.indices((20, 20)).astype(float)
+    >>> m = (yy - 10) ** 2 + (xx - 10) ** 2 < 64
+    >>> ramp = 0.3 + 0.01 * yy - 0.02 * xx
+    >>> w = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
+    >>> out = local_linear_smooth(ramp, m, w)
+    >>> bool(np.allclose(out[m], ramp[m]))
+    True
+    """
+    w = np.asarray(weights_1d, dtype=np.float64)
+    half = (w.size - 1) // 2
+    j = np.arange(-half, half + 1, dtype=np.float64)
+    m = np.asarray(mask, dtype=np.float64)
+    v = np.where(mask, np.asarray(values, dtype=np.float64), 0.0)
+
+    def corr(a, wy, wx):
+        # sum over neighbours of a(y+dy, x+dx) wy(dy) wx(dx): correlate1d along each axis
+        a = ndimage.correlate1d(a, wy, axis=0, mode="constant")
+        return ndimage.correlate1d(a, wx, axis=1, mode="constant")
+
+    w1 = j * w
+    w2 = j * j * w
+    s00, s10, s01 = corr(m, w, w), corr(m, w1, w), corr(m, w, w1)
+    s20, s11, s02 = corr(m, w2, w), corr(m, w1, w1), corr(m, w, w2)
+    d0, d1, d2 = corr(v, w, w), corr(v, w1, w), corr(v, w, w1)
+    gram = np.stack([np.stack([s00, s10, s01], -1), np.stack([s10, s20, s11], -1),
+                     np.stack([s01, s11, s02], -1)], -2)
+    rhs = np.stack([d0, d1, d2], -1)
+    out = np.full(m.shape, np.nan)
+    where = np.asarray(mask if out_mask is None else out_mask, bool)
+    inside = where & (s00 > 0)
+    g, r = gram[inside], rhs[inside]
+    # a plane needs a well-conditioned 3x3 system; thin slivers of mask fall back to the mean
+    det = np.linalg.det(g)
+    scale = np.maximum(g[:, 0, 0] * g[:, 1, 1] * g[:, 2, 2], 1e-300)
+    ok = det > 1e-8 * scale
+    sol = np.full(len(g), np.nan)
+    if ok.any():
+        sol[ok] = np.linalg.solve(g[ok], r[ok][..., None])[:, 0, 0]
+    sol[~ok] = r[~ok, 0] / g[~ok, 0, 0]
+    out[inside] = sol
+    return out
+
+
+def direct_rates(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, kernel: str = "bump",
+                 model: ChromatinModel = ChromatinModel(), out_mask=None):
+    """Closed-form rate ``lambda = (phi_h - lap(mu_d) / 2) / phi_e`` from mollified data.
+
+    Parameters
+    ----------
+    phi_h, phi_e : (ny, nx) ndarray
+        Volume fractions.
+    mask : (ny, nx) bool ndarray
+        Cells with data (the nucleus, or its interior without the edge band).
+    spacing_um : float
+        Grid cell size in um.
+    radius : float
+        Mollifier support radius in cells.
+    kernel : str
+        Mollifier profile.
+    model : ChromatinModel
+    out_mask : (ny, nx) bool ndarray, optional
+        Cells where the rate is reported (default ``mask``); cells of ``out_mask`` outside
+        ``mask`` (an edge band) get the local-linear continuation of the fields.
+
+    Returns
+    -------
+    rate : ndarray
+        NaN outside ``out_mask``.
+    h, e : FieldDerivatives
+        Mollified fields (local-linear values) and their derivatives (numpy; derivatives NaN
+        where the kernel footprint leaves the mask).
+    interior : ndarray of bool
+        Cells whose kernel footprint lies inside the mask (no continuation needed there).
+
+    Notes
+    -----
+    See the module docstring for the edge treatment.
+    """
+    from ..mollifier.kernels import halo as kernel_halo
+    from ..mollifier.kernels import kernel_1d
+
+    mask = np.asarray(mask, bool)
+    halo = kernel_halo(radius)
+    interior = ndimage.binary_erosion(mask, structure=np.ones((2 * halo + 1, 2 * halo + 1), bool))
+    # derivatives: the mollifier with the mask's polynomial continuation of the fields
+    layer = mollifier_layer(radius, kernel, "mask", mask)
+    stack = torch.as_tensor(np.stack([np.where(mask, phi_h, 0.0), np.where(mask, phi_e, 0.0)]), dtype=torch.float64)
+    with torch.no_grad():
+        out = layer(stack)
+    h = FieldDerivatives(*[v.numpy() for v in layer_derivatives(out, 0, spacing_um)])
+    e = FieldDerivatives(*[v.numpy() for v in layer_derivatives(out, 1, spacing_um)])
+    transport = 0.5 * chemical_potential_laplacian(h, e, model)
+    where_out = mask if out_mask is None else np.asarray(out_mask, bool) | mask
+    if (where_out & ~mask).any():
+        # cells beyond the data (an edge band): the transport of the nearest data cell
+        _, idx = ndimage.distance_transform_edt(~mask, return_indices=True)
+        transport = np.where(mask, transport, transport[tuple(idx)])
+    weights = kernel_1d(0, radius, kernel=kernel)
+    where = where_out
+    h_val = local_linear_smooth(phi_h, mask, weights, where)
+    e_val = local_linear_smooth(phi_e, mask, weights, where)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = (h_val - transport) / e_val
+    lam = np.where(where, lam, np.nan)
+    h = FieldDerivatives(h_val, h.dy, h.dx, h.lap, h.bilap)
+    e = FieldDerivatives(e_val, e.dy, e.dx, e.lap, e.bilap)
+    return lam, (h, e), interior

@@ -1,0 +1,265 @@
+"""The physics-informed fit behind ``method="pinn"`` / ``"autodiff"``: :func:`fit_fields`.
+
+Loss (per fit)::
+
+    L = mean_fit cells[(u_h - d_h)^2 / var_h + (u_e - d_e)^2 / var_e]
+        + w_r * mean_mask[(R(u_h, u_e, lambda) / r_scale)^2]
+
+* the data term is weighted by each cell's noise variance (:mod:`chromflow.inverse.noise`), so
+  it is ~1 per cell at the noise level whatever the counts;
+* it runs over the *fit cells*: the nucleus minus its partial-volume edge band and minus a
+  random 10 % of *held-out* cells;
+* the residual ``R = lap(mu_d) + 2 (lambda phi_e - phi_h)`` runs over the whole nucleus: in the
+  edge band the fields are unobserved but the physics still holds;
+* the stopping point is chosen from the data: every ``check_every`` steps the noise-weighted
+  misfit on the held-out cells is measured, the parameters with the lowest one are kept, and
+  the fit stops once it has not improved for ``patience`` checks. Early stopping is the
+  regulariser of a coordinate network (its spectral bias fits the smooth signal before the
+  noise); held-out cells tell when the noise starts to be fitted.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._progress import check_cancel, report
+from ..physics.chromatin import ChromatinModel, FieldDerivatives, steady_state_residual
+from ..training import make_optimizer, seed_everything
+from .direct import layer_derivatives, mollifier_layer
+
+__all__ = ["FieldNet", "GridFields", "FitOutput", "fit_fields", "inverse_softplus"]
+
+
+def inverse_softplus(y: float) -> float:
+    """``x`` with ``softplus(x) = y`` (y > 0)."""
+    return float(y + math.log(-math.expm1(-y)))
+
+
+class FieldNet(torch.nn.Module):
+    """Coordinate backbone + affine output scaling: ``coords -> (phi_h, phi_e, lambda)``.
+
+    Raw outputs are O(1); the fields come out at the data's level and ``lambda`` through a
+    softplus (kept > 0) started at the data's typical ``phi_h / phi_e``.
+    """
+
+    def __init__(self, backbone, centre, scale, lam0: float):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float64))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64))
+        self.lam_offset = inverse_softplus(lam0)
+
+    def forward(self, coords):
+        raw = self.backbone(coords)
+        fields = self.centre.to(raw.dtype) + self.scale.to(raw.dtype) * raw[:, :2]
+        lam = F.softplus(raw[:, 2:3] + self.lam_offset)
+        return torch.cat([fields, lam], dim=1)
+
+
+class GridFields(torch.nn.Module):
+    """Free values on the grid (no network): ``g_h, g_e`` on the padded grid, ``lambda`` per cell.
+
+    The alternative parametrisation to a coordinate network: as many parameters as cells, no
+    spectral bias. The mollifier still makes the fields smooth and gives their derivatives;
+    regularisation comes from the held-out stopping alone.
+    """
+
+    def __init__(self, start, shape, pad: int, centre, scale, lam0: float):
+        super().__init__()
+        centre = torch.as_tensor(centre, dtype=torch.float64)[:, None, None]
+        scale = torch.as_tensor(scale, dtype=torch.float64)[:, None, None]
+        self.register_buffer("centre", centre)
+        self.register_buffer("scale", scale)
+        self.g = torch.nn.Parameter((torch.as_tensor(start, dtype=torch.float64) - centre) / scale)
+        self.s = torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64))
+        self.lam_offset = inverse_softplus(lam0)
+
+    def forward(self):
+        return self.centre + self.scale * self.g, F.softplus(self.s + self.lam_offset)
+
+
+@dataclass
+class FitOutput:
+    """One fit: rate, residual, fitted fields (numpy, float64), the loss history and the state."""
+
+    rate: np.ndarray
+    residual: np.ndarray
+    phi_h: np.ndarray
+    phi_e: np.ndarray
+    losses: dict
+    best_iteration: int
+    iterations_run: int
+    stop_reason: str
+    held_out_misfit: float
+    state: dict = field(repr=False, default_factory=dict)
+
+
+def _padded_start(phi, region, pad):
+    # nearest-region continuation of the data outside the region, then edge padding
+    from scipy import ndimage
+
+    _, idx = ndimage.distance_transform_edt(~region, return_indices=True)
+    return np.pad(phi[tuple(idx)], pad, mode="edge")
+
+
+def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opts, model: ChromatinModel,
+               seed: int, device, dtype, progress=None, cancel=None, progress_span=(0, 1, 1),
+               init_state=None, iterations=None, message="pinn fit") -> FitOutput:
+    """Fit fields and rate to ``data`` (see the module docstring).
+
+    Parameters
+    ----------
+    method : {"pinn", "autodiff"}
+    data : (2, ny, nx) ndarray
+        ``phi_h``, ``phi_e``.
+    weights : (2, ny, nx) ndarray
+        Inverse noise variance per cell and channel.
+    fit_cells, held_out, mask : (ny, nx) bool ndarray
+        Cells of the data term, of the stopping check, and of the residual.
+    spacing_um : float
+    opts : dict
+        Settings of :data:`chromflow.inverse.DEFAULTS` merged with the user's.
+    model : ChromatinModel
+    seed : int
+    device, dtype
+    progress, cancel
+        Progress protocol; ``progress_span = (start, total, steps)`` maps this fit's steps into
+        a larger bar.
+    init_state : dict, optional
+        A previous fit's ``state`` to start from (warm start).
+    iterations : int, optional
+        Override ``opts["iterations"]``; with ``init_state`` the held-out stopping still runs.
+    """
+    from ..models import build_backbone, grid_coordinates
+
+    seed_everything(seed)
+    shape = data.shape[1:]
+    iterations = int(opts["iterations"] if iterations is None else iterations)
+    t = (lambda a: torch.as_tensor(a, dtype=dtype, device=device))
+    d = t(data)
+    w = t(weights)
+    m_fit, m_hold, m_res = t(fit_cells), t(held_out), t(mask)
+    n_fit = max(float(fit_cells.sum()), 1.0)
+    n_hold = float(held_out.sum())
+    n_res = float(mask.sum())
+    region = fit_cells | held_out
+    centre = np.array([data[0][region].mean(), data[1][region].mean()])
+    scale = np.maximum(np.array([data[0][region].std(), data[1][region].std()]), 1e-3 * np.abs(centre) + 1e-12)
+    ratio = data[0][region] / np.maximum(data[1][region], 1e-6)
+    lam0 = float(np.clip(np.median(ratio), 1e-3, 1e3))
+    # residual scale: the size of each reaction term, so w_r is O(1) whatever the data
+    r_scale = 2.0 * float(data[0][region].mean())
+    param = opts["backbone"]
+
+    if method == "pinn":
+        layer = mollifier_layer(opts["radius"], opts["kernel"], "valid").to(device)
+        pad = layer.halo[0]
+        full = tuple(n + 2 * pad for n in shape)
+        if param == "grid":
+            start = np.stack([_padded_start(data[c], region, pad) for c in range(2)])
+            net = GridFields(start, shape, pad, centre, scale, lam0).to(device=device, dtype=dtype)
+
+            def fields_and_rate():
+                g, lam = net()
+                out = layer(g)
+                return layer_derivatives(out, 0, spacing_um), layer_derivatives(out, 1, spacing_um), lam
+        else:
+            net = _network(param, opts, centre, scale, lam0, build_backbone).to(device=device, dtype=dtype)
+            coords, _ = grid_coordinates(shape, pad=pad, device=device, dtype=dtype)
+
+            def fields_and_rate():
+                # (N, 3) -> (3, ny, nx): a contiguous copy, so the convolutions get packed memory
+                out = net(coords).T.contiguous().reshape(3, *full)
+                dd = layer(out[:2])
+                lam = out[2, pad:pad + shape[0], pad:pad + shape[1]]
+                return layer_derivatives(dd, 0, spacing_um), layer_derivatives(dd, 1, spacing_um), lam
+    else:
+        if param == "grid":
+            raise ValueError("backbone='grid' needs the mollifier (method='pinn'): a grid has no autograd derivatives")
+        from . import autodiff_derivatives
+
+        net = _network(param, opts, centre, scale, lam0, build_backbone).to(device=device, dtype=dtype)
+        coords, half = grid_coordinates(shape, pad=0, device=device, dtype=dtype)
+        to_um = 1.0 / (half * spacing_um)
+
+        def fields_and_rate():
+            x = coords.detach().requires_grad_(True)
+            out = net(x)
+            derivs = [autodiff_derivatives(out[:, c], x, to_um, shape) for c in range(2)]
+            return derivs[0], derivs[1], out[:, 2].reshape(shape)
+
+    if init_state is not None:
+        net.load_state_dict(init_state)
+
+    def misfit(h, e):
+        return (torch.stack([h.value, e.value]) - d) ** 2 * w
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = make_optimizer(opts["optimizer"], params, opts["lr"])
+    check_every = max(int(opts["check_every"]), 1)
+    patience = int(opts["patience"])
+    start_step, total_steps, bar_total = progress_span
+    losses = {"total": [], "data": [], "residual": [], "held_out": []}
+    best = (math.inf, None, 0)
+    since_best, stop_reason, it = 0, "iterations", 0
+    for it in range(iterations):
+        check_cancel(cancel, message)
+        frac = it / max(iterations, 1)
+        lr = opts["lr"] * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        h, e, lam = fields_and_rate()
+        mis = misfit(h, e)
+        data_loss = (mis * m_fit).sum() / n_fit
+        res = steady_state_residual(h, e, lam, model) / r_scale
+        res_loss = (res ** 2 * m_res).sum() / n_res
+        total = data_loss + opts["residual_weight"] * res_loss
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{message}: loss became {float(total)} at iteration {it}; lower the "
+                                     "learning rate")
+        total.backward()
+        opt.step()
+        losses["total"].append(float(total.detach()))
+        losses["data"].append(float(data_loss.detach()))
+        losses["residual"].append(float(res_loss.detach()))
+        if n_hold and (it % check_every == 0 or it == iterations - 1):
+            held = float((mis.detach() * m_hold).sum() / n_hold)
+            losses["held_out"].append(held)
+            if held < best[0]:
+                best = (held, {k: v.detach().clone() for k, v in net.state_dict().items()}, it)
+                since_best = 0
+            else:
+                since_best += 1
+                if patience and since_best >= patience:
+                    stop_reason = "held-out misfit stopped improving"
+                    break
+        if progress is not None and (it % max(int(opts["log_every"]), 1) == 0):
+            report(progress, start_step + int(total_steps * frac), bar_total, message)
+    iterations_run = it + 1
+    if best[1] is not None:
+        net.load_state_dict(best[1])
+    with torch.no_grad() if method == "pinn" else contextlib.nullcontext():
+        h, e, lam = fields_and_rate()
+        res = steady_state_residual(h, e, lam, model)
+    as_np = (lambda x: x.detach().to("cpu", torch.float64).numpy().copy())
+    return FitOutput(rate=as_np(lam), residual=as_np(res), phi_h=as_np(h.value), phi_e=as_np(e.value),
+                     losses=losses, best_iteration=int(best[2]), iterations_run=iterations_run,
+                     stop_reason=stop_reason, held_out_misfit=float(best[0]),
+                     state={k: v.detach().clone() for k, v in net.state_dict().items()})
+
+
+def _network(param, opts, centre, scale, lam0, build_backbone):
+    kw = {"width": opts["width"]}
+    if param == "mlp":
+        kw["depth"] = opts["depth"]
+    elif param == "piratenet":
+        kw.update(blocks=opts["blocks"], fourier_scale=opts["fourier_scale"])
+    else:
+        kw.update(depth=opts["depth"], fourier_scale=opts["fourier_scale"])
+    return FieldNet(build_backbone(param, 2, 3, **kw), centre, scale, lam0)

@@ -1,0 +1,227 @@
+"""The result of :func:`chromflow.infer_rates`: :class:`RateMapResult` (arrays, diagnostics, files)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+from ..image import Image
+from ..io._atomic import atomic_path
+
+__all__ = ["RateMapResult"]
+
+_ARRAYS = ("rate", "uncertainty", "residual", "phi_h", "phi_e", "mask", "edge")
+#: arrays that files written before version 2 may lack, and their defaults
+_OPTIONAL = {"edge": lambda mask: np.zeros(mask.shape, bool)}
+_BOOL = ("mask", "edge")
+
+
+# ---------------------------------------------------------------------------------------------
+# result container
+
+
+@dataclass
+class RateMapResult:
+    """A rate map ``lambda(y, x)`` and everything needed to judge and reproduce it.
+
+    Attributes
+    ----------
+    rate : ndarray (ny, nx) float64
+        ``lambda = Gamma_me / Gamma_ac`` (dimensionless); NaN outside the mask.
+    uncertainty : ndarray (ny, nx) float64
+        Standard error of ``rate`` per cell (same units; NaN outside the mask). It includes the
+        counting noise of the data (see ``docs/inference.md``, "Uncertainty"); NaN everywhere
+        only when uncertainty was switched off.
+    residual : ndarray (ny, nx) float64
+        Steady-state residual of the fitted fields and rate (units of ``Gamma_ac``); NaN outside.
+    phi_h, phi_e : ndarray (ny, nx) float64
+        Fitted (smoothed) volume fractions; NaN outside the mask.
+    mask : ndarray (ny, nx) bool
+        Nucleus.
+    edge : ndarray (ny, nx) bool
+        Cells of the partial-volume band at the nucleus edge (a subset of ``mask``). They carry
+        no weight in the fit; ``rate`` there is the fit's smooth continuation from the interior.
+    spacing : float
+        Grid cell size, nm.
+    origin : tuple of float
+        Position (nm) of the centre of cell (0, 0).
+    loss_history : dict of str -> list of float
+        Loss components per iteration (first ensemble member; empty for direct).
+    settings : dict
+        Every setting used (JSON-able), to rerun the fit.
+    timing : float
+        Seconds spent in :func:`infer_rates`.
+    device : str
+        Where it ran.
+    method : str
+        ``"pinn"``, ``"direct"`` or ``"autodiff"``.
+    source : str or None
+        Path of the data the fields came from.
+    diagnostics : dict
+        What was chosen from the data and how far to trust the map: ``noise`` (per-channel
+        noise model), ``stopping`` (the data-chosen stopping point), ``split_half_r`` (correlation
+        of the maps of two independent halves of the data: the quality score), ``flags`` (list of
+        warnings such as negative or absurd rates).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.ones((4, 4), bool)
+    >>> r = RateMapResult(rate=np.full((4, 4), 2.0), uncertainty=np.full((4, 4), np.nan),
+    ...                   residual=np.zeros((4, 4)), phi_h=np.full((4, 4), 0.3),
+    ...                   phi_e=np.full((4, 4), 0.15), mask=m, spacing=50.0)
+    >>> s = r.summary()
+    >>> s["median_rate"], round(s["nucleus_area_um2"], 6)
+    (2.0, 0.04)
+    """
+
+    rate: np.ndarray
+    uncertainty: np.ndarray
+    residual: np.ndarray
+    phi_h: np.ndarray
+    phi_e: np.ndarray
+    mask: np.ndarray
+    spacing: float
+    origin: tuple = (0.0, 0.0)
+    loss_history: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    timing: float = 0.0
+    device: str = "cpu"
+    method: str = "direct"
+    source: str | None = None
+    edge: np.ndarray | None = None
+    diagnostics: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.edge is None:
+            self.edge = _OPTIONAL["edge"](np.asarray(self.mask))
+        for name in _ARRAYS:
+            arr = np.asarray(getattr(self, name))
+            setattr(self, name, arr.astype(bool) if name in _BOOL else arr.astype(np.float64))
+        self.spacing = float(self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+
+    # -- derived ------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Scalar summary (one row of ``summary.csv``).
+
+        Keys: ``mean_rate``, ``median_rate``, ``std_rate``, ``p05_rate``, ``p95_rate``,
+        ``mean_uncertainty``, ``rms_residual``, ``heterochromatin_fraction`` (share of the
+        chromatin that is heterochromatin, ``sum phi_h / sum (phi_h + phi_e)`` on the mask),
+        ``nucleus_area_um2``, ``n_pixels``, ``edge_fraction`` (share of the nucleus in the
+        partial-volume band), ``split_half_r`` (quality score: correlation of the maps of two
+        independent halves of the data; NaN when not computed), ``flags`` (warnings, ``"; "``
+        separated, empty when none), ``method``, ``time_s``, ``device``.
+        """
+        m = self.mask
+        lam = self.rate[m]
+        lam = lam[np.isfinite(lam)]
+        unc = self.uncertainty[m]
+        res = self.residual[m]
+        h, e = self.phi_h[m], self.phi_e[m]
+        stat = (lambda f, a: float(f(a)) if a.size else float("nan"))
+        total = float(np.nansum(h) + np.nansum(e))
+        return {
+            "mean_rate": stat(np.mean, lam),
+            "median_rate": stat(np.median, lam),
+            "std_rate": stat(np.std, lam),
+            "p05_rate": stat(lambda a: np.percentile(a, 5), lam),
+            "p95_rate": stat(lambda a: np.percentile(a, 95), lam),
+            "mean_uncertainty": float(np.nanmean(unc)) if np.isfinite(unc).any() else float("nan"),
+            "rms_residual": float(np.sqrt(np.nanmean(res ** 2))) if np.isfinite(res).any() else float("nan"),
+            "heterochromatin_fraction": float(np.nansum(h) / total) if total > 0 else float("nan"),
+            "nucleus_area_um2": float(m.sum() * (self.spacing / 1000.0) ** 2),
+            "n_pixels": int(m.sum()),
+            "edge_fraction": float(self.edge[m].mean()) if m.any() else float("nan"),
+            "split_half_r": float(self.diagnostics.get("split_half_r", float("nan"))),
+            "flags": "; ".join(self.diagnostics.get("flags", [])),
+            "method": self.method,
+            "time_s": float(self.timing),
+            "device": self.device,
+        }
+
+    def to_image(self, name: str = "rate") -> Image:
+        """One map as a :class:`chromflow.Image` (pixel size and origin in nm).
+
+        ``name``: ``"rate"``, ``"uncertainty"``, ``"residual"``, ``"phi_h"``, ``"phi_e"``, ``"mask"``
+        or ``"edge"``.
+        """
+        if name not in _ARRAYS:
+            raise ValueError(f"name must be one of {list(_ARRAYS)}, got {name!r}")
+        return Image(getattr(self, name).copy(), pixel_size=self.spacing, origin=self.origin, name=name,
+                     source=self.source, metadata={"method": self.method, "quantity": name})
+
+    # -- files --------------------------------------------------------------------------------
+    def _meta(self) -> dict:
+        return {"spacing": self.spacing, "origin": list(self.origin), "loss_history": self.loss_history,
+                "settings": self.settings, "timing": self.timing, "device": self.device,
+                "method": self.method, "source": self.source, "diagnostics": self.diagnostics,
+                "format": "chromflow.RateMapResult", "version": 2}
+
+    def save(self, path) -> None:
+        """Write to ``.npz`` (default) or ``.h5``/``.hdf5``, atomically.
+
+        Arrays are stored as they are (float64, bool); the rest as one JSON string.
+        """
+        path = os.fspath(path)
+        suffix = os.path.splitext(path)[1].lower()
+        meta = json.dumps(_jsonable(self._meta()))
+        with atomic_path(path) as tmp:
+            if suffix in (".h5", ".hdf5"):
+                import h5py
+
+                with h5py.File(tmp, "w") as f:
+                    for name in _ARRAYS:
+                        f.create_dataset(name, data=getattr(self, name), compression="gzip")
+                    f.attrs["meta"] = meta
+            else:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, meta=np.array(meta), **{n: getattr(self, n) for n in _ARRAYS})
+
+    @classmethod
+    def load(cls, path) -> "RateMapResult":
+        """Read a file written by :meth:`save`."""
+        path = os.fspath(path)
+        suffix = os.path.splitext(path)[1].lower()
+        try:
+            if suffix in (".h5", ".hdf5"):
+                import h5py
+
+                with h5py.File(path, "r") as f:
+                    arrays = {n: f[n][()] for n in _ARRAYS if n in f}
+                    meta = json.loads(f.attrs["meta"])
+            else:
+                with np.load(path, allow_pickle=False) as z:
+                    arrays = {n: z[n] for n in _ARRAYS if n in z.files}
+                    meta = json.loads(str(z["meta"]))
+            missing = [n for n in _ARRAYS if n not in arrays and n not in _OPTIONAL]
+            if missing:
+                raise KeyError(f"missing arrays {missing}")
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(f"not a chromflow rate-map file ({exc})", path) from exc
+        if meta.get("format") != "chromflow.RateMapResult":
+            raise InputError("not a chromflow rate-map file (missing format tag)", path)
+        return cls(**arrays, spacing=meta["spacing"], origin=tuple(meta["origin"]),
+                   loss_history=meta["loss_history"], settings=meta["settings"], timing=meta["timing"],
+                   device=meta["device"], method=meta["method"], source=meta["source"],
+                   diagnostics=meta.get("diagnostics", {}))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
