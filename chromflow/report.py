@@ -12,7 +12,7 @@ import numpy as np
 
 from .io._atomic import atomic_path
 
-__all__ = ["make_report", "nice_scale_bar_length", "REPORT_PANELS"]
+__all__ = ["make_report", "report_caption", "nice_scale_bar_length", "REPORT_PANELS"]
 
 #: Titles of the panels of :func:`make_report`, in reading order.
 REPORT_PANELS = (
@@ -23,6 +23,31 @@ REPORT_PANELS = (
     "residual",
     "uncertainty",
 )
+
+
+def report_caption(result) -> str:
+    """One line under the title: method, quality score, edge band and any flags of ``result``.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> r = SimpleNamespace(method="pinn", diagnostics={"split_half_r": 0.91, "flags": []},
+    ...                     edge=None, mask=None)
+    >>> report_caption(r)
+    'pinn | split-half reproducibility r = 0.91 (1 = a map that repeats exactly)'
+    """
+    diag = getattr(result, "diagnostics", None) or {}
+    parts = [str(getattr(result, "method", ""))]
+    r = diag.get("split_half_r")
+    if r is not None and np.isfinite(r):
+        parts.append(f"split-half reproducibility r = {r:.2f} (1 = a map that repeats exactly)")
+    edge, mask = getattr(result, "edge", None), getattr(result, "mask", None)
+    if edge is not None and mask is not None and np.any(edge):
+        parts.append(f"edge band (dashed): {100 * np.sum(edge) / max(np.sum(mask), 1):.0f} % of the nucleus")
+    flags = diag.get("flags") or []
+    if flags:
+        parts.append("WARNING: " + "; ".join(flags))
+    return " | ".join(parts)
 
 
 def nice_scale_bar_length(width_um: float, fraction: float = 0.2) -> float:
@@ -173,7 +198,7 @@ def make_report(density_image, mask, result, path=None, title=None):
         (phi_h, grid_extent, "viridis", (0.0, phi_h_max), "volume fraction"),
         (_masked(result.rate, grid_mask), grid_extent, "plasma", _robust_limits(_masked(result.rate, grid_mask)), "Γ_me / Γ_ac (dimensionless)"),
         (residual, grid_extent, "RdBu_r", _robust_limits(residual, symmetric=True), "1 / acetylation time"),
-        (_masked(result.uncertainty, grid_mask), grid_extent, "cividis", _robust_limits(_masked(result.uncertainty, grid_mask)), "std of λ (dimensionless)"),
+        (_masked(result.uncertainty, grid_mask), grid_extent, "cividis", _robust_limits(_masked(result.uncertainty, grid_mask)), "standard error of λ"),
     ]
     for ax, name, (values, extent, cmap, (vmin, vmax), unit) in zip(axes.flat, REPORT_PANELS, panels):
         shown = ax.imshow(values, extent=extent, origin="upper", cmap=cmap, vmin=vmin, vmax=vmax,
@@ -187,7 +212,7 @@ def make_report(density_image, mask, result, path=None, title=None):
         # the diverging map is white at 0: a white bar would vanish there
         _add_scale_bar(ax, extent, color="black" if cmap == "RdBu_r" else "white")
         if not np.isfinite(values).any():  # e.g. the uncertainty of a single fit
-            ax.text(0.5, 0.5, "not available\n(single fit or direct method)" if name == "uncertainty"
+            ax.text(0.5, 0.5, "not computed\n(uncertainty switched off)" if name == "uncertainty"
                     else "not available", transform=ax.transAxes, ha="center", va="center", color="white")
     # the mask as an outline on the density, so a user can judge the segmentation by eye
     if mask.any():
@@ -195,7 +220,18 @@ def make_report(density_image, mask, result, path=None, title=None):
         ys = np.linspace(image_extent[3], image_extent[2], ny + 1)[:-1] + (image_extent[2] - image_extent[3]) / (2 * ny)
         xs = np.linspace(image_extent[0], image_extent[1], nx + 1)[:-1] + (image_extent[1] - image_extent[0]) / (2 * nx)
         axes.flat[1].contour(xs, ys, mask.astype(float), levels=[0.5], colors="cyan", linewidths=1.2)
+    # the edge band (no weight in the fit: the rate there is a continuation) on the rate map
+    edge = getattr(result, "edge", None)
+    if edge is not None and np.any(edge):
+        ny, nx = np.shape(edge)
+        ys = np.linspace(grid_extent[3], grid_extent[2], ny + 1)[:-1] + (grid_extent[2] - grid_extent[3]) / (2 * ny)
+        xs = np.linspace(grid_extent[0], grid_extent[1], nx + 1)[:-1] + (grid_extent[1] - grid_extent[0]) / (2 * nx)
+        interior = grid_mask & ~np.asarray(edge, bool)
+        axes.flat[3].contour(xs, ys, interior.astype(float), levels=[0.5], colors="white", linewidths=0.8,
+                             linestyles="dashed")
     fig.suptitle(title if title is not None else (density_image.name or "chromflow report"))
+    fig.text(0.5, 0.935, report_caption(result), ha="center", va="bottom", fontsize=9,
+             color="darkred" if (getattr(result, "diagnostics", None) or {}).get("flags") else "black")
     if path is not None:
         path = os.fspath(path)
         with atomic_path(path) as tmp:

@@ -59,11 +59,15 @@ _NETWORK = {"iterations": 2000, "lr": 1e-2, "residual_weight": 1.0, "width": 32,
 #: Default settings per method (``infer_rates`` keyword options override them). The single
 #: source of the defaults: the pipeline, the CLI and napari read them from here.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "direct": {"radius": 8.0, "kernel": "bump", **_COMMON},
+    "direct": {"radius": "auto", "kernel": "bump", **_COMMON},
     "pinn": {"radius": 3.0, "kernel": "bump", **_NETWORK, **_COMMON},
     "autodiff": {**_NETWORK, **_COMMON},
 }
 
+#: ``radius="auto"`` of the direct method: the kernel spans about the reaction-diffusion length
+#: (the scale on which transport shapes the fields), within these bounds in cells
+AUTO_RADIUS_NM = 400.0
+AUTO_RADIUS_CELLS = (3.0, 12.0)
 #: a map whose two halves correlate less than this is flagged as dominated by noise
 LOW_REPRODUCIBILITY = 0.5
 #: rates outside this range are flagged as absurd (lambda = Gamma_me / Gamma_ac)
@@ -184,6 +188,20 @@ def _edge_band(fields, mask, spacing, edge, source):
     return band & mask, "given as an array"
 
 
+def _auto_radius(spacing_nm, interior) -> float:
+    """Kernel radius (cells) spanning ~AUTO_RADIUS_NM, shrunk until a kernel fits in the nucleus."""
+    from ..mollifier.kernels import halo as kernel_halo
+
+    lo, hi = AUTO_RADIUS_CELLS
+    r = float(np.clip(round(AUTO_RADIUS_NM / spacing_nm), lo, hi))
+    while r > lo:
+        h = kernel_halo(r)
+        if ndimage.binary_erosion(interior, structure=np.ones((2 * h + 1, 2 * h + 1), bool)).any():
+            break
+        r -= 1.0
+    return r
+
+
 def _check_euchromatin(phi_h, phi_e, interior, source):
     h, e = phi_h[interior], phi_e[interior]
     total = float(np.sum(np.clip(h, 0, None)) + np.sum(np.clip(e, 0, None)))
@@ -231,6 +249,33 @@ def _corr(a, b, cells):
     return float(np.corrcoef(x[ok], y[ok])[0, 1])
 
 
+def _fission_uncertainty(rate, plus, mask, interior, radius):
+    """Noise part of the uncertainty and the split-half score from one fission refit.
+
+    ``plus`` is the map fitted to ``X + Z``; to first order in the noise the map of the other
+    half ``X - Z`` is ``2 rate - plus`` (the fitting procedure is smooth in the data), so one
+    refit gives both: ``var(rate) = E[(plus - rate)^2]`` (``Z`` has the variance of the noise)
+    and the split-half correlation of ``plus`` and ``2 rate - plus``. The per-cell square is a
+    single chi^2_1 draw: it is averaged over a kernel radius, within rings of equal distance to
+    the nucleus outline (the noise of a map grows steeply towards the edge; averaging across
+    rings would carry the edge's noise into the interior).
+    """
+    minus = 2.0 * rate - plus
+    split_r = _corr(plus, minus, interior)
+    diff2 = np.where(mask, np.nan_to_num((plus - rate) ** 2, nan=0.0), 0.0)
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    var = np.zeros(mask.shape)
+    for lo, hi in zip(_RING_EDGES[:-1], _RING_EDGES[1:]):
+        ring = mask & (dist > lo) & (dist <= hi)
+        if ring.any():
+            var[ring] = _smooth_on_mask(diff2, ring, max(radius, 2.0))[ring]
+    return np.where(mask, np.sqrt(var), np.nan), split_r
+
+
+#: distances (cells) from the outline that bound the rings of :func:`_fission_uncertainty`
+_RING_EDGES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 15.0, 20.0, np.inf)
+
+
 def _flags(rate, mask, interior, split_r, edge):
     flags = []
     lam = rate[mask]
@@ -273,8 +318,10 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     iterations : int, optional
         Most optimiser steps per fit (default 2000); the fit usually stops earlier, when the
         misfit on held-out cells stops improving.
-    radius : float, optional
-        Mollifier support radius in grid cells (default 3 for the PINN, 8 for direct).
+    radius : float or "auto", optional
+        Mollifier support radius in grid cells. Default 3 for the networks (their own
+        smoothness regularises); ``"auto"`` for direct: about 400 nm (the reaction-diffusion
+        length) in cells, within 3-12 and small enough for the nucleus.
     backbone : {"mlp", "fourier", "piratenet", "grid"}
         Coordinate network, or ``"grid"``: free values per cell (no network).
     optimizer : {"adam", "soap"}
@@ -355,12 +402,15 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         raise ValueError(f"held_out must be in [0, 0.5), got {opts['held_out']}")
     from ..mollifier.kernels import halo as kernel_halo
 
-    halo = kernel_halo(opts["radius"])
     edge, edge_source = _edge_band(fields, mask, spacing, opts.pop("edge"), source)
     interior = mask & ~edge
     if not interior.any():
         raise GridError(f"all {int(mask.sum())} cells of the nucleus are in the edge band: no data to fit "
                         "(a nucleus too small for the grid, or an edge band set too wide)", source)
+    if opts["radius"] == "auto":
+        opts["radius"] = _auto_radius(spacing, interior)
+    opts["radius"] = float(opts["radius"])
+    halo = kernel_halo(opts["radius"])
     settings = {"method": method, "seed": int(seed), "device": str(dev), **opts,
                 "edge": edge_source, "model": {"phi_max": model.phi_max, "length_um": model.length_um},
                 "spacing_nm": spacing}
@@ -376,26 +426,21 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
 
     if method == "direct":
         fit = _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model)
-        halves = None
+        plus = None
         if opts["uncertainty"]:
-            (ha, ea), (hb, eb) = fission([phi_h, phi_e], variances, seed)
-            halves = (_direct(ha, ea, mask, interior, spacing_um, opts, model)["rate"],
-                      _direct(hb, eb, mask, interior, spacing_um, opts, model)["rate"])
+            (hp, ep), _ = fission([phi_h, phi_e], variances, seed + 10_000)
+            plus = _direct(hp, ep, mask, interior, spacing_um, opts, model)["rate"]
         report(progress, 1, 1, "direct rate estimate")
         rate, res, hf, ef, training = fit["rate"], fit["residual"], fit["phi_h"], fit["phi_e"], {}
         history, device_used = {}, "cpu"
     else:
-        rate, res, hf, ef, history, training, halves = _network_fits(
+        rate, res, hf, ef, history, training, plus = _network_fits(
             method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev, progress, cancel)
         device_used = str(dev)
     unc = np.full(mask.shape, np.nan)
     split_r = float("nan")
-    if halves is not None:
-        split_r = _corr(halves[0], halves[1], interior)
-        # var(full) = var(half_a - half_b) / 4 for a linear estimator (each half has twice the
-        # noise variance); the per-cell square is one chi^2_1 draw: average it locally
-        diff2 = np.where(mask, (halves[0] - halves[1]) ** 2 / 4.0, 0.0)
-        unc = np.sqrt(_smooth_on_mask(np.nan_to_num(diff2, nan=0.0), mask, max(float(opts["radius"]), 2.0)))
+    if plus is not None:
+        unc, split_r = _fission_uncertainty(rate, plus, mask, interior, float(opts["radius"]))
         diagnostics["split_half_r"] = split_r
     diagnostics["training"] = training
     diagnostics["flags"] = _flags(rate, mask, interior, split_r, edge)
@@ -427,7 +472,7 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
     data = np.stack([phi_h, phi_e])
     weights = np.stack([np.where(interior, 1.0 / variances[0], 0.0), np.where(interior, 1.0 / variances[1], 0.0)])
     n_members = max(int(opts["ensemble"]), 1)
-    n_fits = n_members + (2 if opts["uncertainty"] else 0)
+    n_fits = n_members + (1 if opts["uncertainty"] else 0)
     iters = int(opts["iterations"])
     common = dict(mask=mask, spacing_um=spacing_um, opts=opts, model=model, device=dev, dtype=dtype,
                   progress=progress, cancel=cancel)
@@ -438,20 +483,15 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                                   message=f"{method} fit {k + 1}/{n_fits}", **common))
     first = members[0]
     rate = np.mean([m.rate for m in members], axis=0)
-    halves = None
+    plus = None
     if opts["uncertainty"]:
-        # the same procedure on each fission half: same start (seed), same weights, and the
-        # number of steps the full fit chose, so the two differ only through the data
-        (ha, ea), (hb, eb) = fission([phi_h, phi_e], variances, seed + 10_000)
+        # the same procedure on the data plus a fission draw: same start (seed), same weights
+        # and the number of steps the full fit chose, so the two differ only through the data
+        (hp, ep), _ = fission([phi_h, phi_e], variances, seed + 10_000)
         steps = first.best_iteration + 1
-        no_hold = np.zeros_like(held)
-        half_rates = []
-        for j, (hh, ee) in enumerate(((ha, ea), (hb, eb))):
-            f = fit_fields(method, np.stack([hh, ee]), weights, fit_cells, no_hold, seed=seed, iterations=steps,
-                           progress_span=((n_members + j) * iters, iters, n_fits * iters),
-                           message=f"{method} fit {n_members + j + 1}/{n_fits} (data fission half)", **common)
-            half_rates.append(f.rate)
-        halves = tuple(half_rates)
+        plus = fit_fields(method, np.stack([hp, ep]), weights, fit_cells, np.zeros_like(held), seed=seed,
+                          iterations=steps, progress_span=(n_members * iters, iters, n_fits * iters),
+                          message=f"{method} fit {n_fits}/{n_fits} (data fission)", **common).rate
     report(progress, n_fits * iters, n_fits * iters, f"{method} fits done")
     res = first.residual
     if n_members > 1:
@@ -460,4 +500,4 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                 "stop_reason": first.stop_reason, "held_out_cells": int(held.sum()),
                 "held_out_misfit": first.held_out_misfit,
                 "final_data_misfit": first.losses["data"][-1] if first.losses["data"] else float("nan")}
-    return rate, res, first.phi_h, first.phi_e, first.losses, training, halves
+    return rate, res, first.phi_h, first.phi_e, first.losses, training, plus

@@ -118,6 +118,15 @@ def local_linear_smooth(values, mask, weights_1d, out_mask=None) -> np.ndarray:
     return out
 
 
+def _fill_nearest(values, where):
+    # band cells out of the kernel's reach of any data cell take the nearest fitted value
+    missing = where & ~np.isfinite(values)
+    if not missing.any() or not np.isfinite(values[where]).any():
+        return values
+    _, idx = ndimage.distance_transform_edt(~np.isfinite(values), return_indices=True)
+    return np.where(missing, values[tuple(idx)], values)
+
+
 def direct_rates(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, kernel: str = "bump",
                  model: ChromatinModel = ChromatinModel(), out_mask=None):
     """Closed-form rate ``lambda = (phi_h - lap(mu_d) / 2) / phi_e`` from mollified data.
@@ -174,8 +183,8 @@ def direct_rates(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, ker
         transport = np.where(mask, transport, transport[tuple(idx)])
     weights = kernel_1d(0, radius, kernel=kernel)
     where = where_out
-    h_val = local_linear_smooth(phi_h, mask, weights, where)
-    e_val = local_linear_smooth(phi_e, mask, weights, where)
+    h_val = _fill_nearest(local_linear_smooth(phi_h, mask, weights, where), where)
+    e_val = _fill_nearest(local_linear_smooth(phi_e, mask, weights, where), where)
     with np.errstate(divide="ignore", invalid="ignore"):
         lam = (h_val - transport) / e_val
     lam = np.where(where, lam, np.nan)

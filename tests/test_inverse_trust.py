@@ -1,0 +1,197 @@
+"""Noise model, data fission, edge band, edge-safe direct inversion, uncertainty and flags."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from chromflow import Image, chromatin_fields, infer_rates
+from chromflow.errors import GridError, InputError
+from chromflow.fields import partial_volume_width
+from chromflow.inverse import edge_band_cells
+from chromflow.inverse.direct import direct_rates, local_linear_smooth
+from chromflow.inverse.noise import estimate_noise, fission
+from chromflow.simulate import chromatin_steady_state
+from chromflow.simulate.shapes import nucleus_mask, random_rate_map
+
+
+@pytest.fixture(scope="module")
+def steady():
+    """A 64x64 nucleus at 50 nm cells with a rate varying on ~0.5 um, and its steady fields."""
+    shape = (64, 64)
+    mask = nucleus_mask(shape, 26, 28, seed=3)
+    rate = random_rate_map(shape, mean=1.2, amplitude=0.4, length_cells=10, seed=4)
+    total = np.full(shape, 0.5)
+    h, e = chromatin_steady_state(rate, total, mask, spacing_um=0.05)
+    return SimpleNamespace(rate=np.where(mask, rate, np.nan), phi_h=h, phi_e=e, mask=mask)
+
+
+def _noisy(steady, level, seed):
+    rng = np.random.default_rng(seed)
+    m = steady.mask
+    h = np.where(m, steady.phi_h * (1 + level * rng.standard_normal(m.shape)), 0.0)
+    e = np.where(m, steady.phi_e * (1 + level * rng.standard_normal(m.shape)), 0.0)
+    return SimpleNamespace(phi_h=h, phi_e=e, mask=m, spacing=50.0, origin=(0.0, 0.0), source=None)
+
+
+def _corr(a, b, m):
+    ok = m & np.isfinite(a) & np.isfinite(b)
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+# ------------------------------------------------------------------------------------------ noise
+@pytest.mark.parametrize("kind", ["poisson", "relative"])
+def test_noise_model_recovers_known_variance(kind):
+    rng = np.random.default_rng(1)
+    yy, xx = np.indices((96, 96))
+    truth = 0.3 + 0.1 * np.sin(xx / 9.0) * np.cos(yy / 11.0)      # smooth on ~10 cells
+    var = 0.002 * truth if kind == "poisson" else (0.04 * truth) ** 2
+    noisy = truth + np.sqrt(var) * rng.standard_normal(truth.shape)
+    nm = estimate_noise(noisy, np.ones(truth.shape, bool))
+    ratio = nm.variance(truth) / var
+    assert 0.85 < float(np.median(ratio)) < 1.15
+
+
+def test_noise_model_needs_cells():
+    with pytest.raises(ValueError, match="too few"):
+        estimate_noise(np.ones((4, 4)), np.ones((4, 4), bool))
+
+
+def test_fission_halves_are_independent_with_twice_the_variance():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(200_000) * 0.1            # the data noise, variance 0.01
+    plus, minus = fission([x], [np.full(x.shape, 0.01)], seed=5)
+    a, b = plus[0], minus[0]
+    assert np.allclose((a + b) / 2, x)
+    assert abs(np.var(a) / 0.02 - 1) < 0.02 and abs(np.var(b) / 0.02 - 1) < 0.02
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
+
+
+# ------------------------------------------------------------------------------------------ edges
+def test_local_linear_matches_kernel_average_inside_and_planes_at_edges():
+    rng = np.random.default_rng(0)
+    values = rng.random((40, 40))
+    w = np.array([0.05, 0.25, 0.4, 0.25, 0.05])
+    full = np.ones((40, 40), bool)
+    out = local_linear_smooth(values, full, w)
+    plain = ndimage.correlate1d(ndimage.correlate1d(values, w, axis=0), w, axis=1)
+    assert np.allclose(out[2:-2, 2:-2], plain[2:-2, 2:-2])
+    yy, xx = np.indices((40, 40)).astype(float)
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 < 15 ** 2
+    plane = 1.0 + 0.05 * yy - 0.03 * xx
+    band = disc & ~ndimage.binary_erosion(disc, iterations=1)
+    cont = local_linear_smooth(plane, disc & ~band, w, out_mask=disc)
+    assert np.allclose(cont[disc], plane[disc])       # continued exactly into the band
+
+
+def test_partial_volume_width_follows_blur_and_mask_offset():
+    yy, xx = np.indices((240, 240))
+    r = np.hypot(yy - 120, xx - 120)
+    widths = []
+    for offset in (0, 4, 8):
+        density = ndimage.gaussian_filter((r < 90).astype(float), 3.0)
+        widths.append(partial_volume_width(density, r < 90 + offset, pixel_size=10.0))
+    # about offset + 0.84 * blur: 25, 65, 105 nm
+    assert widths == sorted(widths)
+    for offset, w in zip((0, 4, 8), widths):
+        assert abs(w - (10 * offset + 25)) <= 20
+    # denser chromatin at the lamina makes no band
+    lads = np.where(r > 80, 1.5, 1.0) * (r < 90)
+    assert partial_volume_width(lads, r < 90, pixel_size=10.0) == 0.0
+
+
+def test_chromatin_fields_marks_the_blurred_edge():
+    yy, xx = np.indices((300, 300))
+    r = np.hypot(yy - 150, xx - 150)
+    density = ndimage.gaussian_filter(np.where(r < 110, 1.0 + 0.2 * np.sin(xx / 15.0), 0.0), 4.0)
+    mask = r < 118                                    # drawn 8 px (160 nm) too wide, as Otsu does
+    f = chromatin_fields(Image(density, pixel_size=20.0), mask, grid=64)
+    assert f.edge is not None and (f.edge <= f.mask).all()
+    assert 150 <= f.settings["edge_band_nm"] <= 300
+    inner = f.mask & ~f.edge
+    assert inner.sum() > 0.6 * f.mask.sum()
+    # the band is a ring: every band cell touches the outside within the band width
+    dist_cells = ndimage.distance_transform_edt(f.mask)
+    assert dist_cells[f.edge].max() <= f.settings["edge_band_nm"] / f.spacing + 1.5
+    fixed = chromatin_fields(Image(density, pixel_size=20.0), mask, grid=64, edge_band=0.0)
+    assert fixed.edge.sum() < f.edge.sum()
+
+
+def test_edge_band_cells_and_all_edge_error(steady):
+    f = _noisy(steady, 0.0, 0)
+    band = edge_band_cells(f.mask, 100.0, 50.0)
+    assert band.any() and (band <= f.mask).all()
+    with pytest.raises(GridError, match="edge band"):
+        infer_rates(f, method="direct", edge=5000.0)
+
+
+def test_direct_edge_safe_values_do_not_collapse_at_large_radius(steady):
+    """The old mask continuation pulled phi_h away at large radii (corr 0.99 -> 0.63)."""
+    f = _noisy(steady, 0.0, 0)
+    lam, (h, e), _ = direct_rates(f.phi_h, f.phi_e, f.mask, 0.05, radius=12)
+    assert _corr(h.value, steady.phi_h, f.mask) > 0.97
+    assert _corr(lam, steady.rate, f.mask) > 0.9
+
+
+# ------------------------------------------------------------------------------------- inference
+def test_direct_uncertainty_matches_the_spread_over_noise_draws(steady):
+    """The fission uncertainty is the noise part: compare with repeated noise realisations."""
+    maps, sds = [], []
+    for k in range(8):
+        r = infer_rates(_noisy(steady, 0.03, 100 + k), method="direct", radius=8, seed=k)
+        maps.append(r.rate)
+        sds.append(r.uncertainty)
+    m = steady.mask & ~ndimage.binary_erosion(steady.mask, iterations=0)  # the whole mask
+    spread = np.nanstd(np.stack(maps), axis=0, ddof=1)
+    predicted = np.nanmean(np.stack(sds), axis=0)
+    ratio = np.nanmedian(predicted[m]) / np.nanmedian(spread[m])
+    assert 0.7 < ratio < 1.4
+
+
+def test_default_inference_has_uncertainty_quality_and_noise(steady):
+    r = infer_rates(_noisy(steady, 0.03, 1), method="direct")
+    m = r.mask
+    assert np.isfinite(r.uncertainty[m]).all() and (r.uncertainty[m] > 0).all()
+    assert np.isnan(r.uncertainty[~m]).all()
+    s = r.summary()
+    assert 0.5 < s["split_half_r"] <= 1.0
+    assert r.settings["radius"] == 8.0                # "auto": 400 nm at 50 nm cells
+    b = r.diagnostics["noise"]["phi_h"]["b"]
+    assert 0.02 < np.sqrt(b) < 0.04                   # 3 % relative noise, estimated from the data
+    assert _corr(r.rate, steady.rate, m) > 0.8
+    off = infer_rates(_noisy(steady, 0.03, 1), method="direct", uncertainty=False)
+    assert np.isnan(off.uncertainty).all() and np.isnan(off.summary()["split_half_r"])
+
+
+def test_noise_only_map_is_flagged(steady):
+    rng = np.random.default_rng(3)
+    m = steady.mask
+    f = SimpleNamespace(phi_h=np.where(m, 0.3 * (1 + 0.3 * rng.standard_normal(m.shape)), 0.0),
+                        phi_e=np.where(m, 0.2 * (1 + 0.3 * rng.standard_normal(m.shape)), 0.0),
+                        mask=m, spacing=50.0, origin=(0.0, 0.0), source=None)
+    r = infer_rates(f, method="direct", radius=3)
+    flags = " ".join(r.diagnostics["flags"])
+    assert "low reproducibility" in flags
+    assert "negative" in flags                        # the closed form goes negative in noise
+    assert "low reproducibility" in r.summary()["flags"]
+
+
+def test_no_euchromatin_is_refused(steady):
+    f = _noisy(steady, 0.0, 0)
+    f.phi_e = np.where(f.mask, 1e-5, 0.0)
+    with pytest.raises(InputError, match="euchromatin"):
+        infer_rates(f, method="pinn", iterations=5)
+
+
+def test_pinn_stops_on_held_out_cells_and_reports_it(steady):
+    f = _noisy(steady, 0.05, 2)
+    r = infer_rates(f, method="pinn", iterations=60, check_every=5, patience=0, seed=0, device="cpu",
+                    uncertainty=False)
+    tr = r.diagnostics["training"]
+    assert tr["held_out_cells"] > 0 and 0 <= tr["best_iteration"] < 60
+    held = r.loss_history["held_out"]
+    assert np.isclose(min(held), tr["held_out_misfit"])
+    # the data term ran on the fit cells only: the held-out misfit is measured, not fitted
+    assert r.settings["held_out"] == 0.1
