@@ -32,6 +32,8 @@ cell size inside the residual; fits in float64 by default.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import time
 from typing import Any
 
@@ -53,8 +55,8 @@ __all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates"
 METHODS = ("pinn", "direct", "autodiff")
 
 _COMMON = {"uncertainty": True, "edge": "auto", "held_out": 0.1}
-_NETWORK = {"iterations": 2000, "lr": 1e-2, "residual_weight": 1.0, "width": 32, "depth": 3, "blocks": 2,
-            "fourier_scale": 1.0, "ensemble": 1, "log_every": 25, "dtype": "float64", "check_every": 10,
+_NETWORK = {"iterations": 1000, "lr": 2e-2, "residual_weight": 1.0, "width": 32, "depth": 3, "blocks": 2,
+            "fourier_scale": 1.0, "ensemble": 1, "log_every": 25, "dtype": "float32", "check_every": 10,
             "patience": 30}
 #: Default settings per method (``infer_rates`` keyword options override them). The single
 #: source of the defaults: the pipeline, the CLI and napari read them from here.
@@ -68,6 +70,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 #: (the scale on which transport shapes the fields), within these bounds in cells
 AUTO_RADIUS_NM = 400.0
 AUTO_RADIUS_CELLS = (3.0, 12.0)
+#: the smoothing bias of a map exceeds the one its bootstrap refit shows (the refit's truth, the
+#: fitted map, is smoother than the real one) by about this factor; see _total_uncertainty
+BIAS_INFLATION = 1.0
 #: a map whose two halves correlate less than this is flagged as dominated by noise
 LOW_REPRODUCIBILITY = 0.5
 #: rates outside this range are flagged as absurd (lambda = Gamma_me / Gamma_ac)
@@ -188,6 +193,16 @@ def _edge_band(fields, mask, spacing, edge, source):
     return band & mask, "given as an array"
 
 
+def _uncertainty_mode(value):
+    if value is True or value == "full":
+        return "full"
+    if value is False or value is None or value == "none":
+        return "none"
+    if value == "noise":
+        return "noise"
+    raise ValueError(f"uncertainty must be True/'full', 'noise' or False/'none', got {value!r}")
+
+
 def _auto_radius(spacing_nm, interior) -> float:
     """Kernel radius (cells) spanning ~AUTO_RADIUS_NM, shrunk until a kernel fits in the nucleus."""
     from ..mollifier.kernels import halo as kernel_halo
@@ -216,22 +231,26 @@ def _check_euchromatin(phi_h, phi_e, interior, source):
 
 
 def _noise(phi_h, phi_e, interior, fields):
-    models, variances = [], []
+    """Per-cell variances of the data, their description, and a variance function per channel."""
+    models, variances, laws = [], [], []
     for name, phi in (("h", phi_h), ("e", phi_e)):
         given = getattr(fields, f"variance_{name}", None)
         if given is not None:
+            given = np.asarray(given, dtype=np.float64)
             models.append({"source": "given by the fields"})
-            variances.append(np.asarray(given, dtype=np.float64))
+            variances.append(given)
+            laws.append(lambda values, given=given: given)
             continue
         nm = estimate_noise(phi, interior)
         models.append({**nm.as_dict(), "source": "estimated from the data (3x3 high-pass)"})
         variances.append(nm.variance(phi))
+        laws.append(nm.variance)
     # a floor keeps the weights finite where a channel is ~0; 1e-3 of the mean variance
     out = []
     for v in variances:
         mean = float(np.mean(v[interior])) if interior.any() else 1.0
         out.append(np.maximum(v, 1e-3 * mean + 1e-30))
-    return out, models
+    return out, models, laws
 
 
 def _smooth_on_mask(values, mask, sigma):
@@ -249,27 +268,69 @@ def _corr(a, b, cells):
     return float(np.corrcoef(x[ok], y[ok])[0, 1])
 
 
-def _fission_uncertainty(rate, plus, mask, interior, radius):
-    """Noise part of the uncertainty and the split-half score from one fission refit.
+def _ring_mean(values, mask, radius):
+    """Local mean of ``values`` over a kernel radius, within rings of equal distance to the outline.
 
-    ``plus`` is the map fitted to ``X + Z``; to first order in the noise the map of the other
-    half ``X - Z`` is ``2 rate - plus`` (the fitting procedure is smooth in the data), so one
-    refit gives both: ``var(rate) = E[(plus - rate)^2]`` (``Z`` has the variance of the noise)
-    and the split-half correlation of ``plus`` and ``2 rate - plus``. The per-cell square is a
-    single chi^2_1 draw: it is averaged over a kernel radius, within rings of equal distance to
-    the nucleus outline (the noise of a map grows steeply towards the edge; averaging across
-    rings would carry the edge's noise into the interior).
+    The error of a map grows steeply towards the nucleus edge; averaging across rings would carry
+    the edge's error into the interior (measured: noise over-estimated 1.6x inside).
     """
-    minus = 2.0 * rate - plus
-    split_r = _corr(plus, minus, interior)
-    diff2 = np.where(mask, np.nan_to_num((plus - rate) ** 2, nan=0.0), 0.0)
     dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    var = np.zeros(mask.shape)
+    out = np.zeros(mask.shape)
+    vals = np.where(mask, np.nan_to_num(values, nan=0.0), 0.0)
     for lo, hi in zip(_RING_EDGES[:-1], _RING_EDGES[1:]):
         ring = mask & (dist > lo) & (dist <= hi)
         if ring.any():
-            var[ring] = _smooth_on_mask(diff2, ring, max(radius, 2.0))[ring]
-    return np.where(mask, np.sqrt(var), np.nan), split_r
+            out[ring] = _smooth_on_mask(vals, ring, max(radius, 2.0))[ring]
+    return out
+
+
+def _fission_uncertainty(rate, plus, mask, interior, radius):
+    """Noise part of the uncertainty (variance) and the split-half score from one fission refit.
+
+    ``plus`` is the map fitted to ``X + Z``; to first order in the noise the map of the other
+    half ``X - Z`` is ``2 rate - plus`` (the fitting procedure is smooth in the data), so one
+    refit gives both: ``var(rate) = E[(plus - rate)^2]`` (``Z`` has the variance of the noise;
+    the per-cell square, one chi^2_1 draw, is averaged by :func:`_ring_mean`) and the
+    split-half correlation of ``plus`` and ``2 rate - plus``.
+    """
+    split_r = _corr(plus, 2.0 * rate - plus, interior)
+    return _ring_mean((plus - rate) ** 2, mask, radius), split_r
+
+
+def _bootstrap_data(rate, fit_h, fit_e, mask, spacing_um, model, noise_laws, seed):
+    """Data simulated from the fitted map: the steady state of ``rate`` with the fitted total
+    chromatin, plus noise drawn from the noise model (a parametric bootstrap)."""
+    from ..simulate.chromatin import chromatin_steady_state
+
+    fill = float(np.nanmedian(rate[mask]))
+    lam = np.where(mask, np.clip(np.nan_to_num(rate, nan=fill), 1e-2, 1e2), 1.0)
+    total = np.where(mask, np.clip(np.nan_to_num(fit_h + fit_e, nan=0.5), 1e-3, 0.95), 0.5)
+    h, e = chromatin_steady_state(lam, total, mask, spacing_um=spacing_um, model=model, max_steps=200)
+    rng = np.random.default_rng(seed)
+    out = []
+    for clean, law in zip((h, e), noise_laws):
+        var = np.clip(np.asarray(law(clean), dtype=np.float64), 0.0, None)
+        out.append(np.where(mask, clean + np.sqrt(var) * rng.standard_normal(mask.shape), 0.0))
+    return lam, out
+
+
+def _total_uncertainty(rate, noise_var, boot_rate, boot_truth, mask, interior, radius):
+    """Noise and bias parts of the uncertainty from the bootstrap refit (see docs/inference.md).
+
+    The refit's error ``boot_rate - boot_truth`` holds the noise and the smoothing bias *for a
+    truth as smooth as the fitted map*; a real map is rougher, so its bias is larger. The
+    bias part is the bootstrap's excess over the noise, scaled by :data:`BIAS_INFLATION`
+    (calibrated on tuning seeds of ``chromflow.simulate``, checked on the independent simulator
+    of ``benchmarks/_heldout.py``).
+    """
+    err2 = _ring_mean((boot_rate - boot_truth) ** 2, mask, radius)
+    x, y = boot_truth[interior], boot_rate[interior]
+    ok = np.isfinite(x) & np.isfinite(y)
+    slope = float(np.cov(x[ok], y[ok])[0, 1] / np.var(x[ok], ddof=1)) if ok.sum() > 2 and np.var(x[ok]) > 0 else 1.0
+    bias2 = BIAS_INFLATION ** 2 * np.clip(err2 - noise_var, 0.0, None)
+    total = noise_var + bias2
+    share = float(np.nanmean(bias2[interior]) / max(float(np.nanmean(total[interior])), 1e-300))
+    return np.sqrt(total), slope, share
 
 
 #: distances (cells) from the outline that bound the rings of :func:`_fission_uncertainty`
@@ -389,7 +450,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     if ensemble is not None:
         opts["ensemble"] = int(ensemble)
     if uncertainty is not None:
-        opts["uncertainty"] = bool(uncertainty)
+        opts["uncertainty"] = uncertainty
+    opts["uncertainty"] = _uncertainty_mode(opts["uncertainty"])
     opts.update(backbone=str(backbone).lower(), optimizer=str(optimizer).lower())
     from ..models import BACKBONES
     from ..training import OPTIMIZERS
@@ -420,14 +482,14 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         raise GridError(f"nucleus interior of {int(interior.sum())} cells is too small to fit", source)
     _check_euchromatin(phi_h, phi_e, interior, source)
     check_cancel(cancel, "rate inference")
-    variances, noise_models = _noise(phi_h, phi_e, interior, fields)
+    variances, noise_models, noise_laws = _noise(phi_h, phi_e, interior, fields)
     diagnostics = {"noise": {"phi_h": noise_models[0], "phi_e": noise_models[1]}, "edge_cells": int(edge.sum())}
     out = (lambda a: np.where(mask, a, np.nan))
 
     if method == "direct":
         fit = _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model)
         plus = None
-        if opts["uncertainty"]:
+        if opts["uncertainty"] != "none":
             (hp, ep), _ = fission([phi_h, phi_e], variances, seed + 10_000)
             plus = _direct(hp, ep, mask, interior, spacing_um, opts, model)["rate"]
         report(progress, 1, 1, "direct rate estimate")
@@ -440,8 +502,22 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     unc = np.full(mask.shape, np.nan)
     split_r = float("nan")
     if plus is not None:
-        unc, split_r = _fission_uncertainty(rate, plus, mask, interior, float(opts["radius"]))
+        noise_var, split_r = _fission_uncertainty(rate, plus, mask, interior, float(opts["radius"]))
         diagnostics["split_half_r"] = split_r
+        unc = np.where(mask, np.sqrt(noise_var), np.nan)
+    if plus is not None and opts["uncertainty"] == "full":
+        check_cancel(cancel, "rate inference: uncertainty")
+        report(progress, 0, 1, "uncertainty: bootstrap refit")
+        truth, (bh, be) = _bootstrap_data(rate, hf, ef, mask, spacing_um, model, noise_laws, seed + 20_000)
+        if method == "direct":
+            boot = _direct(bh, be, mask, interior, spacing_um, opts, model)["rate"]
+        else:
+            boot = _refit(method, np.stack([bh, be]), variances, mask, interior, spacing_um, opts, model, seed, dev,
+                          training, cancel)
+        unc, slope, bias_share = _total_uncertainty(rate, noise_var, boot, truth, mask, interior,
+                                                    float(opts["radius"]))
+        diagnostics["uncertainty"] = {"bootstrap_slope": slope, "bias_share_of_variance": bias_share}
+        report(progress, 1, 1, "uncertainty: bootstrap refit")
     diagnostics["training"] = training
     diagnostics["flags"] = _flags(rate, mask, interior, split_r, edge)
     settings["training"] = training
@@ -449,6 +525,20 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
                          mask=mask, edge=edge, spacing=spacing, origin=origin, loss_history=history,
                          settings=_jsonable(settings), timing=time.perf_counter() - start, device=device_used,
                          method=method, source=source, diagnostics=_jsonable(diagnostics))
+
+
+@contextlib.contextmanager
+def _parallel_threads(device, fits: int):
+    """Share the CPU's torch threads between ``fits`` fits running at the same time."""
+    if device.type != "cpu" or fits < 2:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // fits))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model):
@@ -459,9 +549,23 @@ def _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model):
     return {"rate": lam, "residual": res, "phi_h": h.value, "phi_e": e.value}
 
 
+def _refit(method, data, variances, mask, interior, spacing_um, opts, model, seed, dev, training, cancel):
+    """The network procedure again on other data: same start, weights, cells and number of steps."""
+    from .fit import fit_fields
+
+    dtype = {"float64": torch.float64, "float32": torch.float32}[str(opts["dtype"])]
+    rng = np.random.default_rng(seed)
+    held = interior & (rng.random(mask.shape) < float(opts["held_out"]))
+    weights = np.stack([np.where(interior, 1.0 / variances[0], 0.0), np.where(interior, 1.0 / variances[1], 0.0)])
+    out = fit_fields(method, data, weights, interior & ~held, np.zeros_like(held), mask=mask, spacing_um=spacing_um,
+                     opts=opts, model=model, seed=seed, device=dev, dtype=dtype, cancel=cancel,
+                     iterations=int(training["best_iteration"]) + 1, message=f"{method} fit (bootstrap)")
+    return out.rate
+
+
 def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev,
                   progress, cancel):
-    from .fit import fit_fields
+    from .fit import StopSignal, fit_fields
 
     dtype = {"float64": torch.float64, "float32": torch.float32}.get(str(opts["dtype"]))
     if dtype is None:
@@ -472,26 +576,45 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
     data = np.stack([phi_h, phi_e])
     weights = np.stack([np.where(interior, 1.0 / variances[0], 0.0), np.where(interior, 1.0 / variances[1], 0.0)])
     n_members = max(int(opts["ensemble"]), 1)
-    n_fits = n_members + (1 if opts["uncertainty"] else 0)
+    n_fits = n_members
     iters = int(opts["iterations"])
     common = dict(mask=mask, spacing_um=spacing_um, opts=opts, model=model, device=dev, dtype=dtype,
                   progress=progress, cancel=cancel)
-    members = []
-    for k in range(n_members):
-        members.append(fit_fields(method, data, weights, fit_cells, held, seed=seed + k,
-                                  progress_span=(k * iters, iters, n_fits * iters),
-                                  message=f"{method} fit {k + 1}/{n_fits}", **common))
+    no_hold = np.zeros_like(held)
+    companion = None
+    if opts["uncertainty"] != "none":
+        # the same procedure on the data plus a fission draw: same start (seed), same weights
+        # and cells; read at the step the main fit chose, so the two differ only through the
+        # data. It runs beside the first fit (a second core, or the GPU's idle time).
+        (hp, ep), _ = fission([phi_h, phi_e], variances, seed + 10_000)
+        companion = dict(data=np.stack([hp, ep]), held_out=no_hold, seed=seed, keep_checkpoints=True,
+                         message=f"{method} fit (data fission)")
+    stop = StopSignal()
+    members, plus = [], None
+    with _parallel_threads(dev, 2 if companion else 1):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            side = None
+            if companion is not None:
+                side = pool.submit(fit_fields, method, companion["data"], weights, fit_cells, companion["held_out"],
+                                   seed=companion["seed"], keep_checkpoints=True, stop_event=stop,
+                                   message=companion["message"], **{**common, "progress": None})
+            try:
+                for k in range(n_members):
+                    members.append(fit_fields(method, data, weights, fit_cells, held, seed=seed + k,
+                                              progress_span=(k * iters, iters, n_fits * iters),
+                                              message=f"{method} fit {k + 1}/{n_members}",
+                                              stop_event=stop if k == 0 else None, **common))
+            finally:
+                if stop.stop_at is None:       # failed or cancelled: let the companion end
+                    stop.set(-1)
+            if side is not None:
+                fitted = side.result()
     first = members[0]
     rate = np.mean([m.rate for m in members], axis=0)
-    plus = None
-    if opts["uncertainty"]:
-        # the same procedure on the data plus a fission draw: same start (seed), same weights
-        # and the number of steps the full fit chose, so the two differ only through the data
-        (hp, ep), _ = fission([phi_h, phi_e], variances, seed + 10_000)
-        steps = first.best_iteration + 1
-        plus = fit_fields(method, np.stack([hp, ep]), weights, fit_cells, np.zeros_like(held), seed=seed,
-                          iterations=steps, progress_span=(n_members * iters, iters, n_fits * iters),
-                          message=f"{method} fit {n_fits}/{n_fits} (data fission)", **common).rate
+    if companion is not None:
+        plus = fitted.checkpoints.get(first.best_iteration)
+        if plus is None:           # the companion stopped before that step: its last state
+            plus = fitted.checkpoints[max(fitted.checkpoints)]
     report(progress, n_fits * iters, n_fits * iters, f"{method} fits done")
     res = first.residual
     if n_members > 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,19 @@ from ..physics.chromatin import ChromatinModel, FieldDerivatives, steady_state_r
 from ..training import make_optimizer, seed_everything
 from .direct import layer_derivatives, mollifier_layer
 
-__all__ = ["FieldNet", "GridFields", "FitOutput", "fit_fields", "inverse_softplus"]
+__all__ = ["FieldNet", "GridFields", "FitOutput", "fit_fields", "inverse_softplus", "StopSignal"]
+
+_INIT_LOCK = threading.Lock()
+
+
+class StopSignal:
+    """Tells a companion fit where to stop: at the step the main fit chose (``stop_at``)."""
+
+    def __init__(self):
+        self.stop_at = None          # set once, by the main fit (an int assignment is atomic)
+
+    def set(self, iteration: int):
+        self.stop_at = int(iteration)
 
 
 def inverse_softplus(y: float) -> float:
@@ -97,6 +110,8 @@ class FitOutput:
     stop_reason: str
     held_out_misfit: float
     state: dict = field(repr=False, default_factory=dict)
+    #: iteration -> rate map at that check (only with ``keep_checkpoints``)
+    checkpoints: dict = field(repr=False, default_factory=dict)
 
 
 def _padded_start(phi, region, pad):
@@ -109,7 +124,8 @@ def _padded_start(phi, region, pad):
 
 def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opts, model: ChromatinModel,
                seed: int, device, dtype, progress=None, cancel=None, progress_span=(0, 1, 1),
-               init_state=None, iterations=None, message="pinn fit") -> FitOutput:
+               init_state=None, iterations=None, message="pinn fit", keep_checkpoints=False,
+               stop_event=None) -> FitOutput:
     """Fit fields and rate to ``data`` (see the module docstring).
 
     Parameters
@@ -134,10 +150,15 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         A previous fit's ``state`` to start from (warm start).
     iterations : int, optional
         Override ``opts["iterations"]``; with ``init_state`` the held-out stopping still runs.
+    keep_checkpoints : bool
+        Keep the rate map at every check (``FitOutput.checkpoints``), so that a companion fit
+        run at the same time can be read at the step another fit chose.
+    stop_event : StopSignal, optional
+        A fit with held-out cells sets it to its chosen step when it ends; a fit without them
+        stops once it has passed that step (a companion run at the same time).
     """
     from ..models import build_backbone, grid_coordinates
 
-    seed_everything(seed)
     shape = data.shape[1:]
     iterations = int(opts["iterations"] if iterations is None else iterations)
     t = (lambda a: torch.as_tensor(a, dtype=dtype, device=device))
@@ -156,42 +177,46 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     r_scale = 2.0 * float(data[0][region].mean())
     param = opts["backbone"]
 
-    if method == "pinn":
-        layer = mollifier_layer(opts["radius"], opts["kernel"], "valid").to(device)
-        pad = layer.halo[0]
-        full = tuple(n + 2 * pad for n in shape)
-        if param == "grid":
-            start = np.stack([_padded_start(data[c], region, pad) for c in range(2)])
-            net = GridFields(start, shape, pad, centre, scale, lam0).to(device=device, dtype=dtype)
+    # seeding and drawing the start are one step: fits run in parallel threads share torch's
+    # global generator
+    with _INIT_LOCK:
+        seed_everything(seed)
+        if method == "pinn":
+            layer = mollifier_layer(opts["radius"], opts["kernel"], "valid").to(device)
+            pad = layer.halo[0]
+            full = tuple(n + 2 * pad for n in shape)
+            if param == "grid":
+                start = np.stack([_padded_start(data[c], region, pad) for c in range(2)])
+                net = GridFields(start, shape, pad, centre, scale, lam0).to(device=device, dtype=dtype)
 
-            def fields_and_rate():
-                g, lam = net()
-                out = layer(g)
-                return layer_derivatives(out, 0, spacing_um), layer_derivatives(out, 1, spacing_um), lam
+                def fields_and_rate():
+                    g, lam = net()
+                    out = layer(g)
+                    return layer_derivatives(out, 0, spacing_um), layer_derivatives(out, 1, spacing_um), lam
+            else:
+                net = _network(param, opts, centre, scale, lam0, build_backbone).to(device=device, dtype=dtype)
+                coords, _ = grid_coordinates(shape, pad=pad, device=device, dtype=dtype)
+
+                def fields_and_rate():
+                    # (N, 3) -> (3, ny, nx): a contiguous copy, so the convolutions get packed memory
+                    out = net(coords).T.contiguous().reshape(3, *full)
+                    dd = layer(out[:2])
+                    lam = out[2, pad:pad + shape[0], pad:pad + shape[1]]
+                    return layer_derivatives(dd, 0, spacing_um), layer_derivatives(dd, 1, spacing_um), lam
         else:
+            if param == "grid":
+                raise ValueError("backbone='grid' needs the mollifier (method='pinn'): a grid has no autograd derivatives")
+            from . import autodiff_derivatives
+
             net = _network(param, opts, centre, scale, lam0, build_backbone).to(device=device, dtype=dtype)
-            coords, _ = grid_coordinates(shape, pad=pad, device=device, dtype=dtype)
+            coords, half = grid_coordinates(shape, pad=0, device=device, dtype=dtype)
+            to_um = 1.0 / (half * spacing_um)
 
             def fields_and_rate():
-                # (N, 3) -> (3, ny, nx): a contiguous copy, so the convolutions get packed memory
-                out = net(coords).T.contiguous().reshape(3, *full)
-                dd = layer(out[:2])
-                lam = out[2, pad:pad + shape[0], pad:pad + shape[1]]
-                return layer_derivatives(dd, 0, spacing_um), layer_derivatives(dd, 1, spacing_um), lam
-    else:
-        if param == "grid":
-            raise ValueError("backbone='grid' needs the mollifier (method='pinn'): a grid has no autograd derivatives")
-        from . import autodiff_derivatives
-
-        net = _network(param, opts, centre, scale, lam0, build_backbone).to(device=device, dtype=dtype)
-        coords, half = grid_coordinates(shape, pad=0, device=device, dtype=dtype)
-        to_um = 1.0 / (half * spacing_um)
-
-        def fields_and_rate():
-            x = coords.detach().requires_grad_(True)
-            out = net(x)
-            derivs = [autodiff_derivatives(out[:, c], x, to_um, shape) for c in range(2)]
-            return derivs[0], derivs[1], out[:, 2].reshape(shape)
+                x = coords.detach().requires_grad_(True)
+                out = net(x)
+                derivs = [autodiff_derivatives(out[:, c], x, to_um, shape) for c in range(2)]
+                return derivs[0], derivs[1], out[:, 2].reshape(shape)
 
     if init_state is not None:
         net.load_state_dict(init_state)
@@ -207,8 +232,12 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     losses = {"total": [], "data": [], "residual": [], "held_out": []}
     best = (math.inf, None, 0)
     since_best, stop_reason, it = 0, "iterations", 0
+    checkpoints = {}
     for it in range(iterations):
         check_cancel(cancel, message)
+        if stop_event is not None and not n_hold and stop_event.stop_at is not None and it > stop_event.stop_at:
+            stop_reason = "stopped with its companion fit"
+            break
         frac = it / max(iterations, 1)
         lr = opts["lr"] * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
@@ -228,7 +257,10 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         losses["total"].append(float(total.detach()))
         losses["data"].append(float(data_loss.detach()))
         losses["residual"].append(float(res_loss.detach()))
-        if n_hold and (it % check_every == 0 or it == iterations - 1):
+        at_check = it % check_every == 0 or it == iterations - 1
+        if keep_checkpoints and at_check:
+            checkpoints[it] = lam.detach().to("cpu", torch.float64).numpy().copy()
+        if n_hold and at_check:
             held = float((mis.detach() * m_hold).sum() / n_hold)
             losses["held_out"].append(held)
             if held < best[0]:
@@ -239,6 +271,8 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
                 if patience and since_best >= patience:
                     stop_reason = "held-out misfit stopped improving"
                     break
+    if stop_event is not None and n_hold:
+        stop_event.set(best[2] if best[1] is not None else it)
         if progress is not None and (it % max(int(opts["log_every"]), 1) == 0):
             report(progress, start_step + int(total_steps * frac), bar_total, message)
     iterations_run = it + 1
@@ -251,7 +285,8 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     return FitOutput(rate=as_np(lam), residual=as_np(res), phi_h=as_np(h.value), phi_e=as_np(e.value),
                      losses=losses, best_iteration=int(best[2]), iterations_run=iterations_run,
                      stop_reason=stop_reason, held_out_misfit=float(best[0]),
-                     state={k: v.detach().clone() for k, v in net.state_dict().items()})
+                     state={k: v.detach().clone() for k, v in net.state_dict().items()},
+                     checkpoints=checkpoints)
 
 
 def _network(param, opts, centre, scale, lam0, build_backbone):
