@@ -140,7 +140,7 @@ def test_direct_uncertainty_matches_the_spread_over_noise_draws(steady):
     """The fission uncertainty is the noise part: compare with repeated noise realisations."""
     maps, sds = [], []
     for k in range(8):
-        r = infer_rates(_noisy(steady, 0.03, 100 + k), method="direct", radius=8, seed=k)
+        r = infer_rates(_noisy(steady, 0.03, 100 + k), method="direct", radius=8, seed=k, uncertainty="noise")
         maps.append(r.rate)
         sds.append(r.uncertainty)
     m = steady.mask & ~ndimage.binary_erosion(steady.mask, iterations=0)  # the whole mask

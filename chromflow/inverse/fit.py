@@ -271,10 +271,10 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
                 if patience and since_best >= patience:
                     stop_reason = "held-out misfit stopped improving"
                     break
-    if stop_event is not None and n_hold:
-        stop_event.set(best[2] if best[1] is not None else it)
         if progress is not None and (it % max(int(opts["log_every"]), 1) == 0):
             report(progress, start_step + int(total_steps * frac), bar_total, message)
+    if stop_event is not None and n_hold:
+        stop_event.set(best[2] if best[1] is not None else it)
     iterations_run = it + 1
     if best[1] is not None:
         net.load_state_dict(best[1])
