@@ -66,7 +66,8 @@ import pandas as pd
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import ChromflowError, InputError
 
-__all__ = ["analyze_domains", "DomainAnalysis", "voronoi_areas", "domain_rates", "cross_check",
+__all__ = ["analyze_domains", "DomainAnalysis", "voronoi_areas", "dbscan_labels", "domain_rates", "cross_check",
+           "analyze_domains_file", "publish_all",
            "DOMAIN_COLUMNS", "DOMAIN_OUTPUTS", "DEFAULTS", "domain_output_paths"]
 
 #: The columns of :attr:`DomainAnalysis.domains`, in order.
@@ -88,8 +89,8 @@ DEFAULTS = {
     "boundary_smoothing": None,
     "seed": 0,
 }
-# warn when one cluster holds more than this share of the dense localizations
-_ONE_CLUSTER_SHARE = 0.5
+# warn when one cluster covers more than this share of the nucleus area
+_ONE_CLUSTER_SHARE = 0.25
 
 
 def _unique_rows(pts):
@@ -538,6 +539,36 @@ def domain_rates(radius_nm, spacing_nm, diffusivity=1.0):
     return gamma_ac, gamma_ac * lam, lam
 
 
+def dbscan_labels(points, eps: float = 30.0, min_samples: int = 3) -> np.ndarray:
+    """DBSCAN cluster of each point (scikit-learn, KD-tree), -1 for noise.
+
+    Parameters
+    ----------
+    points : ndarray (n, 2)
+        Coordinates in nm.
+    eps : float
+        Neighbourhood radius in nm.
+    min_samples : int
+        Points within ``eps`` (the point itself included) that make a core point.
+
+    Returns
+    -------
+    ndarray of int, shape (n,)
+
+    Examples
+    --------
+    >>> pts = np.array([[0, 0], [0, 10], [0, 20], [0, 100], [0, 200], [0, 210]], float)
+    >>> dbscan_labels(pts, eps=15, min_samples=3).tolist()
+    [0, 0, 0, -1, -1, -1]
+    """
+    from sklearn.cluster import DBSCAN
+
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) < min_samples:
+        return np.full(len(pts), -1, dtype=np.int64)
+    return DBSCAN(eps=eps, min_samples=min_samples, algorithm="kd_tree").fit(pts).labels_.astype(np.int64)
+
+
 # ----------------------------------------------------------------------------------------------
 # the analysis
 # ----------------------------------------------------------------------------------------------
@@ -601,7 +632,7 @@ def analyze_domains(locs, *, density_percentile: float = 50.0, eps: float = 30.0
 
     * no cluster reaches ``min_cluster_size`` ("no dense region"): an empty table and a
       warning in ``summary["warnings"]``;
-    * one cluster holds more than half the dense localizations: a warning (threshold too low?);
+    * one cluster covers more than a quarter of the nucleus: a warning (threshold too low?);
     * fewer than ``n_neighbours + 1`` interior domains: spacing from the available ones,
       flagged; a single interior domain has no spacing (NaN, flagged);
     * ``d <= R``: ``gamma_me`` and ``lam`` are NaN and the row is flagged ``d<=R``;
@@ -617,7 +648,6 @@ def analyze_domains(locs, *, density_percentile: float = 50.0, eps: float = 30.0
     1.0
     """
     from scipy.spatial import cKDTree
-    from sklearn.cluster import DBSCAN
 
     started = time.perf_counter()
     source = (getattr(locs, "attrs", None) or {}).get("source")
@@ -666,11 +696,7 @@ def analyze_domains(locs, *, density_percentile: float = 50.0, eps: float = 30.0
     report(progress, 55, 100, "DBSCAN")
     dense_idx = np.flatnonzero(dense)
     labels = np.full(len(points), -1, dtype=np.int64)
-    if len(dense_idx) >= min_samples:
-        db = DBSCAN(eps=eps, min_samples=min_samples, algorithm="kd_tree").fit(points[dense_idx])
-        cluster = db.labels_
-    else:
-        cluster = np.full(len(dense_idx), -1)
+    cluster = dbscan_labels(points[dense_idx], eps, min_samples)
     n_raw = int(cluster.max()) + 1 if len(cluster) else 0
     sizes = np.bincount(cluster[cluster >= 0], minlength=n_raw)
     kept = np.flatnonzero(sizes >= min_cluster_size)
@@ -730,9 +756,9 @@ def analyze_domains(locs, *, density_percentile: float = 50.0, eps: float = 30.0
     if k == 0:
         warn.append(f"no dense region: no cluster of >= {min_cluster_size} localizations among the "
                     f"{len(dense_idx)} localizations above the density threshold")
-    elif len(dense_idx) and counts.max() > _ONE_CLUSTER_SHARE * len(dense_idx):
-        warn.append(f"one cluster holds {100 * counts.max() / len(dense_idx):.0f}% of the dense localizations: "
-                    "the density threshold may be too low or eps too large for this density")
+    elif area.max() > _ONE_CLUSTER_SHARE * nucleus_area:
+        warn.append(f"one cluster covers {100 * area.max() / nucleus_area:.0f}% of the nucleus: the density threshold "
+                    "may be too low or eps too large for this density")
     if 0 < len(interior) <= n_neighbours:
         warn.append(f"only {len(interior)} interior domain(s): spacing uses fewer than {n_neighbours} neighbours")
     n_bad = int(sum(np.isfinite(spacing[i]) and spacing[i] <= radius[i] for i in interior))
@@ -867,3 +893,50 @@ def cross_check(result, dom: DomainAnalysis) -> dict:
     rho = float(rho) if np.isfinite(rho) else None
     p = float(p) if np.isfinite(p) else None
     return {"spearman": rho, "p_value": p, "n": n, "note": note}
+
+
+def analyze_domains_file(path, out_dir=None, *, overwrite: bool = True, figure: bool = True,
+                         progress: ProgressCallback = None, cancel: CancelToken = None, **settings) -> DomainAnalysis:
+    """Read a localization file, analyse its domains and (optionally) write the outputs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Localizations (ThunderSTORM CSV, Picasso HDF5, plain CSV; see
+        :func:`chromflow.read_localizations`).
+    out_dir : str or os.PathLike, optional
+        When given, ``<stem>_domains.csv``, ``<stem>_domains_summary.json`` and
+        ``<stem>_domains.png`` are written there, all or nothing.
+    overwrite, figure
+        As :meth:`DomainAnalysis.save`.
+    **settings
+        Keyword arguments of :func:`analyze_domains`.
+
+    Returns
+    -------
+    DomainAnalysis
+        With ``summary["file"]`` and, when written, ``summary["outputs"]``.
+
+    Examples
+    --------
+    >>> dom = analyze_domains_file("cell.csv", "out/")   # doctest: +SKIP
+    """
+    from ._validate import check_input_file
+    from .io import read_localizations
+
+    path = check_input_file(path, allow_empty=True)
+    if not overwrite and out_dir is not None:
+        existing = [str(p) for p in domain_output_paths(Path(path).stem, out_dir).values() if p.exists()]
+        if existing:
+            raise InputError(f"outputs exist already ({', '.join(existing)}); pass overwrite=True", path=out_dir)
+    locs = read_localizations(path)
+    if len(locs) == 0:
+        raise InputError("no localizations in the file", path=path)
+    locs.attrs["source"] = str(path)
+    dom = analyze_domains(locs, progress=progress, cancel=cancel, **settings)
+    dom.summary["file"] = str(path)
+    if out_dir is not None:
+        check_cancel(cancel, "domain analysis")
+        paths = dom.save(out_dir, stem=Path(path).stem, figure=figure, overwrite=overwrite)
+        dom.summary["outputs"] = {k: str(v) for k, v in paths.items()}
+    return dom
