@@ -298,3 +298,69 @@ def test_cli_domains_writes_outputs_and_reports_errors(cloud, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
     assert main(["domains", str(src), "--out", str(tmp_path / "bad"), "--eps", "-1"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# napari widget
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def domains_viewer(make_napari_viewer, cloud):
+    pytest.importorskip("napari")
+    from napari_plugin._reader import localization_layers
+
+    viewer = make_napari_viewer()
+    locs = cloud.localizations.copy()
+    locs.attrs["source"] = "nucleus_ctrl.csv"
+    for data, kwargs, kind in localization_layers(locs, pixel_size=40.0):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    return viewer
+
+
+def test_domains_widget_adds_layers_equal_to_the_library(domains_viewer, dom, monkeypatch, tmp_path):
+    from napari_plugin._domains_widget import DomainsWidget
+    from napari_plugin._layers import SYNC_ENV
+
+    monkeypatch.setenv(SYNC_ENV, "1")
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    widget = DomainsWidget(domains_viewer)
+    assert widget.layer.value is not None
+    widget.downsample.value = 1
+    widget.run()
+    assert not shown, shown
+    base = widget._base
+    labels = domains_viewer.layers[f"{base} domains"]
+    density = domains_viewer.layers[f"{base} Voronoi density"]
+    pd.testing.assert_frame_equal(widget.result.domains, dom.domains)   # thin over the library
+    expected_density, expected_labels = dom.raster()
+    np.testing.assert_array_equal(labels.data, expected_labels)
+    assert tuple(density.scale) == tuple(labels.scale) == (expected_density.pixel_size,) * 2
+    assert tuple(density.translate) == expected_density.origin
+    assert domains_viewer.layers[f"{base} domain lam"].colorbar.visible
+    assert domains_viewer.layers[f"{base} LADs"].data.any()
+    assert f"{base} nucleus boundary" in domains_viewer.layers
+    assert "single-channel estimate" in widget.status.value
+    assert widget.table.shape == (len(dom.domains), len(DOMAIN_COLUMNS) + 1)
+    widget.out_dir.value = tmp_path
+    paths = widget.export()
+    assert all(p.exists() for p in paths.values()) and len(paths) == 3
+
+
+def test_domains_widget_cancel_adds_nothing(domains_viewer, monkeypatch):
+    from napari_plugin._domains_widget import DomainsWidget
+    from napari_plugin._layers import SYNC_ENV
+
+    monkeypatch.setenv(SYNC_ENV, "1")
+    infos = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", infos.append)
+    widget = DomainsWidget(domains_viewer)
+    n_layers = len(domains_viewer.layers)
+    original = widget._on_progress
+
+    def cancel_on_first(item):
+        original(item)
+        widget.cancel()
+    widget._on_progress = cancel_on_first
+    widget.run()
+    assert len(domains_viewer.layers) == n_layers and widget.result is None
+    assert widget.status.value == "cancelled" and infos
