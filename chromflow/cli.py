@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--retry-failed", action="store_true",
                        help="retry files whose failure an earlier run recorded (default: only if they changed)")
     batch.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary line")
+    _add_batch_conditions_options(batch)
 
     _add_domains_parser(sub)
 
@@ -284,8 +285,53 @@ def _cmd_run(args) -> int:
     return EXIT_OK
 
 
+def _add_batch_conditions_options(batch):
+    batch.add_argument("--domains", action="store_true",
+                       help="run the classical domain analysis (chromflow domains) on every localization file "
+                            "instead of rate maps; writes domains_summary.csv")
+    batch.add_argument("--sample-sheet", type=Path, metavar="CSV",
+                       help="conditions of the files (CSV with columns file, condition); default: the file name "
+                            "up to its last '_'. Writes conditions_<kind>.csv/.png and condition_tests_<kind>.csv")
+
+
+def _batch_conditions(args, table) -> None:
+    """After a rate-map batch: compare conditions on the nuclei's mean/median rate."""
+    from .conditions import RATE_VALUES, assign_conditions, write_conditions
+
+    done = table[table["status"].isin(["ok", "skipped"])].copy() if len(table) else table
+    if not len(done):
+        return
+    done["condition"] = assign_conditions(done["input"], args.sample_sheet)
+    if done["condition"].nunique() < 2 and args.sample_sheet is None:
+        return  # one condition from the file names: nothing to compare, nothing to write
+    paths = write_conditions(done, args.out, RATE_VALUES, kind="rates")
+    if not args.quiet:
+        print(f"chromflow: conditions {', '.join(sorted(done['condition'].unique()))}: {paths['tests']}")
+
+
+def _cmd_batch_domains(args) -> int:
+    from .conditions import run_domains_batch
+
+    bar = _ProgressBar(not args.quiet, desc="domains")
+    try:
+        table = run_domains_batch(args.in_dir, args.out, pattern=args.pattern, recursive=args.recursive,
+                                  sample_sheet=args.sample_sheet, progress=bar)
+    finally:
+        bar.close()
+    failed = int((table["status"] == "failed").sum())
+    if not args.quiet:
+        print(f"chromflow: {len(table)} file(s): {len(table) - failed} analysed, {failed} failed; "
+              f"summary in {Path(args.out) / 'domains_summary.csv'}")
+        for _, row in table[table["status"] == "failed"].iterrows():
+            print(f"  failed: {row['input']}: {row['error']}", file=sys.stderr)
+    return EXIT_FAILED_FILES if failed else EXIT_OK
+
+
 def _cmd_batch(args) -> int:
     from .batch import run_batch
+
+    if getattr(args, "domains", False):
+        return _cmd_batch_domains(args)
 
     settings = _settings_from_args(args)
     table = run_batch(args.in_dir, args.out, pattern=args.pattern, recursive=args.recursive, settings=settings,
@@ -300,6 +346,7 @@ def _cmd_batch(args) -> int:
               f"{failed} failed; summary in {Path(args.out) / 'summary.csv'}")
         for _, row in table[table["status"] == "failed"].iterrows() if failed else []:
             print(f"  failed: {row['input']}: {row['error']}", file=sys.stderr)
+    _batch_conditions(args, table)
     return EXIT_FAILED_FILES if failed else EXIT_OK
 
 
