@@ -265,6 +265,10 @@ def _print_summary(row, out_dir, stream=None):
     print(f"  rate lambda: mean {fmt(row.get('mean_rate'), '.3f')}, median {fmt(row.get('median_rate'), '.3f')}; "
           f"heterochromatin fraction {fmt(row.get('heterochromatin_fraction'), '.3f')}; "
           f"{row.get('n_domains')} domains, mean {fmt(row.get('domain_area_um2'), '.4f')} um^2", file=stream)
+    if not row.get("two_channel", True):
+        rule = str(row.get("split") or "density rule").split(" (")[0]
+        print(f"  note: single channel: phi_h/phi_e are assumed from the density ({rule}), not measured; "
+              "'chromflow domains' gives the classical single-channel domain rates", file=stream)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -364,3 +364,25 @@ def test_domains_widget_cancel_adds_nothing(domains_viewer, monkeypatch):
     widget.run()
     assert len(domains_viewer.layers) == n_layers and widget.result is None
     assert widget.status.value == "cancelled" and infos
+
+
+# ----------------------------------------------------------------------------------------------
+# single-channel honesty of the rate-map pipeline
+# ----------------------------------------------------------------------------------------------
+def test_run_says_when_phi_h_phi_e_are_assumed(tmp_path, capsys):
+    from chromflow.cli import main
+    from chromflow.simulate import simulate_nucleus
+
+    sim = simulate_nucleus(grid=32, n_localizations=20000, seed=1)
+    src = tmp_path / "two.csv"
+    cf.write_localizations(sim.localizations, src)
+    args = ["--method", "direct", "--grid", "24", "--pixel-size", "60", "--device", "cpu"]
+    assert main(["run", str(src), "--out", str(tmp_path / "one"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "single channel: phi_h/phi_e are assumed from the density" in out
+    one = json.loads((tmp_path / "one" / "two_summary.json").read_text())
+    assert one["split"].startswith("density rule (single channel: phi_h/phi_e assumed from density")
+    assert main(["run", str(src), "--out", str(tmp_path / "both"), "--euchromatin-channel", "1", *args]) == 0
+    assert "assumed" not in capsys.readouterr().out
+    both = json.loads((tmp_path / "both" / "two_summary.json").read_text())
+    assert both["split"] == "two channels (phi_h and phi_e measured)"
