@@ -57,7 +57,8 @@ def _one(path, out_dir, downsample):
                       "n_analysed": s["n_analysed"], "n_domains": s["n_domains"], "n_lads": s["n_lads"],
                       "diameter": s["mean_domain_diameter_nm"], "lad": s["lad_thickness_nm"],
                       "nucleus": s["nucleus_diameter_nm"], "median_lam": s["median_lam"],
-                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 
 
 def speed(threads):
@@ -78,11 +79,12 @@ def speed(threads):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             rows.append((downsample, json.loads(out.stdout.strip().splitlines()[-1])))
     print(f"\n### Speed and memory: one anchor-size nucleus, end to end ({threads} cores)\n")
-    print("| downsample | localizations | analysed | total s | analysis s | peak RSS MB | domains | "
+    print("| downsample | localizations | analysed | total s | analysis s | CPU s (all threads) | peak RSS MB | domains | "
           "mean diameter nm (true 136) | LAD nm (true %.0f) | nucleus nm (true 15840) |" % sim.lad_thickness)
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for downsample, r in rows:
         print(f"| {downsample} | {r['n']:,} | {r['n_analysed']:,} | {r['total_s']:.1f} | {r['analysis_s']:.1f} | "
+              f"{r['cpu_s']:.1f} | "
               f"{r['peak_mb']:.0f} | {r['n_domains']} | {r['diameter']:.1f} | {r['lad']:.0f} | {r['nucleus']:.0f} |")
 
 
@@ -135,12 +137,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="no 1.8M run; 2 seeds")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="cores for the speed run (taskset)")
+    parser.add_argument("--speed-only", action="store_true")
     args = parser.parse_args(argv)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f} (other jobs share the cores: wall times grow with it)")
     if not args.quick:
         speed(args.threads)
-    accuracy(2 if args.quick else args.seeds)
+    if not args.speed_only:
+        accuracy(2 if args.quick else args.seeds)
 
 
 if __name__ == "__main__":

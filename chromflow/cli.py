@@ -125,6 +125,9 @@ def _add_domains_parser(sub):
     dom.add_argument("--downsample", type=int, metavar="N", default=DEFAULTS["downsample"],
                      help="keep one localization in N, as the anchor does (default %(default)d; 1 keeps all)")
     dom.add_argument("--seed", type=int, metavar="S", default=DEFAULTS["seed"], help="seed of the thinning")
+    dom.add_argument("--rate-map", type=Path, metavar="NPZ",
+                     help="<stem>_result.npz of 'chromflow run' on the same file: report how the rate map's lambda "
+                          "averaged over each domain ranks against the domain lam (Spearman)")
     dom.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
 
 
@@ -141,7 +144,7 @@ def _cmd_domains(args) -> int:
                 args.file, args.out, progress=bar, cancel=cancel, density_percentile=args.percentile, eps=args.eps,
                 min_samples=args.min_samples, min_cluster_size=args.min_size,
                 peripheral_fraction=args.peripheral_fraction, n_neighbours=args.neighbours,
-                downsample=args.downsample, seed=args.seed)
+                downsample=args.downsample, seed=args.seed, rate_result=args.rate_map)
     finally:
         bar.close()
     if not args.quiet:
@@ -158,6 +161,10 @@ def _cmd_domains(args) -> int:
               f"{s['n_lads']} LADs, thickness {fmt(s['lad_thickness_nm'])} nm; {fmt(s['time_s'], '.1f')} s")
         print(f"  domain rates (the single-channel estimate): median lam {fmt(s['median_lam'], '.4f')} over "
               f"{s['n_rated']} domains")
+        check = s.get("cross_check")
+        if check:
+            rho = "n/a" if check["spearman"] is None else f"{check['spearman']:.3f} (p = {check['p_value']:.3g})"
+            print(f"  rate map lambda vs domain lam: Spearman {rho} over {check['n']} domains")
         for w in s["warnings"]:
             print(f"  warning: {w}", file=sys.stderr)
     return EXIT_OK

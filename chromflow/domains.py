@@ -895,7 +895,7 @@ def cross_check(result, dom: DomainAnalysis) -> dict:
     return {"spearman": rho, "p_value": p, "n": n, "note": note}
 
 
-def analyze_domains_file(path, out_dir=None, *, overwrite: bool = True, figure: bool = True,
+def analyze_domains_file(path, out_dir=None, *, overwrite: bool = True, figure: bool = True, rate_result=None,
                          progress: ProgressCallback = None, cancel: CancelToken = None, **settings) -> DomainAnalysis:
     """Read a localization file, analyse its domains and (optionally) write the outputs.
 
@@ -909,6 +909,9 @@ def analyze_domains_file(path, out_dir=None, *, overwrite: bool = True, figure: 
         ``<stem>_domains.png`` are written there, all or nothing.
     overwrite, figure
         As :meth:`DomainAnalysis.save`.
+    rate_result : RateMapResult or path, optional
+        A rate map of the same nucleus (``<stem>_result.npz`` of ``chromflow run``): the
+        :func:`cross_check` goes into ``summary["cross_check"]`` and the figure.
     **settings
         Keyword arguments of :func:`analyze_domains`.
 
@@ -935,6 +938,12 @@ def analyze_domains_file(path, out_dir=None, *, overwrite: bool = True, figure: 
     locs.attrs["source"] = str(path)
     dom = analyze_domains(locs, progress=progress, cancel=cancel, **settings)
     dom.summary["file"] = str(path)
+    if rate_result is not None:
+        if not hasattr(rate_result, "rate"):
+            from .inverse import RateMapResult
+
+            rate_result = RateMapResult.load(check_input_file(rate_result))
+        dom.summary["cross_check"] = cross_check(rate_result, dom)
     if out_dir is not None:
         check_cancel(cancel, "domain analysis")
         paths = dom.save(out_dir, stem=Path(path).stem, figure=figure, overwrite=overwrite)

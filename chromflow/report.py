@@ -203,6 +203,15 @@ def make_report(density_image, mask, result, path=None, title=None):
     return fig
 
 
+def _cross_check_line(check) -> str:
+    if not check:
+        return ""
+    if check.get("spearman") is None:
+        return f"\nrate map vs domain λ: not comparable ({check.get('n', 0)} domains on the map)"
+    return (f"\nrate map λ vs domain λ: Spearman {check['spearman']:.2f} (p = {check['p_value']:.2g}, "
+            f"n = {check['n']} domains)")
+
+
 def make_domains_figure(dom, path=None, title=None):
     """Draw the figure of a classical domain analysis (:func:`chromflow.analyze_domains`).
 
@@ -276,7 +285,8 @@ def make_domains_figure(dom, path=None, title=None):
     fig.suptitle(f"{title or dom.source or 'domains'}\n{s['n_domains']} domains, mean diameter "
                  f"{fmt(s['mean_domain_diameter_nm'])} nm, spacing {fmt(s['mean_spacing_nm'])} nm, "
                  f"median λ {fmt(s['median_lam'], '.3f')}; {s['n_lads']} LADs, thickness "
-                 f"{fmt(s['lad_thickness_nm'])} nm; nucleus {fmt(s['nucleus_diameter_nm'])} nm", fontsize=11)
+                 f"{fmt(s['lad_thickness_nm'])} nm; nucleus {fmt(s['nucleus_diameter_nm'])} nm"
+                 + _cross_check_line(s.get("cross_check")), fontsize=11)
     if path is not None:
         with atomic_path(os.fspath(path)) as tmp:
             fig.savefig(tmp, format="png")

@@ -386,3 +386,9 @@ def test_run_says_when_phi_h_phi_e_are_assumed(tmp_path, capsys):
     assert "assumed" not in capsys.readouterr().out
     both = json.loads((tmp_path / "both" / "two_summary.json").read_text())
     assert both["split"] == "two channels (phi_h and phi_e measured)"
+    # the rate map of that run cross-checked against the domain rates of the same file
+    assert main(["domains", str(src), "--out", str(tmp_path / "dom"), "--downsample", "1",
+                 "--rate-map", str(tmp_path / "one" / "two_result.npz")]) == 0
+    assert "rate map lambda vs domain lam" in capsys.readouterr().out
+    check = json.loads((tmp_path / "dom" / "two_domains_summary.json").read_text())["cross_check"]
+    assert set(check) == {"spearman", "p_value", "n", "note"}
