@@ -488,10 +488,23 @@ def _polygon_area_length(poly):
     return area, length
 
 
-def _distance_to_polygon(points, poly, step):
-    """Distance (nm) from each point to the polygon outline, sampled every ``step`` nm."""
-    from scipy.spatial import cKDTree
+def _distance_to_polygon(points, poly, step, near=np.inf):
+    """Distance (nm) from each point to the polygon outline, exact (to ``step``) where it is < ``near``.
 
+    A k-d tree of the outline sampled every ``step`` nm answers nearest-outline queries, but
+    points deep inside a ring-shaped outline are its worst case (every sample is about equally
+    far). So a Euclidean distance transform of the rasterised polygon (pixels of ``4 * step``)
+    finds the points that can be within ``near`` of the outline, and only those are queried
+    exactly; the others get the (lower-bounded) distance-transform value.
+    """
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+    from skimage.draw import polygon as fill_polygon
+
+    points = np.asarray(points, dtype=np.float64)
+    dist = np.full(len(points), np.inf)
+    if len(points) == 0:
+        return dist
     seg = np.diff(poly, axis=0)
     lengths = np.hypot(seg[:, 0], seg[:, 1])
     samples = [poly[:-1]]
@@ -499,8 +512,24 @@ def _distance_to_polygon(points, poly, step):
         t = k * step / np.maximum(lengths, 1e-12)
         keep = t < 1
         samples.append(poly[:-1][keep] + seg[keep] * t[keep, None])
-    tree = cKDTree(np.concatenate(samples))
-    dist, _ = tree.query(points, workers=-1)
+    samples = np.concatenate(samples)
+    candidates = np.ones(len(points), dtype=bool)
+    if np.isfinite(near):
+        px = 4.0 * step
+        lo = np.minimum(poly.min(axis=0), points.min(axis=0)) - 2 * px
+        shape = tuple(int(v) for v in np.ceil((np.maximum(poly.max(axis=0), points.max(axis=0)) - lo) / px) + 3)
+        inside = np.zeros(shape, dtype=bool)
+        rr, cc = fill_polygon((poly[:, 0] - lo[0]) / px, (poly[:, 1] - lo[1]) / px, shape)
+        inside[rr, cc] = True
+        # distance to the outline: inside to the nearest outside pixel and vice versa
+        edt = np.maximum(ndimage.distance_transform_edt(inside), ndimage.distance_transform_edt(~inside)) * px
+        idx = np.clip(np.round((points - lo) / px).astype(np.int64), 0, np.array(shape) - 1)
+        rough = edt[idx[:, 0], idx[:, 1]]
+        # a pixel's value is off by at most about 1.5 pixels from the point's true distance
+        candidates = rough <= near + 2 * px
+        dist[~candidates] = rough[~candidates]
+    if candidates.any():
+        dist[candidates], _ = cKDTree(samples).query(points[candidates], workers=-1)
     return dist
 
 
@@ -566,7 +595,7 @@ def dbscan_labels(points, eps: float = 30.0, min_samples: int = 3) -> np.ndarray
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if len(pts) < min_samples:
         return np.full(len(pts), -1, dtype=np.int64)
-    return DBSCAN(eps=eps, min_samples=min_samples, algorithm="kd_tree").fit(pts).labels_.astype(np.int64)
+    return DBSCAN(eps=eps, min_samples=min_samples, algorithm="kd_tree", n_jobs=-1).fit(pts).labels_.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -718,10 +747,11 @@ def analyze_domains(locs, *, density_percentile: float = 50.0, eps: float = 30.0
     radius = np.sqrt(area / math.pi)
     peripheral = np.zeros(k, dtype=bool)
     if k:
-        dist = _distance_to_polygon(pts, boundary, step=min(5.0, boundary_pixel_size / 4))
+        limit = peripheral_fraction * nucleus_radius
+        dist = _distance_to_polygon(pts, boundary, step=min(5.0, boundary_pixel_size / 4), near=limit)
         min_dist = np.full(k, np.inf)
         np.minimum.at(min_dist, lab, dist)
-        peripheral = min_dist <= peripheral_fraction * nucleus_radius
+        peripheral = min_dist <= limit
 
     flags = [[] for _ in range(k)]
     spacing = np.full(k, np.nan)
