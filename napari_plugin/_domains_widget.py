@@ -21,6 +21,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
 
 from chromflow.errors import CancelledError, InputError
 
+from ._infer_widget import _guarded  # errors travel as values through superqt's generator worker
 from ._layers import image_layer_kwargs, report_error, run_synchronously
 from ._widgets import _has_localizations, _layer_choices, _refresh_on_layer_change, upsert_layer
 
@@ -302,10 +303,3 @@ class DomainsWidget(Container):
             self.progress.max, self.progress.value = 100, 0
             self.status.value = "starting..."
 
-
-def _guarded(steps):
-    """``("ok", result)`` or ``("error", exception)`` (errors travel as values through superqt)."""
-    try:
-        return ("ok", (yield from steps))
-    except Exception as error:  # noqa: BLE001 - reported by the widget
-        return ("error", error)
