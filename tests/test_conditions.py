@@ -118,3 +118,24 @@ def test_batch_domains_with_a_sample_sheet(tmp_path, capsys):
     assert tests.loc["mean_domain_diameter_nm", "n"] == "control=2, TSA=2"
     assert tests.loc["mean_domain_diameter_nm", "p_value"] == pytest.approx(1 / 3)   # smallest p for 2 vs 2
     assert (out / "conditions_domains.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rate_map_batch_table_compares_conditions(tmp_path):
+    import argparse
+
+    from chromflow.cli import _batch_conditions
+
+    table = pd.DataFrame({"input": ["ctrl_1.csv", "ctrl_2.csv", "ctrl_3.csv", "tsa_1.csv", "tsa_2.csv", "tsa_3.csv",
+                                    "tsa_4.csv"],
+                          "status": ["ok", "skipped", "ok", "ok", "ok", "ok", "failed"],
+                          "mean_rate": [1.0, 1.1, 1.2, 2.0, 2.1, 2.2, np.nan], "median_rate": [1.0] * 6 + [np.nan]})
+    args = argparse.Namespace(out=tmp_path, sample_sheet=None, quiet=True)
+    _batch_conditions(args, table)
+    tests = pd.read_csv(tmp_path / "condition_tests_rates.csv").set_index("value")
+    assert tests.loc["mean_rate", "n"] == "ctrl=3, tsa=3"            # the failed file is left out
+    assert tests.loc["mean_rate", "p_value"] == pytest.approx(0.1)    # 3 vs 3 fully separated
+    per = pd.read_csv(tmp_path / "conditions_rates.csv").set_index(["condition", "value"])
+    assert per.loc[("tsa", "mean_rate"), "mean"] == pytest.approx(2.1)
+    # one condition from the names and no sample sheet: nothing to compare, nothing written
+    _batch_conditions(argparse.Namespace(out=tmp_path / "one", sample_sheet=None, quiet=True), table.head(3))
+    assert not (tmp_path / "one").exists()
