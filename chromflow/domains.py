@@ -421,7 +421,8 @@ def _coordinates(locs, source):
         pts = np.c_[locs["y"].to_numpy(dtype=np.float64), locs["x"].to_numpy(dtype=np.float64)]
         if "z" in locs.columns:
             z = locs["z"].to_numpy(dtype=np.float64)
-            if np.nanmax(z) - np.nanmin(z) > 0 if np.isfinite(z).any() else False:
+            z = z[np.isfinite(z)]
+            if z.size and z.max() > z.min():
                 notes.append("3D localizations: the z column is ignored; the analysis uses the x/y projection")
     else:
         arr = np.asarray(locs, dtype=np.float64)
