@@ -41,6 +41,9 @@ def report_caption(result) -> str:
     r = diag.get("split_half_r")
     if r is not None and np.isfinite(r):
         parts.append(f"split-half reproducibility r = {r:.2f} (1 = a map that repeats exactly)")
+    split = diag.get("split")
+    if split is not None and split != "two-channel":
+        parts.append(f"single channel: phi_h/phi_e from the '{split}' rule, an assumption (docs/domains.md)")
     edge, mask = getattr(result, "edge", None), getattr(result, "mask", None)
     if edge is not None and mask is not None and np.any(edge):
         parts.append(f"edge band (dashed): {100 * np.sum(edge) / max(np.sum(mask), 1):.0f} % of the nucleus")
