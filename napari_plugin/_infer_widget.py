@@ -29,7 +29,8 @@ from chromflow.pipeline import INFERENCE_METHODS, PipelineSettings
 from ._layers import (RATE_LEGEND, image_from_layer, nucleus_contours, plugin_settings,
                       report_error, robust_contrast_limits, run_synchronously, show_legend,
                       show_scale_bar)
-from ._widgets import (_is_density_candidate, _is_labels, _layer_choices, _refresh_on_layer_change,
+from ._widgets import (ScrollableContainer, _is_density_candidate, _is_labels, _layer_choices,
+                       _refresh_on_layer_change,
                        layer_base_name, upsert_layer)
 
 __all__ = ["InferWidget", "inference_steps", "result_layers", "negative_rate_warning",
@@ -191,7 +192,7 @@ def negative_rate_warning(result) -> str | None:
             f"cannot be negative, these cells are noise ({advice})")
 
 
-class InferWidget(Container):
+class InferWidget(ScrollableContainer):
     """Infer the rate map of a density image (+ a second channel, + nucleus labels).
 
     Parameters
@@ -246,8 +247,7 @@ class InferWidget(Container):
         super().__init__(widgets=[self.image, self.euchromatin, self.nucleus_labels, self.grid,
                                   self.method, self.radius, self.device, self.iterations,
                                   self.ensemble, self.seed, self.settings_file, files,
-                                  self.run_button, self.cancel_button, self.progress, self.status],
-                         scrollable=True)
+                                  self.run_button, self.cancel_button, self.progress, self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.load_button.changed.connect(lambda _=None: self.load_settings(self.settings_file.value))

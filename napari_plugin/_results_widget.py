@@ -15,14 +15,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
+from magicgui.widgets import ComboBox, FileEdit, Label, PushButton, Table
 
 from chromflow.errors import InputError
 from chromflow.image import Image
 from chromflow.io._atomic import atomic_path
 
 from ._layers import RATE_LEGEND, report_error, robust_contrast_limits
-from ._widgets import _layer_choices, _refresh_on_layer_change
+from ._widgets import ScrollableContainer, _layer_choices, _refresh_on_layer_change
 
 __all__ = ["ResultsWidget", "export_result_layers", "EXPORT_SUFFIXES"]
 
@@ -109,7 +109,7 @@ def export_result_layers(viewer, rate_layer, out_dir) -> list:
     return written
 
 
-class ResultsWidget(Container):
+class ResultsWidget(ScrollableContainer):
     """Summary, histogram and export of a rate map.
 
     Parameters
@@ -117,6 +117,9 @@ class ResultsWidget(Container):
     napari_viewer : napari.viewer.Viewer
         The viewer to work in (injected by napari).
     """
+
+    EXPANDING = True
+    MIN_VISIBLE_HEIGHT = 300
 
     def __init__(self, napari_viewer):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -130,12 +133,13 @@ class ResultsWidget(Container):
         self.export_button = PushButton(text="Export TIFF + CSV")
         self.status = Label(value="")
         super().__init__(widgets=[self.rate_layer, self.summary_table, self.out_dir,
-                                  self.export_button, self.status], scrollable=True)
+                                  self.export_button, self.status])
         self.figure = Figure(figsize=(4, 2.2), layout="constrained")
         self.axes = self.figure.add_subplot()
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
-        self.native.layout().insertWidget(2, self.canvas)
+        self.inner_layout.insertWidget(2, self.canvas)
+        self.fit_minimum_height()
         self.rate_layer.changed.connect(self._watch)
         self._watched = None
         self.export_button.changed.connect(self.export)

@@ -13,7 +13,8 @@ from ._layers import (NM_UNITS, image_from_layer, layer_type, plugin_settings, r
                       show_scale_bar)
 from ._reader import DEFAULT_PIXEL_SIZE_NM, localization_layers
 
-__all__ = ["RenderWidget", "SegmentWidget", "RENDER_METHODS", "upsert_layer", "layer_base_name"]
+__all__ = ["RenderWidget", "SegmentWidget", "ScrollableContainer", "RENDER_METHODS", "upsert_layer",
+           "layer_base_name"]
 
 RENDER_METHODS = ("gaussian", "histogram")
 
@@ -66,6 +67,47 @@ def _update_or_add(viewer, data, kwargs, kind):
     return getattr(viewer, f"add_{kind}")(data, **kwargs)
 
 
+class ScrollableContainer(Container):
+    """A magicgui container that napari docks inside its scroll area.
+
+    magicgui's ``scrollable=True`` puts the controls in a ``QScrollArea``, but ``native`` is
+    still the inner widget, and napari docks ``native``: the scroll area is lost and every
+    control counts towards the window's minimum height (four docks needed 1232 px). Here
+    ``native`` is the scroll area (magicgui's public ``root_native_widget``), so a dock can be
+    as short as the screen allows and scrolls instead.
+    """
+
+    #: a docked panel keeps at least this many pixels of height (or its whole content if less)
+    MIN_VISIBLE_HEIGHT = 200
+    #: True: the panel takes the height left over by the others (results); False: at most its
+    #: content's height (a form of controls)
+    EXPANDING = False
+
+    def __init__(self, **kwargs):
+        from qtpy.QtWidgets import QSizePolicy
+
+        super().__init__(scrollable=True, **kwargs)
+        policy = QSizePolicy.Policy.Expanding if self.EXPANDING else QSizePolicy.Policy.Maximum
+        self.root_native_widget.setSizePolicy(QSizePolicy.Policy.Preferred, policy)
+        self.fit_minimum_height()
+
+    def fit_minimum_height(self):
+        """Minimum height: the content's, up to :attr:`MIN_VISIBLE_HEIGHT` (call after adding controls)."""
+        content = self.root_native_widget.widget().minimumSizeHint().height()
+        # + the frame, + a few px for styles that grow the controls once the dock is shown
+        slack = 2 * self.root_native_widget.frameWidth() + 8
+        self.root_native_widget.setMinimumHeight(min(content + slack, self.MIN_VISIBLE_HEIGHT))
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+    @property
+    def inner_layout(self):
+        """The Qt layout holding the controls (inside the scroll area)."""
+        return self.root_native_widget.widget().layout()
+
+
 def layer_base_name(layer) -> str:
     """The name results of ``layer`` are named after: the file's stem for reader layers."""
     return layer.metadata.get("base") or layer.name.removesuffix(" density")
@@ -105,7 +147,7 @@ def _is_density_candidate(layer) -> bool:
         "rate", "uncertainty", "residual", "true_rate"}
 
 
-class RenderWidget(Container):
+class RenderWidget(ScrollableContainer):
     """Render (or re-render) an opened localization file as a density image or points.
 
     Parameters
@@ -136,7 +178,7 @@ class RenderWidget(Container):
         self.as_points = CheckBox(label="show as points (slow for millions)", value=False)
         self.run_button = PushButton(text="Render")
         super().__init__(widgets=[self.source, self.pixel_size, self.method, self.as_points,
-                                  self.run_button], scrollable=True)
+                                  self.run_button])
         self.run_button.changed.connect(self.render)
         self.source.changed.connect(self._follow_source)
         _refresh_on_layer_change(napari_viewer, self.source)
@@ -181,7 +223,7 @@ class RenderWidget(Container):
         return next((new for new in out if new.name == layer.name), out[0])
 
 
-class SegmentWidget(Container):
+class SegmentWidget(ScrollableContainer):
     """Segment the nucleus of a density image into an editable Labels layer.
 
     Moving the threshold slider previews the mask live (the Labels layer is updated in place);
@@ -210,7 +252,7 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Segment")
         self.status = Label(value="")
         super().__init__(widgets=[self.image, self.auto_threshold, self.threshold,
-                                  self.live_preview, self.run_button, self.status], scrollable=True)
+                                  self.live_preview, self.run_button, self.status])
         self.run_button.changed.connect(self.segment)
         self.auto_threshold.changed.connect(self._on_auto_changed)
         self.threshold.changed.connect(self._schedule_preview)
