@@ -19,7 +19,7 @@ from magicgui.widgets import ComboBox, FileEdit, Label, PushButton, Table
 
 from chromflow.errors import InputError
 from chromflow.image import Image
-from chromflow.io._atomic import atomic_path
+from chromflow.io import atomic_path
 
 from ._layers import RATE_LEGEND, report_error, robust_contrast_limits
 from ._widgets import ScrollableContainer, _layer_choices, _refresh_on_layer_change

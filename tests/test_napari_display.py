@@ -86,6 +86,18 @@ def test_writer_is_in_the_manifest():
     assert command.python_name == "napari_plugin._writer:write_rate_map"
 
 
+def test_npe2_dispatches_a_tif_save_to_the_writer(tmp_path):
+    npe2 = pytest.importorskip("npe2")
+    npe2.PluginManager.instance().discover()
+    rate = np.linspace(0.5, 2.0, 20).reshape(4, 5)
+    layer = (rate, {"scale": (62.5, 62.5), "translate": (31.25, 7.0), "name": "cell rate",
+                    "metadata": {}}, "image")
+    [path] = npe2.write(str(tmp_path / "cell_rate.tif"), [layer], plugin_name="chromflow")
+    back = cf.read_image(path)
+    assert (back.pixel_size, back.origin) == (pytest.approx(62.5), pytest.approx((31.25, 7.0)))
+    np.testing.assert_allclose(back.data, rate, rtol=1e-6)
+
+
 def test_negative_rate_warning_counts_the_negative_cells():
     mask = np.zeros((12, 12), bool)
     mask[2:10, 3:9] = True
