@@ -160,6 +160,8 @@ def result_layers(result, base: str, source=None, settings: PipelineSettings | N
         uncertainty = np.asarray(uncertainty, dtype=float)
         layers.append((uncertainty, {**common, "name": f"{base} rate uncertainty",
                                      "colormap": "magma", "visible": False, "colorbar_visible": True,
+                                     # not on top of the rate's colorbar when both are shown
+                                     "colorbar_position": "top_left",
                                      "contrast_limits": robust_contrast_limits(uncertainty, mask),
                                      "metadata": meta("uncertainty", units="Gamma_me / Gamma_ac")},
                        "image"))

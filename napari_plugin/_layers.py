@@ -152,10 +152,14 @@ def show_scale_bar(viewer) -> None:
 
 
 def show_legend(viewer, text: str = RATE_LEGEND) -> None:
-    """Write ``text`` in the top-left corner of the canvas (what the colours of a map mean)."""
+    """Write ``text`` in the bottom-left corner of the canvas (what the colours of a map mean).
+
+    The top corners are the colorbars' (rate: right, uncertainty: left), the bottom right the
+    scale bar's.
+    """
     _, overlay = _canvas_overlays(viewer)
     overlay.text = text
-    overlay.position = "top_left"
+    overlay.position = "bottom_left"
     overlay.font_size = 12
     overlay.visible = True
 

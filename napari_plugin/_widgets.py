@@ -19,7 +19,7 @@ __all__ = ["RenderWidget", "SegmentWidget", "ScrollableContainer", "RENDER_METHO
 RENDER_METHODS = ("gaussian", "histogram")
 
 # display properties that napari sets on a layer but does not take in add_*()
-_SET_AFTER = ("contour", "colorbar_visible")
+_SET_AFTER = ("contour", "colorbar_visible", "colorbar_position")
 
 
 def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
@@ -36,6 +36,10 @@ def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
     if "contour" in after:
         layer.contour = after["contour"]
     if "colorbar_visible" in after and getattr(layer, "colorbar", None) is not None:
+        # taller than napari's 150 px default: room for three or four tick labels
+        layer.colorbar.size = (20, 260)
+        layer.colorbar.font_size = 11
+        layer.colorbar.position = after.get("colorbar_position", "top_right")
         layer.colorbar.visible = bool(after["colorbar_visible"])
     return layer
 

@@ -69,7 +69,8 @@ def main(argv=None):
     outline_copy = viewer.add_shapes(outline.data, shape_type="polygon", edge_color="white",
                                      face_color="transparent", edge_width=outline.edge_width[0],
                                      scale=outline.scale, translate=outline.translate,
-                                     units=outline.units, name=f"{base} outline ")
+                                     units=outline.units, opacity=outline.opacity,
+                                     name=f"{base} outline ")
     order = [rate, outline, uncertainty, outline_copy]  # bottom to top: the top group goes right
     for layer in order:
         viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))  # to the top
@@ -81,7 +82,6 @@ def main(argv=None):
     n_fits = rate.metadata["chromflow_result"].settings.get("ensemble", args.ensemble)
     viewer.canvas.overlays.text.text = (f"left: rate  lambda = Gamma_me / Gamma_ac     right: its "
                                         f"uncertainty (s.d. over {n_fits} fits)")
-    viewer.canvas.overlays.text.position = "bottom_left"  # the colorbars are at the top
     window.resize(1920, 1080)
     viewer.reset_view()
     for _ in range(30):
