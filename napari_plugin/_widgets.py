@@ -11,7 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSp
 
 from ._layers import (NM_UNITS, image_from_layer, layer_type, plugin_settings, report_error,
                       show_scale_bar)
-from ._reader import DEFAULT_PIXEL_SIZE_NM, localization_layers
+from ._reader import localization_layers
 
 __all__ = ["RenderWidget", "SegmentWidget", "ScrollableContainer", "RENDER_METHODS", "upsert_layer",
            "layer_base_name"]

@@ -75,6 +75,7 @@ def main(argv=None):
     for layer in order:
         viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))  # to the top
         layer.visible = True
+    uncertainty.colorbar.position = "top_right"  # each colorbar at the top right of its cell
     viewer.grid.enabled = True
     viewer.grid.stride = 2
     viewer.grid.shape = (1, -1)

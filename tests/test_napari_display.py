@@ -16,7 +16,7 @@ from napari_plugin._layers import (NM_UNITS, RATE_LEGEND, SYNC_ENV, nucleus_cont
                                    plugin_settings)
 from napari_plugin._reader import read_layers
 from napari_plugin._results_widget import ResultsWidget
-from napari_plugin._widgets import RenderWidget, SegmentWidget, upsert_layer
+from napari_plugin._widgets import RenderWidget, SegmentWidget
 from napari_plugin._writer import write_rate_map
 from napari_fixtures import SMALL, errors, small_sample, viewer_with_sample  # noqa: F401 (fixtures)
 
