@@ -227,12 +227,13 @@ class InferWidget(ScrollableContainer):
                                        tooltip="label > 0 is nucleus; empty: segment automatically")
         self.grid = SpinBox(label="grid (cells)", value=fs.grid, min=16, max=1024, step=8)
         self.method = ComboBox(label="method", choices=list(INFER_METHODS), value=inf.method)
-        self.radius = FloatSpinBox(label="radius (cells)", value=3.0, min=0.5, max=64.0, step=0.5,
+        # the values shown are set from the library's defaults by _show_settings below
+        self.radius = FloatSpinBox(label="radius (cells)", min=0.5, max=64.0, step=0.5,
                                    tooltip="mollifier support radius in grid cells: larger "
                                    "smooths noise more and blurs fine structure more")
         self.device = ComboBox(label="device", choices=list(DEVICES), value=inf.device)
-        self.iterations = SpinBox(label="iterations", value=800, min=1, max=1_000_000, step=100)
-        self.ensemble = SpinBox(label="ensemble", value=1, min=1, max=32,
+        self.iterations = SpinBox(label="iterations", min=1, max=1_000_000, step=100)
+        self.ensemble = SpinBox(label="ensemble", min=1, max=32,
                                 tooltip="fits with seeds seed, seed+1, ...; their spread is the "
                                 "uncertainty map")
         self.seed = SpinBox(label="seed", value=inf.seed, min=0, max=2**31 - 1)
