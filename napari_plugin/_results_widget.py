@@ -207,6 +207,9 @@ class ResultsWidget(ScrollableContainer):
     def _fit_table_to_rows(self):
         """Make the table tall enough to show every row (the panel scrolls, not the table)."""
         table = self.summary_table.native
+        # compact rows, no row numbers: a dozen numbers fit in a docked panel
+        table.verticalHeader().setVisible(False)
+        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 6)
         table.resizeColumnsToContents()
         rows = min(table.rowCount(), self.MAX_TABLE_ROWS)
         height = (table.horizontalHeader().height() + 2 * table.frameWidth()
