@@ -42,7 +42,7 @@ _LAZY = {
     "run_batch": "chromflow.batch",
 }
 _SUBMODULES = {"io", "mollifier", "models", "physics", "simulate", "nucleus", "fields",
-               "inverse", "pipeline", "batch", "cli", "report", "training"}
+               "inverse", "pipeline", "batch", "cli", "report", "training", "evaluate"}
 
 __all__ = sorted(["Image", "render", "ChromflowError", "InputError", "SegmentationError", "GridError",
                   "CancelledError", *_LAZY, *_SUBMODULES])
