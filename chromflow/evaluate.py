@@ -526,8 +526,9 @@ def compare(result_or_rate, truth, fields, mask=None, level: float = 0.9, sigmas
     Returns
     -------
     dict
-        ``corr``, ``rmse``, ``coverage`` (NaN without any finite uncertainty),
-        ``coverage_missing`` (cells without uncertainty), ``n_cells``, ``ratio_corr``,
+        ``corr``, ``rmse``, ``coverage`` (of the ``level`` interval; NaN only for a bare array,
+        which carries no uncertainty; a result whose uncertainty is NaN scores 0 there),
+        ``coverage_missing`` (cells without a usable uncertainty), ``n_cells``, ``ratio_corr``,
         ``ratio_rmse``, ``ratio_sigma`` (cells), ``direct_corr``, ``direct_rmse``,
         ``direct_radius`` (cells), ``beats_ratio``, ``beats_direct``.
 
@@ -564,7 +565,7 @@ def compare(result_or_rate, truth, fields, mask=None, level: float = 0.9, sigmas
                            "corr": rate_correlation(rate, true, cells),
                            "rmse": rmse(rate, true, cells)}
     cov = {"coverage": float("nan"), "n_missing": int(cells.sum())}
-    if unc is not None and np.isfinite(np.asarray(unc, dtype=np.float64)[cells]).any():
+    if unc is not None:  # an all-NaN uncertainty map covers nothing: coverage 0, not "not applicable"
         cov = coverage(rate, unc, true, level=level, mask=cells, details=True)
     row["coverage"] = cov["coverage"]
     row["coverage_missing"] = cov["n_missing"]

@@ -207,6 +207,10 @@ def test_compare_one_row_on_the_same_cells(steady):
     ratio_inner = smoothed_ratio(fields.phi_h, fields.phi_e, mask, sub["ratio_sigma"])
     assert sub["ratio_corr"] == pytest.approx(rate_correlation(ratio_inner, truth, inner))
     assert np.isnan(sub["coverage"]) and sub["coverage_missing"] == sub["n_cells"]   # a bare array has no sd
+    # a result whose uncertainty is all NaN (a single fit) covers nothing, and says so
+    no_sd = types.SimpleNamespace(**{**vars(result), "uncertainty": np.full(mask.shape, np.nan)})
+    row0 = compare(no_sd, truth, fields, radii=(2.0,), sigmas=(0.0,))
+    assert row0["coverage"] == 0.0 and row0["coverage_missing"] == row0["n_cells"]
     # the truth itself scores perfectly
     perfect = compare(truth, truth, fields, radii=(2.0,), sigmas=(0.0,))
     assert perfect["corr"] == pytest.approx(1.0) and perfect["rmse"] == pytest.approx(0.0, abs=1e-12)
