@@ -34,13 +34,15 @@ Usage::
     python benchmarks/accuracy.py --quick --set iterations=2000 --pipeline fields.smoothing=50
 
 Simulations and localization files are cached under ``benchmarks/results/heldout_cache``
-(keyed by every parameter), tables go to ``benchmarks/results/accuracy_<time>.csv``.
+(keyed by every parameter; ``--cache DIR`` or ``$CHROMFLOW_HELDOUT_CACHE`` to share one between
+checkouts), tables go to ``benchmarks/results/accuracy_<time>.csv``.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -57,7 +59,7 @@ import chromflow as cf  # noqa: E402
 from chromflow import evaluate as ev  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CACHE = RESULTS / "heldout_cache"
+CACHE = RESULTS / "heldout_cache"  # --cache (or $CHROMFLOW_HELDOUT_CACHE) points elsewhere, e.g. a shared one
 REPORTED_SEEDS = (0, 1, 2)
 TUNING_SEEDS = (100, 101, 102, 103, 104)
 FIELD_NOISE = 0.03
@@ -220,7 +222,8 @@ def run_e2e_case(case, seed, args):
 def _row(case, seed, result, truth, fields, cells, seconds, sim):
     row = {"case": case, "seed": seed, "cell_nm": round(fields.spacing, 1), "grid": "x".join(map(str, fields.mask.shape)),
            "method": result.method, "time_s": seconds,
-           "sim_residual": sim.info["residual"], "sim_iterations": sim.info["iterations"]}
+           "sim_residual": sim.info["residual"], "sim_iterations": sim.info["iterations"],
+           "sim_seconds": sim.info["seconds"]}
     row.update(_scores(result, truth, fields, cells))
     interior = cells & _interior(cells, fields.spacing)
     if interior.sum() >= 10:
@@ -239,11 +242,16 @@ MAIN_COLUMNS = [("case", "case"), ("seed", "seed"), ("cell_nm", "cell nm"), ("me
                 ("direct_corr_in", "direct int"), ("time_s", "time s")]
 
 
-def _fmt(v):
+_KNOBS = {"cell_nm", "ratio_sigma", "direct_radius", "time_s"}
+
+
+def _fmt(v, key=""):
     if isinstance(v, (float, np.floating)):
         if not np.isfinite(v):
             return "-"
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+        if key in _KNOBS:
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return f"{v:.3f}"
     return str(v)
 
 
@@ -251,7 +259,7 @@ def markdown(table: pd.DataFrame, columns=MAIN_COLUMNS) -> str:
     cols = [(k, t) for k, t in columns if k in table.columns]
     lines = ["| " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[k]) for k, _ in cols) + " |")
+        lines.append("| " + " | ".join(_fmt(r[k], k) for k, _ in cols) + " |")
     return "\n".join(lines)
 
 
@@ -268,6 +276,7 @@ def header(args, seeds) -> str:
 
 
 def main(argv=None):
+    global CACHE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_CASES)} with one seed")
     parser.add_argument("--cases", nargs="+", default=None,
@@ -285,8 +294,12 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--list", action="store_true", help="print the case names and exit")
     parser.add_argument("--out", default=None, help="CSV path")
+    parser.add_argument("--cache", default=os.environ.get("CHROMFLOW_HELDOUT_CACHE"),
+                        help=f"folder of cached simulations and localization files (default {CACHE})")
     args = parser.parse_args(argv)
     args.options, args.pipeline = _pairs(args.options), _pairs(args.pipeline)
+    if args.cache:
+        CACHE = Path(args.cache)
     if args.list:
         print("\n".join(ALL_CASES))
         return 0
@@ -317,8 +330,9 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     print()
     print(markdown(table))
-    sims = table.groupby("case")[["sim_residual", "sim_iterations"]].max()
-    print(f"\nheld-out steady residual (max-norm, units of Gamma_ac): max {sims['sim_residual'].max():.1e}")
+    print(f"\nheld-out steady states: residual (max-norm, units of Gamma_ac) <= {table['sim_residual'].max():.1e}, "
+          f"{int(table['sim_iterations'].min())}-{int(table['sim_iterations'].max())} iterations, "
+          f"{table['sim_seconds'].min():.0f}-{table['sim_seconds'].max():.0f} s each when first computed")
     if "n_localizations" in table:
         e2e = table.dropna(subset=["n_localizations"])
         print("\nend to end: " + "; ".join(f"{r.case} s{r.seed}: {int(r.n_localizations)} localizations, "
