@@ -41,12 +41,12 @@ Geometry
   Chromatin cannot cross the nuclear envelope: ``edge="closed"`` (default) imposes this the
   diffuse-domain way, with a mobility ``M`` in ``div(M grad mu_d)`` that is 1 inside and
   falls to 0.01 outside, its tanh edge ``2 w`` inside the chromatin edge (so ``M = 1`` to
-  within 2 % from ~0.1 um inside the outline, 1e-3 from ~0.15 um: deeper inside the model is
-  exactly chromflow's). ``edge="open"`` keeps ``M = 1`` everywhere: the order parameter then
+  within 2 % from 80 nm inside the outline and to within 2e-5 from 150 nm: deeper inside, the
+  model is exactly chromflow's). ``edge="open"`` keeps ``M = 1`` everywhere: the order parameter then
   leaks into the chromatin-free outside, which makes a ~0.5 um boundary layer (``phi_h/phi_e``
   up to 2 ``lambda``) and ``phi_h < 0`` outside; kept to show that effect, not used by default.
   With either edge the bulk free energy has no entropy term, so ``phi_h`` dips below 0 in the
-  thin band where ``phi_t`` falls (about -0.06 at worst with the default); the labelling
+  thin band where ``phi_t`` falls (to about -0.08 at worst with the defaults); the labelling
   clips it at 0.
 * ``"tissue"`` (periodic box): ``lambda`` and ``phi_t`` vary everywhere; a nucleus-shaped
   region is *cut out* for inference. The physics continues across its outline, which is
