@@ -50,8 +50,14 @@ DEFAULT_RADII = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
 MIN_FINITE_SHARE = 0.99
 
 
-class Baseline(NamedTuple):
-    """An oracle-tuned baseline map.
+class _BaselineTuple(NamedTuple):
+    rate: np.ndarray
+    value: float
+    corr: float
+
+
+class Baseline(_BaselineTuple):
+    """An oracle-tuned baseline map: unpacks as ``rate, value, corr``.
 
     Attributes
     ----------
@@ -63,12 +69,20 @@ class Baseline(NamedTuple):
         Its Pearson correlation with the truth on the compared cells.
     scores : dict
         Knob value -> correlation for every candidate tried (NaN: not usable).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> b = Baseline(np.zeros((2, 2)), 3.0, 0.9, {3.0: 0.9})
+    >>> rate, value, corr = b
+    >>> value, b.scores
+    (3.0, {3.0: 0.9})
     """
 
-    rate: np.ndarray
-    value: float
-    corr: float
-    scores: dict
+    def __new__(cls, rate, value, corr, scores=None):
+        self = super().__new__(cls, rate, value, corr)
+        self.scores = dict(scores or {})
+        return self
 
 
 # ----------------------------------------------------------------------------------------------

@@ -156,6 +156,9 @@ def test_best_smoothed_ratio_tunes_on_the_truth():
     e = np.full(mask.shape, 0.2)
     clean = best_smoothed_ratio(0.2 * truth, e, mask, truth)
     assert clean.value == 0.0 and clean.corr == pytest.approx(1.0, abs=1e-12)
+    rate, value, corr = clean                  # unpacks as map, chosen value, correlation
+    np.testing.assert_allclose(rate[mask], truth[mask])
+    assert np.isnan(rate[~mask]).all()
     noisy = best_smoothed_ratio(0.2 * truth * (1 + 0.2 * rng.standard_normal(mask.shape)), e, mask, truth)
     assert noisy.value > 0 and noisy.corr == max(v for v in noisy.scores.values() if np.isfinite(v))
     assert noisy.corr > noisy.scores[0.0] + 0.05
