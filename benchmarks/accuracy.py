@@ -137,7 +137,7 @@ def localization_file(rate, count, seed):
 # one case
 # ----------------------------------------------------------------------------------------------
 def _interior(mask, spacing_nm):
-    # cells at least INTERIOR_NM from outside the region (Euclidean, in nm)
+    # cells at least INTERIOR_NM from outside the region (Euclidean distance between cell centres, nm)
     return ndimage.distance_transform_edt(mask) * spacing_nm >= INTERIOR_NM
 
 
@@ -276,7 +276,7 @@ def header(args, seeds) -> str:
 
 
 def main(argv=None):
-    global CACHE
+    global CACHE, INTERIOR_NM
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_CASES)} with one seed")
     parser.add_argument("--cases", nargs="+", default=None,
@@ -292,6 +292,8 @@ def main(argv=None):
     parser.add_argument("--noise-relative-to", choices=("std", "mean"), default="std",
                         help="field-level noise sd = level x the field's nuclear sd (default) or mean")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--interior-nm", type=float, default=INTERIOR_NM,
+                        help="distance from the compared region's outline of the 'int' cells (nm)")
     parser.add_argument("--list", action="store_true", help="print the case names and exit")
     parser.add_argument("--out", default=None, help="CSV path")
     parser.add_argument("--cache", default=os.environ.get("CHROMFLOW_HELDOUT_CACHE"),
@@ -300,6 +302,7 @@ def main(argv=None):
     args.options, args.pipeline = _pairs(args.options), _pairs(args.pipeline)
     if args.cache:
         CACHE = Path(args.cache)
+    INTERIOR_NM = float(args.interior_nm)
     if args.list:
         print("\n".join(ALL_CASES))
         return 0
