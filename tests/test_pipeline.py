@@ -1,6 +1,7 @@
 """Tests of chromflow.pipeline (settings, run_file, all-or-nothing outputs) and chromflow.report."""
 from __future__ import annotations
 
+import errno
 import json
 import threading
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from chromflow import Image
-from chromflow.errors import CancelledError, ChromflowError, InputError
+from chromflow.errors import CancelledError, ChromflowError, InputError, OutputError
 from chromflow.pipeline import (OUTPUT_KINDS, PipelineSettings, _domain_stats, load_input, output_paths,
                                 process_file, run_file)
 from chromflow.report import REPORT_PANELS, make_report, nice_scale_bar_length
@@ -79,7 +80,11 @@ def test_settings_partial_config_keeps_defaults(tmp_path):
 @pytest.mark.parametrize("config, words", [
     ({"render": {"pixel_sise": 10}}, ["render.pixel_sise", "unknown"]),
     ({"rendering": {}}, ["rendering", "unknown"]),
-    ({"fields": {"grid": 3}}, ["fields.grid", ">= 8"]),
+    ({"fields": {"grid": 3}}, ["fields.grid", "from 8 to 2048"]),
+    ({"fields": {"grid": 1_000_000}}, ["fields.grid", "from 8 to 2048"]),
+    ({"segmentation": {"allow_several_objects": "yes"}}, ["segmentation.allow_several_objects"]),
+    ({"render": {"columns": ["x"]}}, ["render.columns"]),
+    ({"inference": {"uncertainty": 1}}, ["inference.uncertainty"]),
     ({"fields": {"grid": 32.5}}, ["fields.grid"]),
     ({"inference": {"method": "magic"}}, ["inference.method", "pinn"]),
     ({"inference": {"seed": True}}, ["inference.seed"]),
@@ -322,10 +327,10 @@ def test_cancel_and_write_failure_leave_nothing(simulated, tmp_path, monkeypatch
 
     def broken_save(self, path):
         open(path, "wb").write(b"partial")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(inverse.RateMapResult, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="No space left on device"):
         run_file(path, out, fast_settings())
     assert listing(out) == ["keep.txt"]
 
