@@ -41,7 +41,9 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -87,13 +89,34 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def find_inputs(in_dir, pattern: str | None = None, recursive: bool = False, exclude=None) -> list[Path]:
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _why_not_input(path: Path, columns=None) -> str | None:
+    """Why a file with a supported suffix is not an input (None: it is one), from its content."""
+    from .io.localizations import sniff_localizations
+
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4)
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        return None if head in _TIFF_SIGNATURES else "not a TIFF file"
+    return sniff_localizations(path, columns=columns)
+
+
+def find_inputs(in_dir, pattern: str | None = None, recursive: bool = False, exclude=None, columns=None,
+                skipped: list | None = None) -> list[Path]:
     """Input files of a folder, sorted by their path relative to ``in_dir``.
 
     A file is an input when its suffix is one the pipeline reads (localization tables
-    ``.csv .txt .tsv .hdf5 .h5`` and images ``.tif .tiff``) and it matches ``pattern``. The
-    ``.yaml`` beside a Picasso ``.hdf5`` is part of that input, never an input of its own.
-    Hidden files and folders (name starting with ``.``) are ignored.
+    ``.csv .txt .tsv .hdf5 .h5`` and images ``.tif .tiff``), it matches ``pattern`` and its
+    content is what the suffix says: a TIFF or HDF5 signature, or a text table whose header
+    names x and y columns (:func:`chromflow.io.localizations.sniff_localizations`). So a
+    ``LICENSE.txt`` or ``README.txt`` in a data folder is not an input. The ``.yaml`` beside
+    a Picasso ``.hdf5`` is part of that input, never an input of its own. Hidden files and
+    folders (name starting with ``.``) are ignored.
 
     Parameters
     ----------
@@ -106,6 +129,11 @@ def find_inputs(in_dir, pattern: str | None = None, recursive: bool = False, exc
         Also look in sub-folders.
     exclude : str or os.PathLike, optional
         A folder whose files are never inputs (the output folder, when it lies inside ``in_dir``).
+    columns : dict, optional
+        Column mapping (``render.columns``) under which a table's x and y columns count.
+    skipped : list, optional
+        When given, ``(path, reason)`` is appended for every file with a supported suffix that
+        was left out because of its content.
 
     Returns
     -------
@@ -143,6 +171,11 @@ def find_inputs(in_dir, pattern: str | None = None, recursive: bool = False, exc
             target = rel.as_posix() if "/" in pattern else path.name
             if not fnmatch.fnmatch(target, pattern):
                 continue
+        reason = _why_not_input(path, columns)
+        if reason is not None:
+            if skipped is not None:
+                skipped.append((path, reason))
+            continue
         found.append(path)
     return sorted(found, key=lambda p: p.relative_to(in_dir).as_posix())
 
@@ -228,6 +261,10 @@ def load_settings(settings=None, device: str | None = None):
 
 
 def _comparable(settings_dict: dict) -> dict:
+    from .pipeline import PipelineSettings
+
+    # None and the library default it stands for are the same settings
+    settings_dict = PipelineSettings.from_dict(settings_dict).resolved().to_dict()
     data = json.loads(json.dumps(settings_dict, default=str))
     data.get("inference", {}).pop("device", None)  # the device does not change the answer
     return data
@@ -587,6 +624,27 @@ def _run_in_process(tasks, bar) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Start worker processes with SIGINT ignored (an ignored signal stays ignored in children).
+
+    Ctrl-C in a terminal goes to the whole process group: without this, every worker that is
+    still starting prints its own KeyboardInterrupt traceback (and its nanny a "failed to
+    start" one) while the main process stops the batch cleanly. The workers are stopped by the
+    main process instead. The price: a Ctrl-C pressed during the few seconds the local cluster
+    takes to start is ignored (press it again). A blocked signal mask would defer it instead,
+    but worker processes do not inherit the mask (measured with distributed 2025).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_on_dask(tasks, bar, scheduler, workers, device) -> list[dict]:
     from distributed import Client, LocalCluster, as_completed
 
@@ -597,8 +655,9 @@ def _run_on_dask(tasks, bar, scheduler, workers, device) -> list[dict]:
         if scheduler is None:
             n = workers if workers is not None else _default_workers(len(tasks), device)
             try:
-                cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                with _workers_ignore_ctrl_c():
+                    cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                                           host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
             except RuntimeError as exc:
                 # the usual cause: worker processes start by importing the caller's script
                 raise RuntimeError(
@@ -830,14 +889,32 @@ def run_batch(in_dir, out_dir, pattern: str | None = None, recursive: bool = Fal
     >>> (table["status"] == "failed").sum()                                    # doctest: +SKIP
     0
     """
+    from .pipeline import check_device, check_out_dir
+
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     settings = load_settings(settings, device)
+    # everything that can be checked is checked before the output folder, its lock or its config exist
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool)
+                                or workers < 1):
+        raise InputError(f"workers must be a whole number >= 1, got {workers!r} (option --workers)")
+    if scheduler is None or scheduler == "synchronous":
+        check_device(settings.inference.device)  # a remote cluster's workers have their own devices
+    check_out_dir(out_dir)
     if in_dir.is_dir() and out_dir.exists() and out_dir.resolve() == in_dir.resolve():
         raise InputError("the output folder must not be the input folder (its outputs would become inputs)",
                          path=out_dir)
-    files = find_inputs(in_dir, pattern=pattern, recursive=recursive, exclude=out_dir)
+    skipped: list = []
+    files = find_inputs(in_dir, pattern=pattern, recursive=recursive, exclude=out_dir,
+                        columns=settings.render.columns, skipped=skipped)
+    if skipped:
+        shown = ", ".join(f"{p.relative_to(in_dir).as_posix()} ({why})" for p, why in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        warnings.warn(f"skipped {len(skipped)} file(s) that are not localization tables or images: {shown}{more}",
+                      UserWarning, stacklevel=2)
     if not files:
         what = f"matching {pattern!r}" if pattern else "of a supported type (" + " ".join(_supported_suffixes()) + ")"
+        if skipped:
+            what += f" ({len(skipped)} file(s) skipped for their content; see the warning)"
         raise InputError(f"no input file {what}{' (sub-folders included)' if recursive else ''}", path=in_dir)
     if scheduler is not None and workers is not None and scheduler != "synchronous":
         warnings.warn("workers is ignored with a scheduler address: the cluster has its own workers",

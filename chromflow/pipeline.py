@@ -54,6 +54,7 @@ __all__ = [
     "load_input", "segment", "compute_fields", "infer", "summarize", "process", "process_file",
     "output_paths", "write_outputs", "run_file", "resolve_device",
     "MAX_GRID", "PLAUSIBLE_NUCLEUS_AREA_UM2", "check_single_object", "check_out_dir", "sweep_stale_temporaries",
+    "check_device",
 ]
 
 LOCALIZATION_SUFFIXES = (".csv", ".txt", ".tsv", ".hdf5", ".h5")
@@ -543,6 +544,18 @@ def resolve_device(device: str) -> str:
     return str(_resolve_torch_device(device))
 
 
+def check_device(device: str) -> str:
+    """:func:`resolve_device`, with a missing device as an :class:`~chromflow.errors.InputError`.
+
+    Called before any work, so that ``--device cuda`` on a machine without a GPU fails at once,
+    in one line, with nothing written.
+    """
+    try:
+        return resolve_device(device)
+    except ValueError as exc:
+        raise InputError(f"{exc} (option --device, config key inference.device)") from None
+
+
 def _input_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in LOCALIZATION_SUFFIXES:
@@ -1024,6 +1037,7 @@ def process_file(path, settings: PipelineSettings | None = None, progress: Progr
                  cancel: CancelToken = None, figure: bool = True) -> PipelineRun:
     """:func:`load_input` then :func:`process`; nothing is written."""
     settings = settings or PipelineSettings()
+    check_device(settings.inference.device)
     stages = _Stages(progress, cancel)
     with stages.stage("read"):
         loaded = load_input(path, settings)
@@ -1229,6 +1243,7 @@ def run_file(path, out_dir, settings: PipelineSettings | None = None, progress: 
     """
     settings = (settings or PipelineSettings()).validate()
     check_out_dir(out_dir)  # before the work, not after it
+    check_device(settings.inference.device)
     if not overwrite:
         existing = [str(p) for p in output_paths(path, out_dir).values() if p.exists()]
         if existing:

@@ -33,7 +33,8 @@ from ..errors import InputError
 from .._validate import check_input_file, check_pixel_size
 from ._atomic import atomic_path
 
-__all__ = ["read_localizations", "write_localizations", "STANDARD_COLUMNS", "LENGTH_UNITS_NM"]
+__all__ = ["read_localizations", "write_localizations", "sniff_localizations", "STANDARD_COLUMNS",
+           "LENGTH_UNITS_NM"]
 
 #: Standard columns, in the order readers put them first.
 STANDARD_COLUMNS = ("x", "y", "z", "frame", "photons", "sigma", "uncertainty", "channel")
@@ -549,6 +550,61 @@ def _read_picasso(path: Path, columns, units, pixel_size, on_invalid) -> pd.Data
     if "z" in df.columns:
         df["z"] = df["z"].astype(np.float64)
     return _finalise(df, path, "picasso", ps, on_invalid)
+
+
+# ----------------------------------------------------------------------------- sniffing
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff_localizations(path, columns=None) -> str | None:
+    """Why ``path`` is not a localization table, or None when it looks like one.
+
+    Looks at the content, not only the suffix: an HDF5 file must carry the HDF5 signature; a
+    text file must have a header line naming an x and a y column (ThunderSTORM ``"x [nm]"``,
+    a common plain name such as ``x``, ``x_nm``, ``X (um)``, or a name given in ``columns``).
+    Used by ``chromflow batch`` to skip a ``LICENSE.txt`` or a ``README.txt`` in a data folder.
+    Cheap: reads at most 64 kB.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "LICENSE.txt").write_text("MIT License\n\nCopyright (c) 2024\n")
+    >>> sniff_localizations(d / "LICENSE.txt")
+    'no x and y columns in its first line'
+    >>> _ = (d / "locs.csv").write_text('"x [nm]","y [nm]"\n1,2\n')
+    >>> sniff_localizations(d / "locs.csv") is None
+    True
+    """
+    path = Path(os.fspath(path))
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(65536)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if path.suffix.lower() in (".hdf5", ".h5", ".hdf"):
+        return None if raw.startswith(_HDF5_SIGNATURE) else "not an HDF5 file"
+    if not raw.strip():
+        return "empty"
+    if b"\x00" in raw:
+        return "binary content, not a text table"
+    header = raw.decode("utf-8-sig", errors="replace").splitlines()[0]
+    names = _split_header(header, _delimiter(header))
+    if len(names) < 2:
+        return "not a table (one column)"
+    if columns:
+        wanted = {str(v).lower() for k, v in columns.items() if k in ("x", "y")}
+        present = {n.lower() for n in names} | {_parse_bracket_header(n)[0].lower() for n in names}
+        if {"x", "y"} <= set(columns) and wanted <= present:
+            return None
+    found = set()
+    for name in names:
+        base = _parse_bracket_header(name)[0]
+        std = _CSV_ALIAS_LOOKUP.get(_normalised(_csv_name_and_unit(name)[0])) or _CSV_ALIAS_LOOKUP.get(
+            _normalised(base))
+        if std in ("x", "y"):
+            found.add(std)
+    return None if found == {"x", "y"} else "no x and y columns in its first line"
 
 
 # ----------------------------------------------------------------------------- public API
