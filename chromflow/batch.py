@@ -655,9 +655,11 @@ def _run_on_dask(tasks, bar, scheduler, workers, device) -> list[dict]:
         if scheduler is None:
             n = workers if workers is not None else _default_workers(len(tasks), device)
             try:
+                # CRITICAL only: when a batch is stopped, workers still busy with a fit log the
+                # lost scheduler as ERROR tracebacks; a file's own errors go to its row and log
                 with _workers_ignore_ctrl_c():
                     cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
-                                           host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                                           host="127.0.0.1", dashboard_address=None, silence_logs=logging.CRITICAL)
             except RuntimeError as exc:
                 # the usual cause: worker processes start by importing the caller's script
                 raise RuntimeError(

@@ -878,6 +878,9 @@ def infer(fields, settings: PipelineSettings | None = None, progress: ProgressCa
     options = {k: v for k, v in (("iterations", s.iterations), ("radius", s.radius), ("backbone", s.backbone),
                                  ("ensemble", s.ensemble), ("optimizer", s.optimizer),
                                  ("uncertainty", s.uncertainty)) if v is not None}
+    if "uncertainty" in options and "uncertainty" not in inspect.signature(infer_rates).parameters:
+        raise InputError("setting inference.uncertainty (--no-uncertainty) needs a chromflow whose infer_rates "
+                         "has an uncertainty option; leave it unset", path=getattr(fields, "source", None))
     return infer_rates(fields, method=s.method, device=s.device, seed=s.seed, progress=progress,
                        cancel=cancel, **options)
 
