@@ -569,8 +569,8 @@ def _input_kind(path: Path) -> str:
 #: Localizations spanning less than this (nm, the larger of the x and y extents) cannot hold a
 #: nucleus: coordinates in um (or camera pixels) read as nm.
 MIN_EXTENT_NM = 1000.0
-#: ... and more than this (nm, 1 cm) no field of view: coordinates in nm read as um or mm.
-MAX_EXTENT_NM = 1.0e7
+#: ... and more than this (nm, 1 mm) no field of view: coordinates in nm read as um or mm.
+MAX_EXTENT_NM = 1.0e6
 _UNITS_HINT = "set their unit with --units (config key render.units), e.g. --units um"
 
 
