@@ -53,7 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__
-from .errors import ChromflowError, InputError
+from .errors import ChromflowError, InputError, OutputError
 from .io._atomic import atomic_path
 
 __all__ = ["run_batch", "find_inputs", "input_sha256", "load_settings", "rate_distribution_figure",
@@ -386,7 +386,7 @@ def _process_one(task: dict) -> dict:
     record, so that they are not retried until the file or the settings change; anything else
     (a bug, out of memory) gets none and is retried by the next run.
     """
-    from .errors import CancelledError
+    from .errors import CancelledError, OutputError
     from .pipeline import PipelineSettings, output_paths, resolve_device, run_file
 
     start = time.perf_counter()
@@ -425,7 +425,8 @@ def _process_one(task: dict) -> dict:
         row.update(status="ok", error=None, error_type=None)
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
         tb = traceback.format_exc()
-        recorded_failure = (isinstance(exc, ChromflowError) and not isinstance(exc, CancelledError)
+        # a full disk or a lost permission is the machine's state, not the file's: retried next time
+        recorded_failure = (isinstance(exc, ChromflowError) and not isinstance(exc, (CancelledError, OutputError))
                             and digest is not None)
         row = {"file": str(path), "stem": path.stem, "status": "failed", "error": str(exc),
                "error_type": type(exc).__name__, "device": device,
@@ -930,7 +931,8 @@ def run_batch(in_dir, out_dir, pattern: str | None = None, recursive: bool = Fal
             for name in (SUMMARY_NAME, FIGURE_NAME):
                 with contextlib.suppress(FileNotFoundError):
                     (out_dir / name).unlink()
-        settings.to_json(out_dir / CONFIG_NAME)
+        with _output_errors(out_dir):
+            settings.to_json(out_dir / CONFIG_NAME)
         _remove_leftovers(out_dir)
         known, tasks = _plan(files, in_dir, out_dir, settings, retry_failed)
         bar = _FileProgress(progress, total=len(files), initial=len(known))
@@ -944,6 +946,17 @@ def run_batch(in_dir, out_dir, pattern: str | None = None, recursive: bool = Fal
         finally:
             bar.close()
         table = _summary_table(list(known.values()) + rows)
-        _write_summary(table, out_dir)
-        _write_figure(table, out_dir)
+        with _output_errors(out_dir):
+            _write_summary(table, out_dir)
+            _write_figure(table, out_dir)
     return table
+
+
+@contextlib.contextmanager
+def _output_errors(out_dir: Path):
+    """An operating-system error while writing the folder's own files (disk full) as one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write into the output folder ({exc.strerror or exc}); the files finished so "
+                          "far are kept, rerun the same command when the problem is fixed", path=out_dir) from None

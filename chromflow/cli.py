@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--iterations", type=int, metavar="N",
                      help=f"training iterations (default: {d.inference.iterations})")
     run.add_argument("--grid", type=int, metavar="N",
-                     help=f"grid cells along the longer side of the nucleus, 8 to 2048 (default: {d.fields.grid})")
+                     help=f"grid cells along the longer side of the nucleus, 16 to 2048 (default: {d.fields.grid})")
     _add_more_settings(run, d)
     _add_device(run)
     run.add_argument("--seed", type=int, metavar="S", help=f"random seed (default: {d.inference.seed})")
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--iterations", type=int, metavar="N",
                        help=f"training iterations (default: {d.inference.iterations})")
     batch.add_argument("--grid", type=int, metavar="N",
-                       help=f"grid cells along the longer side of the nucleus, 8 to 2048 (default: {d.fields.grid})")
+                       help=f"grid cells along the longer side of the nucleus, 16 to 2048 (default: {d.fields.grid})")
     batch.add_argument("--seed", type=int, metavar="S", help=f"random seed (default: {d.inference.seed})")
     batch.add_argument("--euchromatin-channel", metavar="VALUE",
                        help="value of the 'channel' column marking euchromatin (two-channel tables)")

@@ -44,6 +44,7 @@ from . import __version__
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import ChromflowError, InputError, OutputError
 from ._validate import check_input_file
+from .fields import MIN_GRID
 from .image import Image
 from .io._atomic import atomic_path
 
@@ -280,7 +281,8 @@ _CHECKS = {
         "allow_several_objects": (lambda v: isinstance(v, bool), "true or false"),
     },
     "fields": {
-        "grid": (lambda v: v is None or (_is_int(v) and 8 <= v <= MAX_GRID), f"null or an integer from 8 to {MAX_GRID}"),
+        "grid": (lambda v: v is None or (_is_int(v) and MIN_GRID <= v <= MAX_GRID),
+                 f"null or an integer from {MIN_GRID} to {MAX_GRID}"),
         "total_mean": (lambda v: v is None or (_is_number(v) and 0 < v < 1), "null or a number in (0, 1)"),
         "split": (lambda v: v is None or v in ("density", "uniform"), "null, density or uniform"),
         "split_range": (lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2
@@ -767,10 +769,10 @@ def segment(density: Image, settings: PipelineSettings | None = None) -> np.ndar
     area_um2 = float(mask.sum()) * (density.pixel_size / 1000.0) ** 2
     low, high = ss.nucleus_area_um2 if ss.nucleus_area_um2 is not None else PLAUSIBLE_NUCLEUS_AREA_UM2
     if not low <= area_um2 <= high:
-        where = f": {density.source}" if density.source else ""
-        warnings.warn(f"nucleus area {area_um2:.3g} um^2 is outside the plausible range {low:g}-{high:g} um^2"
-                      f"{where}; check the pixel size and units, or set segmentation.nucleus_area_um2 for these "
-                      "cells", UserWarning, stacklevel=2)
+        where = f"{density.source}: " if density.source else ""
+        warnings.warn(f"{where}nucleus area {area_um2:.3g} um^2 is outside the plausible range {low:g}-{high:g} "
+                      "um^2; check the pixel size and units, or set segmentation.nucleus_area_um2 for these cells",
+                      UserWarning, stacklevel=2)
     return mask
 
 
@@ -855,7 +857,32 @@ def compute_fields(density: Image, mask, settings: PipelineSettings | None = Non
         value = getattr(fs, key)
         if value is not None:
             options[key] = tuple(value) if key == "split_range" else value
-    return chromatin_fields(density, mask, **options)
+    with _hints(_FIELD_HINTS):
+        return chromatin_fields(density, mask, **options)
+
+
+# words of a library error -> the settings that change the outcome (so that a hint leads somewhere)
+_FIELD_HINTS = {
+    "smaller pixel size": "--pixel-size, config render.pixel_size",
+    "fewer than 4 grid cells": "--grid, config fields.grid",
+    "total_mean": "config fields.total_mean",
+}
+_INFER_HINTS = {
+    "finer grid or a smaller radius": "--grid, config fields.grid; config inference.radius",
+    "phi_e must be > 0": "use --method pinn, or smooth the fields with config fields.smoothing (nm)",
+}
+
+
+@contextlib.contextmanager
+def _hints(hints):
+    """Re-raise a chromflow error with the options and config keys that change its outcome."""
+    try:
+        yield
+    except ChromflowError as exc:
+        for words, hint in hints.items():
+            if words in exc.reason and hint not in exc.reason:
+                raise type(exc)(f"{exc.reason} ({hint})", exc.path) from None
+        raise
 
 
 def infer(fields, settings: PipelineSettings | None = None, progress: ProgressCallback = None,
@@ -881,8 +908,9 @@ def infer(fields, settings: PipelineSettings | None = None, progress: ProgressCa
     if "uncertainty" in options and "uncertainty" not in inspect.signature(infer_rates).parameters:
         raise InputError("setting inference.uncertainty (--no-uncertainty) needs a chromflow whose infer_rates "
                          "has an uncertainty option; leave it unset", path=getattr(fields, "source", None))
-    return infer_rates(fields, method=s.method, device=s.device, seed=s.seed, progress=progress,
-                       cancel=cancel, **options)
+    with _hints(_INFER_HINTS):
+        return infer_rates(fields, method=s.method, device=s.device, seed=s.seed, progress=progress,
+                           cancel=cancel, **options)
 
 
 def _domain_stats(phi_h, phi_e, mask, spacing_nm):

@@ -80,8 +80,8 @@ def test_settings_partial_config_keeps_defaults(tmp_path):
 @pytest.mark.parametrize("config, words", [
     ({"render": {"pixel_sise": 10}}, ["render.pixel_sise", "unknown"]),
     ({"rendering": {}}, ["rendering", "unknown"]),
-    ({"fields": {"grid": 3}}, ["fields.grid", "from 8 to 2048"]),
-    ({"fields": {"grid": 1_000_000}}, ["fields.grid", "from 8 to 2048"]),
+    ({"fields": {"grid": 3}}, ["fields.grid", "from 16 to 2048"]),
+    ({"fields": {"grid": 1_000_000}}, ["fields.grid", "from 16 to 2048"]),
     ({"segmentation": {"allow_several_objects": "yes"}}, ["segmentation.allow_several_objects"]),
     ({"render": {"columns": ["x"]}}, ["render.columns"]),
     ({"inference": {"uncertainty": 1}}, ["inference.uncertainty"]),
