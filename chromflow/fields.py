@@ -16,13 +16,16 @@ from .errors import GridError, InputError, SegmentationError
 from .image import Image
 from .io._atomic import atomic_path
 
-__all__ = ["ChromatinFields", "chromatin_fields", "check_channels", "MAX_TOTAL", "MIN_GRID", "MIN_NUCLEUS_PIXELS",
-           "MIN_CHANNEL_SHARE"]
+__all__ = ["ChromatinFields", "chromatin_fields", "check_channels", "MAX_TOTAL", "MIN_GRID", "MAX_GRID",
+           "MIN_NUCLEUS_PIXELS", "MIN_CHANNEL_SHARE"]
 
 #: Total chromatin is clipped to this volume fraction (some nucleoplasm always remains).
 MAX_TOTAL = 0.95
 #: Smallest grid accepted.
 MIN_GRID = 16
+#: Largest grid accepted: beyond it the resampling matrices alone take gigabytes and a fit
+#: takes hours; a grid finer than the image's pixels adds nothing anyway.
+MAX_GRID = 2048
 #: A nucleus with fewer image pixels than this cannot be resampled meaningfully.
 MIN_NUCLEUS_PIXELS = 25
 #: In two-channel mode each channel must hold at least this share of the density inside the
@@ -265,8 +268,8 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
     if mask.shape != rho_img.shape:
         raise InputError(f"mask shape {mask.shape} differs from image shape {rho_img.shape}", source)
     mask = mask.astype(bool)
-    if int(grid) != grid or grid < MIN_GRID:
-        raise GridError(f"grid must be an integer >= {MIN_GRID}, got {grid}", source)
+    if int(grid) != grid or not MIN_GRID <= grid <= MAX_GRID:
+        raise GridError(f"grid must be an integer from {MIN_GRID} to {MAX_GRID}, got {grid}", source)
     grid = int(grid)
     if not mask.any():
         raise SegmentationError("mask has no nucleus (all False)", source)

@@ -44,7 +44,7 @@ from . import __version__
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import ChromflowError, InputError, OutputError
 from ._validate import check_input_file
-from .fields import MIN_GRID
+from .fields import MAX_GRID, MIN_GRID
 from .image import Image
 from .io._atomic import atomic_path
 
@@ -71,9 +71,6 @@ OUTPUT_KINDS = {
     "summary": "_summary.json",
 }
 INFERENCE_METHODS = ("pinn", "direct", "autodiff")
-#: Largest inference grid (cells per side) the settings accept: beyond it the fields alone take
-#: gigabytes and a fit takes hours; a finer grid than the image's pixels adds nothing anyway.
-MAX_GRID = 2048
 #: Nucleus areas (um^2) taken as plausible; outside this range the pipeline warns. Mammalian
 #: nuclei are ~50-400 um^2; set ``segmentation.nucleus_area_um2`` for other cells.
 PLAUSIBLE_NUCLEUS_AREA_UM2 = (10.0, 1000.0)
