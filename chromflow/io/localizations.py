@@ -530,8 +530,9 @@ def _read_picasso(path: Path, columns, units, pixel_size, on_invalid) -> pd.Data
     import h5py
 
     if units is not None:
-        raise InputError("units= does not apply to Picasso files: x, y, lpx, lpy, sx, sy are in "
-                         "camera pixels (converted with the pixel size) and z is in nm", path)
+        raise InputError("a length unit (units=, --units, config render.units) does not apply to Picasso files: "
+                         "x, y, lpx, lpy, sx, sy are in camera pixels (converted with the pixel size; to give it: "
+                         f"{_PIXEL_HINT}) and z is in nm", path)
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
