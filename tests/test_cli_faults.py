@@ -401,3 +401,49 @@ def test_ctrl_c_during_batch_prints_no_dask_traceback(cell, tmp_path):
     assert proc.returncode == 130, text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert "cancelled" in text
+
+
+@pytest.mark.slow
+def test_real_sigkill_during_writing_then_rerun(cell, tmp_path):
+    """kill -9 while the outputs are being written, for real; the rerun cleans up and finishes.
+
+    (The fast test above builds the stale folder by hand; this one checks that the names a real
+    run leaves are the ones the sweep recognises. ~20 s: a fresh Python process.)"""
+    import time
+
+    out = tmp_path / "out"
+    marker = tmp_path / "writing"
+    # a run whose second output write signals that it is writing, then waits to be killed
+    code = f"""
+import sys, time, pathlib
+import chromflow.io
+real = chromflow.io.write_image
+calls = []
+def slow_write(image, path, *args, **kwargs):
+    calls.append(path)
+    result = real(image, path, *args, **kwargs)
+    if len(calls) == 2:
+        pathlib.Path({str(marker)!r}).write_text("now")
+        time.sleep(120)
+    return result
+chromflow.io.write_image = slow_write
+from chromflow.cli import main
+sys.exit(main({["run", str(cell[1]), "--out", str(out), *FAST]!r}))
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the run never reached the writing stage"
+        proc.kill()  # SIGKILL: no handler, no cleanup
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stale = [p.name for p in out.iterdir() if p.name.endswith(".chromflow-tmp")]
+    assert len(stale) == 1 and not any(p.name.startswith("cell_") for p in out.iterdir())
+    assert main(["run", str(cell[1]), "--out", str(out), *FAST]) == EXIT_OK
+    assert listing(out) == sorted(f"cell{s}" for s in OUTPUT_KINDS.values())
