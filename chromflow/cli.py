@@ -36,7 +36,7 @@ CONFIG_HELP = ("JSON settings file: an object with the sections render, segmenta
                "docs/cli.md. Options given on the command line win over the file")
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class _HelpFormatter(argparse.HelpFormatter):
     """Shows ``(default: X)`` after every option that has a real default (not None or off)."""
 
     def _get_help_string(self, action):
@@ -102,21 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file", type=Path, help="localizations (.csv ThunderSTORM/plain, .hdf5 Picasso) or a .tif image")
     run.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if needed)")
     run.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
-    run.add_argument("--pixel-size", type=float, metavar="NM",
-                     help=f"render pixel size in nm (TIFF: used only when the file records none; "
-                          f"default: {d.render.pixel_size:g})")
-    run.add_argument("--method", choices=("pinn", "direct", "autodiff"),
-                     help=f"inference method (default: {d.inference.method})")
-    run.add_argument("--iterations", type=int, metavar="N",
-                     help=f"training iterations (default: {d.inference.iterations})")
-    run.add_argument("--grid", type=int, metavar="N",
-                     help=f"grid cells along the longer side of the nucleus, 16 to 2048 (default: {d.fields.grid})")
-    _add_more_settings(run, d)
+    _add_settings_options(run, d)
     _add_device(run)
-    run.add_argument("--seed", type=int, metavar="S", help=f"random seed (default: {d.inference.seed})")
     run.add_argument("--euchromatin", type=Path, metavar="FILE", help="second file with a euchromatin mark")
-    run.add_argument("--euchromatin-channel", metavar="VALUE",
-                     help="value of the 'channel' column marking euchromatin (two-channel tables)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
 
     batch = sub.add_parser("batch", help="process every matching file of a folder", formatter_class=_HelpFormatter,
@@ -132,18 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--workers", type=_positive_int, metavar="N",
                        help="number of local workers (default: one per GPU, else one per CPU core)")
     _add_device(batch)
-    batch.add_argument("--pixel-size", type=float, metavar="NM",
-                       help=f"render pixel size in nm (default: {d.render.pixel_size:g})")
-    batch.add_argument("--method", choices=("pinn", "direct", "autodiff"),
-                       help=f"inference method (default: {d.inference.method})")
-    batch.add_argument("--iterations", type=int, metavar="N",
-                       help=f"training iterations (default: {d.inference.iterations})")
-    batch.add_argument("--grid", type=int, metavar="N",
-                       help=f"grid cells along the longer side of the nucleus, 16 to 2048 (default: {d.fields.grid})")
-    batch.add_argument("--seed", type=int, metavar="S", help=f"random seed (default: {d.inference.seed})")
-    batch.add_argument("--euchromatin-channel", metavar="VALUE",
-                       help="value of the 'channel' column marking euchromatin (two-channel tables)")
-    _add_more_settings(batch, d)
+    _add_settings_options(batch, d)
     batch.add_argument("--force", action="store_true",
                        help="accept settings that differ from those the output folder was made with "
                             "(every file is recomputed)")
@@ -166,8 +143,20 @@ def _add_device(parser):
     parser.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
 
 
-def _add_more_settings(parser, d):
-    """Options shared by run and batch beyond the basic ones (uncertainty, reading, plausibility)."""
+def _add_settings_options(parser, d):
+    """The pipeline settings options of run and batch; ``d``: the resolved default settings."""
+    parser.add_argument("--pixel-size", type=float, metavar="NM",
+                        help=f"render pixel size in nm (TIFF: used only when the file records none; "
+                             f"default: {d.render.pixel_size:g})")
+    parser.add_argument("--method", choices=("pinn", "direct", "autodiff"),
+                        help=f"inference method (default: {d.inference.method})")
+    parser.add_argument("--iterations", type=int, metavar="N",
+                        help=f"training iterations (default: {d.inference.iterations})")
+    parser.add_argument("--grid", type=int, metavar="N",
+                        help=f"grid cells along the longer side of the nucleus, 16 to 2048 (default: {d.fields.grid})")
+    parser.add_argument("--seed", type=int, metavar="S", help=f"random seed (default: {d.inference.seed})")
+    parser.add_argument("--euchromatin-channel", metavar="VALUE",
+                        help="value of the 'channel' column marking euchromatin (two-channel tables)")
     parser.add_argument("--ensemble", type=_positive_int, metavar="N",
                         help=f"independently seeded fits; their spread is the uncertainty map "
                              f"(default: {d.inference.ensemble})")

@@ -279,35 +279,26 @@ def test_batch_euchromatin_channel_and_new_options(tmp_path, monkeypatch):
     assert settings.fields.euchromatin_channel == 2 and settings.inference.ensemble == 3
 
 
-def test_column_mapping_and_units_from_the_command_line(cell_csv, tmp_path, capsys):
-    """A table with unknown names in micrometres: refused with a hint, read with --columns/--units."""
+@pytest.mark.parametrize("columns, scale, fix, hint", [
+    # unknown names, in micrometres
+    (("east", "north"), 1e-3, ["--columns", "x=east,y=north", "--units", "um"], "--columns x=NAME,y=NAME"),
+    # ThunderSTORM in camera pixels of 160 nm
+    (("x [px]", "y [px]"), 1 / 160.0, ["--camera-pixel-size", "160"], "--camera-pixel-size"),
+])
+def test_tables_only_the_command_line_can_fix(cell_csv, tmp_path, capsys, columns, scale, fix, hint):
+    """Refused with a hint naming the option; read with that option: the same 22.6 um^2 nucleus."""
     from chromflow.io import read_localizations
 
     cell_csv, _ = cell_csv
     locs = read_localizations(cell_csv)
     path = tmp_path / "odd.csv"
-    pd.DataFrame({"east": locs["x"] / 1000.0, "north": locs["y"] / 1000.0}).to_csv(path, index=False)
+    pd.DataFrame({columns[0]: locs["x"] * scale, columns[1]: locs["y"] * scale}).to_csv(path, index=False)
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), *FAST]) == EXIT_ERROR
-    one_error_line(capsys.readouterr().err, "--columns x=NAME,y=NAME")
-    assert main(["run", str(path), "--out", str(out), "--columns", "x=east,y=north", "--units", "um", *FAST]) == 0
-    summary = json.loads((out / "odd_summary.json").read_text())
-    assert 15 < summary["nucleus_area_um2"] < 30  # the same 22.6 um^2 nucleus as in nm
-
-
-def test_thunderstorm_in_camera_pixels(cell_csv, tmp_path, capsys):
-    from chromflow.io import read_localizations
-
-    cell_csv, _ = cell_csv
-    locs = read_localizations(cell_csv)
-    path = tmp_path / "px.csv"
-    pd.DataFrame({"x [px]": locs["x"] / 160.0, "y [px]": locs["y"] / 160.0}).to_csv(path, index=False)
-    out = tmp_path / "out"
-    assert main(["run", str(path), "--out", str(out), *FAST]) == EXIT_ERROR
-    one_error_line(capsys.readouterr().err, "--camera-pixel-size")
+    one_error_line(capsys.readouterr().err, hint)
     assert not out.exists()
-    assert main(["run", str(path), "--out", str(out), "--camera-pixel-size", "160", *FAST]) == EXIT_OK
-    assert 15 < json.loads((out / "px_summary.json").read_text())["nucleus_area_um2"] < 30
+    assert main(["run", str(path), "--out", str(out), *fix, *FAST]) == EXIT_OK
+    assert 15 < json.loads((out / "odd_summary.json").read_text())["nucleus_area_um2"] < 30
 
 
 def test_field_of_bacteria_is_refused(realdata, tmp_path, capsys):
