@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,16 +25,17 @@ from chromflow.pipeline import OUTPUT_KINDS
 FAST = ["--grid", "40", "--pixel-size", "40", "--method", "direct", "--quiet"]
 
 
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "nucleus_thunderstorm.csv"
+
+
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory):
-    """A small simulated nucleus: its localization table (nm) and a ThunderSTORM file of it."""
-    from chromflow.io import write_localizations
-    from chromflow.simulate import simulate_nucleus
+    """The bundled sample nucleus (45 000 localizations, ThunderSTORM): its table (nm) and a copy."""
+    from chromflow.io import read_localizations
 
-    sim = simulate_nucleus(grid=48, nucleus_um=6.0, n_localizations=20_000, seed=11)
     path = tmp_path_factory.mktemp("faults_in") / "cell.csv"
-    write_localizations(sim.localizations, path, format="thunderstorm")
-    return sim.localizations, path
+    shutil.copy(SAMPLE, path)
+    return read_localizations(path), path
 
 
 def listing(folder):
