@@ -107,8 +107,9 @@ class RenderSettings:
     Attributes
     ----------
     pixel_size : float or None
-        Pixel size of the rendered density in nm (None: :func:`chromflow.render`'s default,
-        20 nm). For TIFF inputs it is used only when the file does not record a pixel size.
+        Pixel size of the rendered density in nm; starts at :func:`chromflow.render`'s default
+        (20 nm, read from its signature; None means the same). For TIFF inputs it is used only
+        when the file does not record a pixel size.
     method : {"gaussian", "histogram"}
         Each localization as a Gaussian blob, or counted in its pixel.
     sigma : float or None
@@ -127,7 +128,7 @@ class RenderSettings:
         ``--camera-pixel-size``).
     """
 
-    pixel_size: float | None = None
+    pixel_size: float | None = field(default_factory=lambda: _library_default("render", "pixel_size"))
     method: str = "gaussian"
     sigma: float | None = None
     columns: dict | None = None
@@ -171,7 +172,8 @@ class FieldSettings:
     ----------
     grid : int or None
         Number of grid cells along the longer side of the nucleus box (at most
-        :data:`MAX_GRID`); None = :func:`chromflow.chromatin_fields`' default (128).
+        :data:`MAX_GRID`); starts at :func:`chromflow.chromatin_fields`' default (128, read from
+        its signature; None means the same).
     total_mean : float or None
         Mean total chromatin fraction ``phi_h + phi_e`` in the nucleus; None = default.
     split : {"density", "uniform"} or None
@@ -191,7 +193,7 @@ class FieldSettings:
         (default: every other channel) make the heterochromatin density.
     """
 
-    grid: int | None = None
+    grid: int | None = field(default_factory=lambda: _library_default("chromatin_fields", "grid"))
     total_mean: float | None = None
     split: str | None = None
     split_range: tuple | None = None
@@ -237,6 +239,19 @@ class InferenceSettings:
     optimizer: str | None = None
     device: str = "auto"
     seed: int = 0
+
+
+def _library_default(function: str, name: str):
+    """Default of parameter ``name`` of ``chromflow.render`` or ``chromflow.chromatin_fields``.
+
+    The two settings every front end shows as a number (pixel size, grid) start at the value
+    of the function that uses them, read when the settings are made: one place for each.
+    """
+    if function == "render":
+        from .render import render as func
+    else:
+        from .fields import chromatin_fields as func
+    return _default_of(func, name)
 
 
 def _default_of(func, name):

@@ -257,7 +257,8 @@ def test_new_options_reach_the_settings(tmp_path, monkeypatch):
     # unset options leave None = the library default
     main(["run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu", "-q"])
     s = seen["settings"]
-    assert (s.inference.ensemble, s.inference.uncertainty, s.render.columns, s.fields.grid) == (None, None, None, None)
+    assert (s.inference.ensemble, s.inference.uncertainty, s.render.columns) == (None, None, None)
+    assert s.fields.grid == 128  # chromatin_fields' default
 
 
 def test_bad_column_mapping_is_a_usage_error(tmp_path, capsys):

@@ -370,11 +370,35 @@ def test_tiff_without_pixel_size_uses_render_setting(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # issue 12: one settings object, plausibility of the nucleus
 # ----------------------------------------------------------------------------------------------
+def _with_default(func, **defaults):
+    """``func`` with other defaults in its signature (as a library upgrade would change them)."""
+    import functools
+    import inspect
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    sig = inspect.signature(func)
+    wrapper.__signature__ = sig.replace(parameters=[p.replace(default=defaults.get(p.name, p.default))
+                                                    for p in sig.parameters.values()])
+    return wrapper
+
+
 def test_none_means_the_library_default_read_at_call_time(monkeypatch):
+    import importlib
+
     from chromflow import inverse
 
+    chromflow_render = importlib.import_module("chromflow.render")  # the module, not cf.render
+
     s = PipelineSettings()
-    assert (s.fields.grid, s.render.pixel_size, s.inference.iterations, s.inference.ensemble) == (None,) * 4
+    assert (s.inference.iterations, s.inference.radius, s.inference.ensemble, s.inference.uncertainty) == (None,) * 4
+    # the two numbers every front end shows start at the defaults of the functions that use them
+    assert (s.fields.grid, s.render.pixel_size) == (128, 20.0)
+    with monkeypatch.context() as patch:
+        patch.setattr(chromflow_render, "render", _with_default(chromflow_render.render, pixel_size=33.0))
+        assert PipelineSettings().render.pixel_size == 33.0
     r = s.resolved()
     assert (r.fields.grid, r.render.pixel_size) == (128, 20.0)
     assert (r.inference.iterations, r.inference.radius, r.inference.ensemble) == (
@@ -383,8 +407,10 @@ def test_none_means_the_library_default_read_at_call_time(monkeypatch):
     assert PipelineSettings().resolved().inference.iterations == 123  # not a copy made at import
     # None and the explicit default are the same run: same fingerprint
     explicit = PipelineSettings()
-    explicit.fields.grid, explicit.inference.iterations = 128, 123
-    assert explicit.fingerprint() == s.fingerprint()
+    explicit.inference.iterations = 123
+    none = PipelineSettings()
+    none.fields.grid = None  # a config file's null
+    assert explicit.fingerprint() == s.fingerprint() == none.fingerprint()
     explicit.inference.iterations = 124
     assert explicit.fingerprint() != s.fingerprint()
 
