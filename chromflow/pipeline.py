@@ -309,7 +309,8 @@ _CHECKS = {
     "inference": {
         "method": (lambda v: v in INFERENCE_METHODS, f"one of {', '.join(INFERENCE_METHODS)}"),
         "iterations": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
-        "radius": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0), "null or a positive number of grid cells"),
+        "radius": (lambda v: v is None or v == "auto" or (_is_number(v) and math.isfinite(v) and v > 0),
+                   "null, \"auto\" or a positive number of grid cells"),
         "backbone": (lambda v: v is None or isinstance(v, str), "null or a backbone name"),
         "ensemble": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
         "uncertainty": (lambda v: v is None or isinstance(v, bool), "null, true or false"),

@@ -228,7 +228,7 @@ class InferWidget(ScrollableContainer):
         self.grid = SpinBox(label="grid (cells)", value=fs.grid, min=16, max=1024, step=8)
         self.method = ComboBox(label="method", choices=list(INFER_METHODS), value=inf.method)
         # the values shown are set from the library's defaults by _show_settings below
-        self.radius = FloatSpinBox(label="radius (cells)", min=0.5, max=64.0, step=0.5,
+        self.radius = FloatSpinBox(label="radius (cells, 0 = auto)", min=0.0, max=64.0, step=0.5,
                                    tooltip="mollifier support radius in grid cells: larger "
                                    "smooths noise more and blurs fine structure more")
         self.device = ComboBox(label="device", choices=list(DEVICES), value=inf.device)
@@ -288,6 +288,8 @@ class InferWidget(ScrollableContainer):
             control.enabled = default is not None or key == "radius"
             chosen = getattr(inf, key) if keep_values else None
             value = chosen if chosen is not None else default
+            if value == "auto":          # the library picks the radius from the cell size
+                value = 0.0
             if value is not None:
                 control.value = value
         if method == "direct":
@@ -307,6 +309,8 @@ class InferWidget(ScrollableContainer):
             value = control.value if control.enabled else None
             if key == "radius" and default is None:
                 default = library_default("direct", "radius")
+            if key == "radius" and value is not None and value <= 0:
+                value = "auto"
             setattr(inf, key, None if value is None or value == default else value)
         return self.settings.validate()
 

@@ -202,7 +202,7 @@ class ResultsWidget(ScrollableContainer):
         self.canvas.draw_idle()
 
     #: the table grows to show this many rows at most; beyond, it scrolls
-    MAX_TABLE_ROWS = 20
+    MAX_TABLE_ROWS = 24
 
     def _fit_table_to_rows(self):
         """Make the table tall enough to show every row (the panel scrolls, not the table)."""
@@ -214,8 +214,9 @@ class ResultsWidget(ScrollableContainer):
         rows = min(table.rowCount(), self.MAX_TABLE_ROWS)
         height = (table.horizontalHeader().height() + 2 * table.frameWidth()
                   + sum(table.rowHeight(i) for i in range(rows)))
-        if table.horizontalScrollBar().isVisible():
-            height += table.horizontalScrollBar().height()
+        # long values (flags) may need the horizontal scroll bar, which appears only after layout:
+        # always keep its room
+        height += table.horizontalScrollBar().sizeHint().height()
         table.setMinimumHeight(height)
 
     def export(self, _=None):

@@ -216,7 +216,8 @@ def test_help_shows_library_defaults_and_config_in_user_terms(capsys, monkeypatc
     assert main(["run", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for words in ("grid cells along the longer side of the nucleus, 16 to 2048 (default: 128)",
-                  "training iterations (default: 800)", "inference method (default: pinn)", "(default: auto)",
+                  f"training iterations (default: {inverse.DEFAULTS['pinn']['iterations']})",
+                  "inference method (default: pinn)", "(default: auto)",
                   "random seed (default: 0)", "default: 20)", "sections render, segmentation, fields and inference",
                   "docs/cli.md", "--ensemble N", "--no-uncertainty", "--columns x=NAME,y=NAME", "--units UNIT",
                   "--camera-pixel-size NM", "--allow-several-objects"):

@@ -503,7 +503,9 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
                 "edge": edge_source, "model": {"phi_max": model.phi_max, "length_um": model.length_um},
                 "spacing_nm": spacing}
     if method != "autodiff":
-        _check_mask_fits(interior, halo, source, method)
+        # a sanity bound for tiny nuclei: the kernel must fit somewhere in the nucleus (the fits
+        # themselves need no footprint inside: the network continues the fields, direct the mask)
+        _check_mask_fits(mask, halo, source, method)
     elif interior.sum() < 4:
         raise GridError(f"nucleus interior of {int(interior.sum())} cells is too small to fit", source)
     _check_euchromatin(phi_h, phi_e, interior, source)
