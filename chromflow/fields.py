@@ -17,7 +17,7 @@ from .image import Image
 from .io._atomic import atomic_path
 
 __all__ = ["ChromatinFields", "chromatin_fields", "check_channels", "partial_volume_width", "MAX_TOTAL",
-           "MIN_GRID", "MAX_GRID", "MIN_NUCLEUS_PIXELS", "MIN_CHANNEL_SHARE"]
+           "MIN_GRID", "MAX_GRID", "MIN_NUCLEUS_PIXELS", "MIN_CHANNEL_SHARE", "MIN_EDGE_BAND_NM"]
 
 #: Total chromatin is clipped to this volume fraction (some nucleoplasm always remains).
 MAX_TOTAL = 0.95
@@ -26,6 +26,12 @@ MIN_GRID = 16
 #: Largest grid accepted: beyond it the resampling matrices alone take gigabytes and a fit
 #: takes hours; a grid finer than the image's pixels adds nothing anyway.
 MAX_GRID = 2048
+#: The edge band is at least this wide (nm): within ~100 nm of the nuclear envelope the bulk
+#: model does not hold (the envelope's boundary layer: its no-flux condition, lamina attachment,
+#: the outermost cells' partial volume). Chosen on tuning seed 100 of the independent simulator
+#: (benchmarks/_heldout.py), domain-scale rate, 50 nm cells: PINN correlation 0.49 / 0.86 /
+#: 0.90 / 0.87 / 0.85 / 0.80 for bands of 0 / 50 / 100 / 150 / 200 / 300 nm.
+MIN_EDGE_BAND_NM = 100.0
 #: A nucleus with fewer image pixels than this cannot be resampled meaningfully.
 MIN_NUCLEUS_PIXELS = 25
 #: In two-channel mode each channel must hold at least this share of the density inside the
@@ -229,8 +235,9 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
     euchromatin_gain : float
         Relative labelling efficiency: the euchromatin density is multiplied by this.
     edge_band : "auto", float or None
-        Width in nm of the partial-volume band at the nucleus edge (``fields.edge``): ``"auto"``
-        measures it from the density's edge profile (:func:`partial_volume_width`); a number
+        Width in nm of the band at the nucleus edge (``fields.edge``) that the fit gives no
+        weight: ``"auto"`` measures the partial-volume width from the density's edge profile
+        (:func:`partial_volume_width`) and takes at least :data:`MIN_EDGE_BAND_NM`; a number
         sets it; None or 0 gives no band beyond the cells the mask only partly covers.
 
     Returns
@@ -271,7 +278,8 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
        are ``fields.edge``: cells the mask covers only partly, and cells whose centre is within
        the band width of the mask's outline. ``edge_band="auto"`` takes the width from the data:
        the depth at which the median density, as a function of the distance from the outline,
-       first reaches 80 % of its interior level (``settings["edge_band_nm"]``).
+       first reaches 80 % of its interior level, and at least ``MIN_EDGE_BAND_NM`` = 100 nm, where
+       the bulk model does not hold (``settings["edge_band_nm"]``).
 
     Examples
     --------
@@ -387,7 +395,8 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
         settings["scale"] = a
 
     if edge_band == "auto":
-        band_nm = partial_volume_width(rho_img if rho_e_img is None else rho_img + rho_e_img, mask, ps)
+        band_nm = max(partial_volume_width(rho_img if rho_e_img is None else rho_img + rho_e_img, mask, ps),
+                      MIN_EDGE_BAND_NM)
     elif edge_band is None:
         band_nm = 0.0
     else:

@@ -160,7 +160,10 @@ def test_default_inference_has_uncertainty_quality_and_noise(steady):
     assert r.settings["radius"] == 8.0                # "auto": 400 nm at 50 nm cells
     b = r.diagnostics["noise"]["phi_h"]["b"]
     assert 0.02 < np.sqrt(b) < 0.04                   # 3 % relative noise, estimated from the data
-    assert _corr(r.rate, steady.rate, m) > 0.8
+    # fields without an edge band of their own get the minimum band (no partial volume here)
+    assert r.settings["edge"].startswith("100 nm") and r.edge.sum() > 0
+    exact = infer_rates(_noisy(steady, 0.03, 1), method="direct", edge=0)   # an exact mask: no band
+    assert exact.edge.sum() == 0 and _corr(exact.rate, steady.rate, m) > 0.8
     off = infer_rates(_noisy(steady, 0.03, 1), method="direct", uncertainty=False)
     assert np.isnan(off.uncertainty).all() and np.isnan(off.summary()["split_half_r"])
 

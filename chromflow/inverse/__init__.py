@@ -182,10 +182,10 @@ def _edge_band(fields, mask, spacing, edge, source):
         band = getattr(fields, "edge", None)
         if band is None:
             # fields made elsewhere: measure the band on the total chromatin of the grid itself
-            from ..fields import partial_volume_width
+            from ..fields import MIN_EDGE_BAND_NM, partial_volume_width
 
             total = np.asarray(fields.phi_h, dtype=np.float64) + np.asarray(fields.phi_e, dtype=np.float64)
-            width = partial_volume_width(np.where(mask, total, 0.0), mask, spacing)
+            width = max(partial_volume_width(np.where(mask, total, 0.0), mask, spacing), MIN_EDGE_BAND_NM)
             return edge_band_cells(mask, width, spacing), f"{width:g} nm (total chromatin profile of the fields)"
         band = np.asarray(band, bool)
         if band.shape != mask.shape:
@@ -421,8 +421,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         Model parameters (``phi_max``, interface length in um).
     **options
         ``edge`` (``"auto"``: ``fields.edge``, or when the fields have none, the band measured
-        on their total chromatin like :func:`chromflow.fields.partial_volume_width`; a width in
-        nm; or a bool array), ``held_out``
+        on their total chromatin like :func:`chromflow.fields.partial_volume_width`, at least
+        ``chromflow.fields.MIN_EDGE_BAND_NM``; a width in nm; 0; or a bool array), ``held_out``
         (share of cells held out for stopping, default 0.1), ``check_every``, ``patience``
         (stopping: checks without improvement), ``lr``, ``residual_weight``, ``width``,
         ``depth``, ``blocks``, ``fourier_scale``, ``kernel``, ``log_every``, ``dtype``
