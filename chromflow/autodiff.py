@@ -89,16 +89,17 @@ def use_method(method: str):
         _DEFAULT[0] = old
 
 
-def derivatives(model, coords, order: int = 4, method: str | None = None) -> dict:
+def derivatives(model, coords, order: int = 4, method: str | None = None, channels=None) -> dict:
     """Value and derivatives of ``model(coords)``: :func:`taylor_derivatives` or :func:`recursive_derivatives`.
 
-    ``method=None`` takes :func:`default_method`.
+    ``method=None`` takes :func:`default_method`. ``channels`` (recursive only; Taylor mode
+    differentiates all outputs in the same pass): output channels whose derivatives are needed.
     """
     method = method or default_method()
     if method == "taylor":
         return taylor_derivatives(model, coords, order)
     if method == "recursive":
-        return recursive_derivatives(model, coords, order)
+        return recursive_derivatives(model, coords, order, channels)
     raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
 
 
@@ -363,13 +364,15 @@ def taylor_derivatives(model: nn.Module, coords: torch.Tensor, order: int = 4) -
 # the recursive reverse-mode baseline
 
 
-def recursive_derivatives(model: nn.Module, coords: torch.Tensor, order: int = 4) -> dict:
+def recursive_derivatives(model: nn.Module, coords: torch.Tensor, order: int = 4, channels=None) -> dict:
     """The same derivatives as :func:`taylor_derivatives` by nested ``torch.autograd.grad``.
 
     Per output channel: the gradient (1 backward pass), each second derivative (``ndim``
     passes), and for ``order=4`` the gradient of the Laplacian and the second derivatives of it
     (``2 ndim`` more passes), every pass with ``create_graph=True``. Works for any pointwise
-    network. Returns the dictionary of :func:`taylor_derivatives`.
+    network. Returns the dictionary of :func:`taylor_derivatives`; with ``channels`` (a sequence
+    of output indices) only those channels are differentiated and the derivative entries have
+    ``len(channels)`` columns in that order (``"u"`` keeps every channel).
     """
     _check_coords(coords, order)
     ndim = coords.shape[1]
@@ -383,7 +386,7 @@ def recursive_derivatives(model: nn.Module, coords: torch.Tensor, order: int = 4
 
         axes = [tuple(int(i == a) for i in range(ndim)) for a in range(ndim)]
         per_channel = []
-        for ch in range(u.shape[1]):
+        for ch in (range(u.shape[1]) if channels is None else channels):
             g = grad(u[:, ch])
             d = {key: g[:, a] for a, key in enumerate(axes)}
             if order >= 2:

@@ -115,3 +115,42 @@ def test_method_switch_and_errors():
     x3 = torch.rand(5, 3, dtype=torch.float64)
     _close(taylor_derivatives(net3, x3, 2)["lap"], recursive_derivatives(net3, x3, 2)["lap"])
     assert not math.isnan(float(taylor_derivatives(net3, x3, 2)["lap"].sum()))
+
+
+def test_recursive_channel_subset():
+    net, coords = _net("mlp"), _coords((4, 5))
+    full, sub = recursive_derivatives(net, coords), recursive_derivatives(net, coords, channels=(2, 0))
+    assert sub["u"].shape[1] == 3 and sub["lap"].shape[1] == 2
+    _close(sub["biharmonic"], full["biharmonic"][:, [2, 0]])
+
+
+def test_recursive_matches_analytic_and_taylor_matches_finite_differences():
+    # recursive: any module, here u = sin(1.3 y) cos(0.7 x)
+    class Analytic(torch.nn.Module):
+        def forward(self, c):
+            return (torch.sin(1.3 * c[:, 0]) * torch.cos(0.7 * c[:, 1]))[:, None]
+
+    c = _coords((5, 6))
+    y, x = c[:, :1], c[:, 1:]
+    d = recursive_derivatives(Analytic(), c)
+    u = torch.sin(1.3 * y) * torch.cos(0.7 * x)
+    k2 = 1.3**2 + 0.7**2
+    _close(d[(1, 0)], 1.3 * torch.cos(1.3 * y) * torch.cos(0.7 * x))
+    _close(d[(0, 1)], -0.7 * torch.sin(1.3 * y) * torch.sin(0.7 * x))
+    _close(d["lap"], -k2 * u)
+    _close(d["biharmonic"], k2**2 * u)
+    # Taylor mode of a random network against finite differences (13-point biharmonic stencil)
+    net = _net("mlp", out=1)
+    pts = torch.tensor([[0.1, -0.2], [-0.4, 0.3], [0.25, 0.5]], dtype=torch.float64)
+    d = taylor_derivatives(net, pts)
+    h = 0.02
+
+    def f(dy, dx):
+        return net(pts + h * torch.tensor([dy, dx], dtype=torch.float64)).detach()
+
+    lap_fd = (f(1, 0) + f(-1, 0) + f(0, 1) + f(0, -1) - 4 * f(0, 0)) / h**2
+    bilap_fd = (20 * f(0, 0) - 8 * (f(1, 0) + f(-1, 0) + f(0, 1) + f(0, -1))
+                + 2 * (f(1, 1) + f(1, -1) + f(-1, 1) + f(-1, -1))
+                + f(2, 0) + f(-2, 0) + f(0, 2) + f(0, -2)) / h**4
+    _close(d["lap"], lap_fd, 1e-3)
+    _close(d["biharmonic"], bilap_fd, 1e-2)
