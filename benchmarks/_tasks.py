@@ -6,8 +6,11 @@ Benchmark-only code (the product only needs the chromatin problem, which lives i
 backbone with the *same* data, loss and optimiser, differing only in how derivatives are taken:
 
 ``"autodiff"``
-    The network is evaluated at the grid points with ``requires_grad`` coordinates and
-    derivatives come from recursive :func:`torch.autograd.grad` (``create_graph=True``).
+    The network is evaluated at the grid points and exact derivatives come from forward
+    Taylor mode (:func:`chromflow.autodiff.taylor_derivatives`), the fastest exact baseline.
+``"autodiff_recursive"``
+    The same derivatives by nested reverse mode (:func:`chromflow.autodiff.recursive_derivatives`),
+    the way PINN codes usually take them: a second, labelled baseline.
 ``"mollifier"``
     The network is evaluated on the grid padded by the kernel half-width, and the field and its
     derivatives are convolutions with the mollifier kernel and its derivatives
@@ -37,6 +40,9 @@ import numpy as np
 
 TASKS = ("langevin", "heat", "chromatin")
 MODES = ("autodiff", "mollifier")
+#: Every mode a case can run: ``"autodiff_recursive"`` is the second, labelled baseline (nested
+#: reverse-mode autograd instead of Taylor mode; same derivatives, more time and memory).
+ALL_MODES = ("autodiff", "mollifier", "autodiff_recursive")
 ORDER = {"langevin": 1, "heat": 2, "chromatin": 4}
 
 #: Per-task defaults: grid points per axis, mollifier radius (cells), learning rate, physics weight,
@@ -213,17 +219,6 @@ class FitResult:
     history: object = None
 
 
-def _gradient(outputs, coords):
-    """``d outputs / d coords`` (N, ndim) by autograd, keeping the graph for higher orders.
-
-    ``outputs[i]`` depends only on ``coords[i]`` (pointwise networks), so the gradient of the
-    sum gives every point's own derivative in one backward pass.
-    """
-    import torch
-
-    return torch.autograd.grad(outputs.sum(), coords, create_graph=True)[0]
-
-
 class PinnProblem:
     """The grid, coordinates and derivative machinery of one Langevin or heat fit.
 
@@ -294,18 +289,19 @@ class PinnProblem:
         """
         from chromflow.mollifier import derivative
 
-        if mode == "autodiff":
-            xs = self.coords.detach().requires_grad_(True)
-            out = net(xs)
-            u, lam = self.u_mean + self.u_std * out[:, 0], self.parameter(out[:, 1])
-            grad = _gradient(u, xs)
+        if mode in ("autodiff", "autodiff_recursive"):
+            from chromflow.autodiff import derivatives
+
+            method = "recursive" if mode == "autodiff_recursive" else "taylor"
+            d = derivatives(net, self.coords, order=1 if self.order == 1 else 2, method=method, channels=(0,))
+            u, lam = self.u_mean + self.u_std * d["u"][:, 0], self.parameter(d["u"][:, 1])
             if self.order == 1:
-                deriv = grad[:, 0] / self.scale
-            else:  # one first-order pass, then one second-order pass per axis
-                deriv = sum(_gradient(grad[:, a], xs)[:, a] for a in range(self.ndim)) / self.scale**2
+                deriv = self.u_std * d[(1,)][:, 0] / self.scale
+            else:
+                deriv = self.u_std * d["lap"][:, 0] / self.scale**2
             return u.reshape(self.shape), deriv.reshape(self.shape), lam.reshape(self.shape)
         if mode != "mollifier":
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise ValueError(f"mode must be one of {ALL_MODES}, got {mode!r}")
         out = net(self.coords_padded)
         g = (self.u_mean + self.u_std * out[:, 0]).reshape(self.full)
         lam = self.parameter(out[:, 1][self.interior]).reshape(self.shape)
@@ -367,8 +363,8 @@ def fit_pinn(data: TaskData, backbone: str = "mlp", mode: str = "mollifier", ite
 
     if data.task not in ("langevin", "heat"):
         raise ValueError(f"fit_pinn handles 'langevin' and 'heat', got {data.task!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in ALL_MODES:
+        raise ValueError(f"mode must be one of {ALL_MODES}, got {mode!r}")
     defaults = DEFAULTS[data.task]
     lr = defaults["lr"] if lr is None else lr
     physics_weight = defaults["physics_weight"] if physics_weight is None else physics_weight
@@ -432,16 +428,19 @@ def fit_chromatin(data: TaskData, backbone: str = "mlp", mode: str = "mollifier"
                   device="cpu", seed: int = 0, **options) -> FitResult:
     """Recover the rate map of the chromatin task with :func:`chromflow.inverse.infer_rates`.
 
-    ``mode="mollifier"`` calls ``method="pinn"``, ``mode="autodiff"`` calls ``method="autodiff"``,
-    with the same backbone, iterations, seed and remaining options (``lr``, ``radius``, ...).
+    ``mode="mollifier"`` calls ``method="pinn"``, ``mode="autodiff"`` calls ``method="autodiff"``
+    (Taylor mode), ``"autodiff_recursive"`` the same under
+    ``chromflow.autodiff.use_method("recursive")``, with the same backbone, iterations, seed and remaining options (``lr``, ``radius``, ...).
     """
+    from chromflow.autodiff import use_method
     from chromflow.inverse import infer_rates
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    method = {"mollifier": "pinn", "autodiff": "autodiff"}[mode]
-    result = infer_rates(chromatin_fields(data), method=method, device=device, seed=seed, backbone=backbone,
-                         iterations=iterations, **options)
+    if mode not in ALL_MODES:
+        raise ValueError(f"mode must be one of {ALL_MODES}, got {mode!r}")
+    method = {"mollifier": "pinn", "autodiff": "autodiff", "autodiff_recursive": "autodiff"}[mode]
+    with use_method("recursive" if mode == "autodiff_recursive" else "taylor"):
+        result = infer_rates(chromatin_fields(data), method=method, device=device, seed=seed, backbone=backbone,
+                             iterations=iterations, **options)
     losses = (result.loss_history or {}).get("total", [])
     return FitResult(np.asarray(result.rate, np.float64), len(losses) or int(iterations),
                      float(losses[-1]) if losses else float("nan"), result)
