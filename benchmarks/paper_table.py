@@ -48,6 +48,12 @@ QUICK = dict(tasks=["langevin", "heat", "chromatin"], backbones=["mlp"], noise=[
              grid={"langevin": 128, "heat": 32, "chromatin": 32}, iterations=300,
              autodiff_iterations={"chromatin": 20}, threads=1)
 FULL_ITERATIONS = 2000
+#: --preset cpu: the full table (3 tasks x 3 backbones x 3 noise levels x 2 modes) at reduced size so
+#: that it runs in ~15-20 minutes on 2 shared CPU cores: smaller grids, width-32 backbones, per-task
+#: iteration budgets equal in both modes (never capped).
+CPU_PRESET = dict(tasks=list(_tasks.TASKS), backbones=list(_tasks.BACKBONE_OPTIONS), noise=[0.0, 0.01, 0.05],
+                  grid={"langevin": 64, "heat": 24, "chromatin": 24},
+                  iterations={"langevin": 600, "heat": 1000, "chromatin": 200}, threads=1, width=32)
 
 COLUMNS = ["task", "order", "backbone", "noise", "mode", "grid", "iterations", "corr", "rmse", "peak_mb",
            "time_s", "ms_per_iter", "time_full_s", "note"]
@@ -210,6 +216,9 @@ def paper_rows() -> list[dict]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small grids, few iterations, one noise level, MLP only")
+    p.add_argument("--preset", choices=["cpu"], default=None,
+                   help="cpu: the full table at reduced grid / width / iterations (see CPU_PRESET)")
+    p.add_argument("--width", type=int, default=None, help="hidden width of every backbone (default 64)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--tasks", nargs="+", choices=_tasks.TASKS, default=None)
     p.add_argument("--backbones", nargs="+", choices=list(_tasks.BACKBONE_OPTIONS), default=None)
@@ -238,29 +247,40 @@ def main(argv=None) -> int:
     from chromflow.training import resolve_device
 
     device = str(resolve_device(args.device))
+    preset = CPU_PRESET if args.preset == "cpu" else None
     tasks = args.tasks or (QUICK["tasks"] if args.quick else list(_tasks.TASKS))
     backbones = args.backbones or (QUICK["backbones"] if args.quick else list(_tasks.BACKBONE_OPTIONS))
     noises = args.noise or (QUICK["noise"] if args.quick else [0.0, 0.01, 0.05])
     iterations = args.iterations or (QUICK["iterations"] if args.quick else FULL_ITERATIONS)
+    width = args.width or (preset["width"] if preset else None)
+    if preset and not args.threads:
+        args.threads = preset["threads"]
+    budgets = {}
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="chromflow_paper_table_") as tmp:
         workdir = Path(tmp)
         for task in tasks:
-            grid = args.grid or (QUICK["grid"][task] if args.quick else _tasks.DEFAULTS[task]["grid"])
+            grid = args.grid or (QUICK["grid"][task] if args.quick else
+                                 preset["grid"][task] if preset else _tasks.DEFAULTS[task]["grid"])
+            task_iterations = args.iterations or (preset["iterations"][task] if preset else iterations)
+            budgets[task] = task_iterations
             for noise in noises:
                 data = _tasks.make_data(task, grid=grid, noise=noise, seed=args.seed)
                 data_path = workdir / f"{task}_{noise}.npz"
                 data.save(data_path)
                 for backbone in backbones:
                     for mode in _tasks.MODES:
-                        its, note = iterations, ""
+                        its, note = task_iterations, ""
                         cap = args.autodiff_iterations or (QUICK["autodiff_iterations"].get(task) if args.quick else None)
-                        if mode == "autodiff" and cap and cap < iterations:
+                        if mode == "autodiff" and cap and cap < task_iterations:
                             its, note = cap, f"capped at {cap} its: time_full_s extrapolated, corr not converged"
                         threads = args.threads or (QUICK["threads"] if args.quick and device == "cpu" else None)
                         spec = dict(task=task, noise=noise, backbone=backbone, mode=mode, iterations=its,
                                     device=device, seed=args.seed, data=str(data_path), threads=threads)
+                        if width:
+                            spec["options"] = ({"width": width} if task == "chromatin"
+                                               else {"backbone_options": {"width": width}})
                         print(f"[paper_table] {task} noise={noise:g} {backbone} {mode} ({its} its) ...",
                               file=sys.stderr, flush=True)
                         res = _spawn(spec, workdir, args.timeout)
@@ -272,7 +292,7 @@ def main(argv=None) -> int:
                             per_iter = res["time_s"] / max(res["iterations"], 1)
                             row.update(iterations=res["iterations"], corr=res["corr"], rmse=res["rmse"],
                                        peak_mb=res["peak_mb"], time_s=res["time_s"], ms_per_iter=1e3 * per_iter,
-                                       time_full_s=per_iter * iterations)
+                                       time_full_s=per_iter * task_iterations)
                         rows.append(row)
                         print(f"[paper_table]   -> {json.dumps({k: row.get(k) for k in ('corr', 'peak_mb', 'time_s', 'note')})}",
                               file=sys.stderr, flush=True)
@@ -281,9 +301,14 @@ def main(argv=None) -> int:
     with atomic_path(out) as tmp_path:
         pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path, index=False)
 
-    print(f"## Mollifier vs autodiff ({device}, {iterations} iterations{', quick' if args.quick else ''})\n")
+    capped = any(r.get("note", "").startswith("capped") for r in rows)
+    budget = ", ".join(f"{t} {n}" for t, n in budgets.items())
+    print(f"## Mollifier vs autodiff ({device}{', quick' if args.quick else ''}{', preset ' + args.preset if args.preset else ''}"
+          f"{f', width {width}' if width else ''}; iteration budget per task: {budget}; "
+          f"{'autodiff runs CAPPED where noted (not equal budgets)' if capped else 'equal in both modes'})\n")
     print(markdown(rows, COLUMNS))
-    print("\n## Autodiff / mollifier ratios (same backbone, grid, data, loss, optimiser, iterations)\n")
+    print(f"\n## Autodiff / mollifier ratios (same backbone, grid, data, loss, optimiser; "
+          f"{'iterations differ where capped' if capped else 'equal iterations'})\n")
     print(markdown(ratios(rows), ["task", "order", "backbone", "noise", "speedup_per_iter", "memory_ratio",
                                   "corr_autodiff", "corr_mollifier"]))
     print("\n## Paper's press figures (4th-order task, GPU)\n")
