@@ -96,8 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _add_device(parser):
     parser.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads for torch (per worker in batch; default: torch's own)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,6 +214,9 @@ def _print_summary(row, out_dir, stream=None):
 # ----------------------------------------------------------------------------------------------
 def _cmd_run(args) -> int:
     from .pipeline import run_file
+    from .training import set_threads
+
+    set_threads(args.threads)
 
     settings = _settings_from_args(args)
     bar = _ProgressBar(not args.quiet, desc=args.file.name)
@@ -219,7 +231,12 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_batch(args) -> int:
+    import os
+
     from .batch import run_batch
+
+    if args.threads:  # local worker processes start torch with this many threads
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
     settings = _settings_from_args(args)
     table = run_batch(args.in_dir, args.out, pattern=args.pattern, recursive=args.recursive, settings=settings,
@@ -333,6 +350,9 @@ def run_demo(out_dir, fast: bool = False, device=None, progress=None, cancel=Non
 
 
 def _cmd_demo(args) -> int:
+    from .training import set_threads
+
+    set_threads(args.threads)
     out = args.out if args.out is not None else Path.cwd() / "chromflow-demo"
     bar = _ProgressBar(not args.quiet, desc="demo")
     try:
