@@ -213,6 +213,15 @@ def paper_rows() -> list[dict]:
 # driver
 
 
+def _write_rows(rows: list[dict], out: Path) -> None:
+    import pandas as pd
+
+    from chromflow.io._atomic import atomic_path
+
+    with atomic_path(out) as tmp_path:
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path, index=False)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small grids, few iterations, one noise level, MLP only")
@@ -232,6 +241,7 @@ def parse_args(argv=None):
                    help="torch CPU threads per case (default: torch's own; 1 with --quick on CPU)")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per case")
     p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/paper_table_<time>.csv)")
+    p.add_argument("--table-from", default=None, metavar="CSV", help="only print the tables of an earlier run's CSV")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -241,11 +251,19 @@ def main(argv=None) -> int:
     if args.worker:
         return _worker(args.worker)
 
-    import pandas as pd
-
-    from chromflow.io._atomic import atomic_path
     from chromflow.training import resolve_device
 
+    if args.table_from:  # print the tables of an earlier (possibly cut-off) run
+        import pandas as pd
+
+        rows = [{k: (None if v != v else v) for k, v in r.items()}
+                for r in pd.read_csv(args.table_from, keep_default_na=True).to_dict("records")]
+        for r in rows:
+            r["note"] = r.get("note") or ""
+        print(markdown(rows, COLUMNS))
+        print("\n" + markdown(ratios(rows), ["task", "order", "backbone", "noise", "speedup_per_iter", "memory_ratio",
+                                            "corr_autodiff", "corr_mollifier"]))
+        return 0
     device = str(resolve_device(args.device))
     preset = CPU_PRESET if args.preset == "cpu" else None
     tasks = args.tasks or (QUICK["tasks"] if args.quick else list(_tasks.TASKS))
@@ -257,6 +275,7 @@ def main(argv=None) -> int:
         args.threads = preset["threads"]
     budgets = {}
 
+    out = Path(args.out) if args.out else HERE / "results" / f"paper_table_{time.strftime('%Y%m%d_%H%M%S')}.csv"
     rows = []
     with tempfile.TemporaryDirectory(prefix="chromflow_paper_table_") as tmp:
         workdir = Path(tmp)
@@ -294,12 +313,11 @@ def main(argv=None) -> int:
                                        peak_mb=res["peak_mb"], time_s=res["time_s"], ms_per_iter=1e3 * per_iter,
                                        time_full_s=per_iter * task_iterations)
                         rows.append(row)
+                        _write_rows(rows, out)  # after every case: a cut-off run keeps what it measured
                         print(f"[paper_table]   -> {json.dumps({k: row.get(k) for k in ('corr', 'peak_mb', 'time_s', 'note')})}",
                               file=sys.stderr, flush=True)
 
-    out = Path(args.out) if args.out else HERE / "results" / f"paper_table_{time.strftime('%Y%m%d_%H%M%S')}.csv"
-    with atomic_path(out) as tmp_path:
-        pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path, index=False)
+    _write_rows(rows, out)
 
     capped = any(r.get("note", "").startswith("capped") for r in rows)
     budget = ", ".join(f"{t} {n}" for t, n in budgets.items())
