@@ -144,7 +144,8 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
       sub-pixel phases per axis, ``u = min(8, ceil(3 * pixel_size / sigma))`` (so a
       localization moves by at most ``pixel_size / (2u)``, i.e. sigma / 6, or pixel_size / 16
       when sigma < 3/8 pixel), histogrammed per phase on the pixel grid and convolved
-      separably with that phase's pixel-integrated kernel. All localizations of the bin use the
+      separably with that phase's pixel-integrated kernel (in sparse bins the y pass adds each
+      localization's y kernel directly, which gives the same image with less work). All localizations of the bin use the
       bin's RMS sigma (which keeps the bin's second moment; exact when sigma is fixed).
     * *direct scatter* (sparse bins): each localization's own kernel, at its exact position and
       with its own sigma, is added to the image.
@@ -298,9 +299,11 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto") -> np.ndarra
         u = int(min(_MAX_SUBPIXEL, max(1, math.ceil(SUBPIXEL_STEPS_PER_SIGMA / s_b))))
         ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
         width = 2 * half + 1
-        # rough costs: ~15 ns per scattered weight; the convolve path scatters the y kernel of
-        # every localization (~8 ns per weight) and convolves u x-phase images along x
-        direct = 15 * width * width < 8 * width + (u * ny_pad * nx * width) / len(by)
+        # rough costs per localization: ~15 ns per scattered weight (direct); the convolve path's
+        # y pass scatters (~8 ns per weight) or convolves u^2 phase images (~1 ns per multiply-add),
+        # whichever is cheaper, and its x pass convolves u images
+        y_pass = min(8 * width, u * u * ny * nx * width / len(by))
+        direct = 15 * width * width < y_pass + u * ny_pad * nx * width / len(by)
         if path == "direct" or (path == "auto" and direct):
             padded = np.zeros((ny_pad, nx_pad))
             _scatter_direct(padded, by, bx, jy, jx, s_l, half, nx_pad)
@@ -316,8 +319,9 @@ def _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx) -> np.ndarray:
 
     Positions are quantised to ``u`` phases per axis (phase ``a`` at offset ``centres[a]`` in
     its pixel) and every localization gets the bin's sigma ``s_b``. The y pass adds each
-    localization's pixel-integrated y kernel (its phase's) into the image of its x phase: the
-    work scales with the number of localizations, not with the image times ``u**2`` phases.
+    localization's pixel-integrated y kernel (its phase's) into the image of its x phase when the
+    bin is sparse (work ~ localizations), or histograms per (y, x) phase and convolves along y
+    when it is dense (work ~ image x u**2).
     The x pass convolves each of the ``u`` x-phase images with that phase's kernel.
     """
     ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
@@ -326,15 +330,26 @@ def _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx) -> np.ndarray:
     qx = np.minimum(((bx - jx) * u).astype(np.int64), u - 1)
     centres = (np.arange(u) + 0.5) / u - 0.5
     w = _pixel_weights(centres, np.full(u, s_b), half)   # (u, 2*half+1), same for y and x
-    # y pass: image of x phase c, row jy + d (padded rows jy + half + d - half = jy + d), column jx
-    base = (qx * ny_pad + jy) * nx + jx                   # row offset d = 0 of the padded image
-    cols = np.zeros(u * ny_pad * nx)
-    chunk = max(1, 8_000_000 // width)
-    for lo in range(0, len(base), chunk):
-        b = base[lo:lo + chunk]
-        idx = (b[:, None] + (np.arange(width) * nx)[None, :]).reshape(-1)
-        cols += np.bincount(idx, weights=w[qy[lo:lo + chunk]].reshape(-1), minlength=cols.size)
-    cols = cols.reshape(u, ny_pad, nx)
+    if 8 * len(by) < u * u * ny * nx:
+        # y pass by scatter: image of x phase c, padded row jy + k (k = 0..2 half), column jx
+        base = (qx * ny_pad + jy) * nx + jx
+        cols = np.zeros(u * ny_pad * nx)
+        chunk = max(1, 8_000_000 // width)
+        for lo in range(0, len(base), chunk):
+            b = base[lo:lo + chunk]
+            idx = (b[:, None] + (np.arange(width) * nx)[None, :]).reshape(-1)
+            cols += np.bincount(idx, weights=w[qy[lo:lo + chunk]].reshape(-1), minlength=cols.size)
+        cols = cols.reshape(u, ny_pad, nx)
+    else:
+        # y pass by convolution (dense bins): histogram per (y phase, x phase), one call per y phase
+        counts = np.bincount(((qy * u + qx) * ny + jy) * nx + jx,
+                             minlength=u * u * ny * nx).reshape(u, u, ny, nx)
+        cols = np.zeros((u, ny_pad, nx))
+        tmp = np.zeros((u, ny_pad, nx))
+        for a in range(u):
+            tmp[:, half:half + ny] = counts[a]
+            cols += ndimage.convolve1d(tmp, w[a], axis=1, mode="constant", cval=0.0)
+        del counts, tmp
     # x pass: one convolution per x phase c
     padded = np.zeros((ny_pad, nx_pad))
     tmp = np.zeros_like(padded)
