@@ -314,7 +314,7 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto") -> np.ndarra
     return out
 
 
-def _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx) -> np.ndarray:
+def _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx, y_pass: str = "auto") -> np.ndarray:
     """One sigma bin by sub-pixel phases: scatter along y, convolve along x (padded image).
 
     Positions are quantised to ``u`` phases per axis (phase ``a`` at offset ``centres[a]`` in
@@ -323,6 +323,7 @@ def _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx) -> np.ndarray:
     bin is sparse (work ~ localizations), or histograms per (y, x) phase and convolves along y
     when it is dense (work ~ image x u**2).
     The x pass convolves each of the ``u`` x-phase images with that phase's kernel.
+    ``y_pass`` ("auto", "scatter", "convolve") forces one y pass (for tests).
     """
     ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
     width = 2 * half + 1
@@ -330,7 +331,7 @@ def _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx) -> np.ndarray:
     qx = np.minimum(((bx - jx) * u).astype(np.int64), u - 1)
     centres = (np.arange(u) + 0.5) / u - 0.5
     w = _pixel_weights(centres, np.full(u, s_b), half)   # (u, 2*half+1), same for y and x
-    if 8 * len(by) < u * u * ny * nx:
+    if y_pass == "scatter" or (y_pass == "auto" and 8 * len(by) < u * u * ny * nx):
         # y pass by scatter: image of x phase c, padded row jy + k (k = 0..2 half), column jx
         base = (qx * ny_pad + jy) * nx + jx
         cols = np.zeros(u * ny_pad * nx)
