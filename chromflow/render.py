@@ -276,19 +276,19 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto") -> np.ndarra
     """Gaussian render; ``py, px`` pixel-unit positions, ``s`` sigmas in pixels (see Notes of render).
 
     ``path`` ("auto", "direct", "convolve") forces one of the two algorithms (for tests).
+    Sigma bins are rendered in parallel threads (numpy's and scipy's loops release the GIL) and
+    summed in bin order, so the result does not depend on the number of threads.
     """
-    out = np.zeros((ny, nx))
     step = math.log(SIGMA_BIN_RATIO)
     sbin = np.floor(np.log(s) / step).astype(np.int64)
-    b_min = int(sbin.min())
-    sbin -= b_min
+    sbin -= int(sbin.min())
     per_bin = np.bincount(sbin)
-    # one stable sort puts every bin's localizations in one contiguous slice (cheaper than a
-    # boolean selection per bin over all localizations)
-    # (a radix sort: the bin numbers fit in 16 bits)
+    # one stable sort (a radix sort: bin numbers fit in 16 bits) puts every bin's localizations in
+    # one contiguous slice, cheaper than a boolean selection per bin over all localizations
     order = None if np.count_nonzero(per_bin) == 1 else np.argsort(sbin.astype(np.int16), kind="stable")
     ends = np.cumsum(per_bin)
-    for k in np.flatnonzero(per_bin):
+
+    def one_bin(k):
         sel = None if order is None else order[ends[k] - per_bin[k]:ends[k]]
         by, bx = (py, px) if sel is None else (py[sel], px[sel])
         jy, jx = (iy, ix) if sel is None else (iy[sel], ix[sel])
@@ -310,8 +310,31 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto") -> np.ndarra
         else:
             padded = _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx)
         padded = _fold_edges(padded, half, ny, axis=0)
-        out += _fold_edges(padded, half, nx, axis=1)
+        return _fold_edges(padded, half, nx, axis=1)
+
+    bins = list(np.flatnonzero(per_bin))
+    workers = min(len(bins), _render_threads())
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            images = pool.map(one_bin, bins)
+            out = np.zeros((ny, nx))
+            for img in images:  # in bin order: deterministic whatever the scheduling
+                out += img
+        return out
+    out = np.zeros((ny, nx))
+    for k in bins:
+        out += one_bin(k)
     return out
+
+
+def _render_threads() -> int:
+    """Threads for the Gaussian render: the cores this process may use, at most 8."""
+    import os
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, n))
 
 
 def _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx, y_pass: str = "auto") -> np.ndarray:
