@@ -290,8 +290,9 @@ class PinnProblem:
     def fields(self, net, mode: str):
         """``(u, derivative, lambda)`` on the data grid, derivatives per physical unit.
 
-        ``mode="autodiff"``: ``u`` is the network output and the derivative comes from recursive
-        autograd with ``create_graph=True``. ``mode="mollifier"``: ``u`` and its derivative are
+        ``mode="autodiff"``: ``u`` is the network output and the derivative comes from Taylor mode
+        (``"autodiff_recursive"``: nested reverse mode), both :mod:`chromflow.autodiff`.
+        ``mode="mollifier"``: ``u`` and its derivative are
         the network's grid output convolved with the kernel and its derivative.
         """
         from chromflow.mollifier import derivative

@@ -50,7 +50,7 @@ def worker(spec: dict) -> dict:
     import chromflow.inverse  # noqa: F401  (imports before the memory baseline)
     from chromflow.autodiff import use_method
     from chromflow.inverse import infer_rates
-    from paper_table import _rss_mb, _warm_up
+    from paper_table import _warm_up, memory_baseline, memory_peak
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -58,12 +58,7 @@ def worker(spec: dict) -> dict:
     fields = _tasks.chromatin_fields(data)
     _warm_up(device)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = _rss_mb()
+    base = memory_baseline(device)
     stamps = []
 
     def progress(done, total, msg):
@@ -77,7 +72,7 @@ def worker(spec: dict) -> dict:
         result = infer_rates(fields, method=method, device=device, iterations=spec["steps"], seed=0,
                              log_every=1, progress=progress, dtype=spec["dtype"], **spec["options"])
     total = time.perf_counter() - start
-    peak = ((torch.cuda.max_memory_allocated(device) - base) / 2**20) if cuda else _rss_mb() - base
+    peak = memory_peak(device, base)
     # intervals between consecutive steps; stamps are (done, time) with done = 0, 1, ..., steps
     steps = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(stamps, stamps[1:]) if b[0] > a[0]]
     per_step = statistics.median(steps[1:] if len(steps) > 2 else steps)

@@ -94,6 +94,26 @@ def _warm_up(device) -> None:
             z[None, None], z[None, None, :3, :3]).sum()).backward()
 
 
+def memory_baseline(device) -> float:
+    """Start of a peak-memory measurement: CUDA allocated bytes (peak stats reset) or RSS high-water MB."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    return _rss_mb()
+
+
+def memory_peak(device, base: float) -> float:
+    """Peak memory (MB) since :func:`memory_baseline` returned ``base``."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20 - base
+    return _rss_mb() - base
+
+
 def run_case(spec: dict) -> dict:
     """Fit one (task, noise, backbone, mode) case and measure it. Runs inside the worker process."""
     import numpy as np
@@ -112,21 +132,14 @@ def run_case(spec: dict) -> dict:
     data = _tasks.TaskData.load(spec["data"])
     _warm_up(device)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base_cuda = torch.cuda.memory_allocated(device)
-    base_rss = _rss_mb()
+    base = memory_baseline(device)
     start = time.perf_counter()
     result = _tasks.fit(data, spec["backbone"], spec["mode"], spec["iterations"], device=device, seed=spec["seed"],
                         **spec.get("options", {}))
     if cuda:
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    if cuda:
-        peak = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2**20
-    else:
-        peak = _rss_mb() - base_rss
+    peak = memory_peak(device, base)
     corr, rmse = _tasks.score(result.rate, data.truth)
     return dict(corr=corr, rmse=rmse, peak_mb=peak, time_s=elapsed, iterations=int(result.iterations),
                 final_loss=float(result.loss), device=str(device),
