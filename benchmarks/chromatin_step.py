@@ -14,7 +14,9 @@ one invocation. Time per step: median of the intervals between consecutive itera
 progress callback is called after every step), the first step excluded. Peak memory: on CPU the
 ``ru_maxrss`` high-water mark after the run minus the reading after imports, data and a tiny
 warm-up (``paper_table._warm_up``); on CUDA ``torch.cuda.max_memory_allocated`` above the start.
-Both come from the same run.
+A third, allocator-independent figure: the megabytes of distinct tensor storages autograd saves
+for the backward pass in one step (``torch.autograd.graph.saved_tensors_hooks``), median over
+steps. All come from the same run.
 
 Usage::
 
@@ -60,15 +62,30 @@ def worker(spec: dict) -> dict:
     cuda = device.type == "cuda"
     base = memory_baseline(device)
     stamps = []
+    # bytes of the tensors autograd saves for the backward pass, per step (distinct storages):
+    # the part of the memory that grows with the derivative method, free of allocator noise
+    saved, saved_per_step = {}, []
+
+    def pack(t):
+        try:
+            key = t.untyped_storage().data_ptr()
+            saved[key] = max(saved.get(key, 0), t.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError):  # tensors without storage
+            pass
+        return t
 
     def progress(done, total, msg):
         if cuda:
             torch.cuda.synchronize(device)
         stamps.append((done, time.perf_counter()))
+        if saved:
+            saved_per_step.append(sum(saved.values()) / 2**20)
+            saved.clear()
 
     method = "pinn" if spec["mode"] == "mollifier" else "autodiff"
     start = time.perf_counter()
-    with use_method("recursive" if spec["mode"] == "autodiff_recursive" else "taylor"):
+    with use_method("recursive" if spec["mode"] == "autodiff_recursive" else "taylor"), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = infer_rates(fields, method=method, device=device, iterations=spec["steps"], seed=0,
                              log_every=1, progress=progress, dtype=spec["dtype"], **spec["options"])
     total = time.perf_counter() - start
@@ -77,7 +94,8 @@ def worker(spec: dict) -> dict:
     steps = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(stamps, stamps[1:]) if b[0] > a[0]]
     per_step = statistics.median(steps[1:] if len(steps) > 2 else steps)
     corr, _ = _tasks.score(result.rate, data.truth)
-    return {"mode": spec["mode"], "ms_per_step": 1e3 * per_step, "peak_mb": peak, "total_s": total,
+    return {"mode": spec["mode"], "ms_per_step": 1e3 * per_step, "peak_mb": peak,
+            "saved_mb": statistics.median(saved_per_step) if saved_per_step else float("nan"), "total_s": total,
             "steps": spec["steps"], "corr_after_steps": corr}
 
 
@@ -125,15 +143,18 @@ def main(argv=None) -> int:
     moll = ref.get("mollifier")
     print(f"## 4th-order chromatin fit, {args.grid}x{args.grid}, {args.device} ({args.threads} thread(s)), "
           f"{args.backbone} {options}, {args.dtype}, {args.steps} steps per mode\n")
-    print("| derivatives | ms / step | peak MB | step time / mollifier | peak memory / mollifier |")
-    print("|---|---:|---:|---:|---:|")
+    print("| derivatives | ms / step | peak MB | saved for backward MB / step | step time / mollifier | "
+          "peak memory / mollifier | saved / mollifier |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            print(f"| {LABEL[r['mode']]} | {r['error']} | | | |")
+            print(f"| {LABEL[r['mode']]} | {r['error']} | | | | | |")
             continue
         t = r["ms_per_step"] / moll["ms_per_step"] if moll else float("nan")
         m = r["peak_mb"] / max(moll["peak_mb"], 0.1) if moll else float("nan")
-        print(f"| {LABEL[r['mode']]} | {r['ms_per_step']:.1f} | {r['peak_mb']:.1f} | {t:.1f}x | {m:.1f}x |")
+        sv = r["saved_mb"] / moll["saved_mb"] if moll else float("nan")
+        print(f"| {LABEL[r['mode']]} | {r['ms_per_step']:.1f} | {r['peak_mb']:.1f} | {r['saved_mb']:.1f} | {t:.1f}x | "
+              f"{m:.1f}x | {sv:.1f}x |")
     return 0
 
 
