@@ -40,9 +40,11 @@ _LAZY = {
     "run_file": "chromflow.pipeline",
     "PipelineSettings": "chromflow.pipeline",
     "run_batch": "chromflow.batch",
+    "analyze_domains": "chromflow.domains",
+    "DomainAnalysis": "chromflow.domains",
 }
 _SUBMODULES = {"io", "mollifier", "models", "physics", "simulate", "nucleus", "fields",
-               "inverse", "pipeline", "batch", "cli", "report", "training"}
+               "inverse", "pipeline", "batch", "cli", "report", "training", "domains", "conditions"}
 
 __all__ = sorted(["Image", "render", "ChromflowError", "InputError", "SegmentationError", "GridError",
                   "CancelledError", *_LAZY, *_SUBMODULES])

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Epigenetic reaction-rate maps from super-resolution images of chromatin.",
         epilog="Exit codes: 0 ok, 1 some batch files failed, 2 error, 130 cancelled (Ctrl-C).")
     parser.add_argument("--version", action="version", version=f"chromflow {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,batch,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,batch,domains,demo}")
     sub.required = True
 
     run = sub.add_parser("run", help="process one file (localizations or TIFF)",
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--retry-failed", action="store_true",
                        help="retry files whose failure an earlier run recorded (default: only if they changed)")
     batch.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary line")
+    _add_batch_conditions_options(batch)
+
+    _add_domains_parser(sub)
 
     demo = sub.add_parser("demo", help="run the pipeline on the bundled sample data",
                           description="Run the pipeline on sample data with a known rate map and report the "
@@ -101,6 +104,77 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _add_domains_parser(sub):
+    """The ``domains`` subcommand: the classical single-channel domain analysis."""
+    from .domains import DEFAULTS
+
+    dom = sub.add_parser(
+        "domains", help="classical chromatin-domain analysis of one localization file (single channel)",
+        description="Voronoi density, DBSCAN domains, LADs and domain rates (Kant et al. 2024) of one "
+                    "localization file; writes <stem>_domains.csv, <stem>_domains_summary.json and "
+                    "<stem>_domains.png into --out, all or nothing.")
+    dom.add_argument("file", type=Path, help="localizations (.csv ThunderSTORM/plain, .hdf5 Picasso)")
+    dom.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if needed)")
+    dom.add_argument("--percentile", type=float, metavar="P", default=DEFAULTS["density_percentile"],
+                     help="density threshold: percentile of the Voronoi densities (default %(default)g)")
+    dom.add_argument("--eps", type=float, metavar="NM", default=DEFAULTS["eps"],
+                     help="DBSCAN radius in nm (default %(default)g)")
+    dom.add_argument("--min-samples", type=int, metavar="N", default=DEFAULTS["min_samples"],
+                     help="DBSCAN core-point count (default %(default)d)")
+    dom.add_argument("--min-size", type=int, metavar="N", default=DEFAULTS["min_cluster_size"],
+                     help="smallest domain, in localizations (default %(default)d)")
+    dom.add_argument("--peripheral-fraction", type=float, metavar="F", default=DEFAULTS["peripheral_fraction"],
+                     help="LAD if within F x nucleus radius of the boundary (default %(default)g)")
+    dom.add_argument("--neighbours", type=int, metavar="N", default=DEFAULTS["n_neighbours"],
+                     help="spacing = mean distance to N nearest domains (default %(default)d)")
+    dom.add_argument("--downsample", type=int, metavar="N", default=DEFAULTS["downsample"],
+                     help="keep one localization in N, as the anchor does (default %(default)d; 1 keeps all)")
+    dom.add_argument("--seed", type=int, metavar="S", default=DEFAULTS["seed"], help="seed of the thinning")
+    dom.add_argument("--rate-map", type=Path, metavar="NPZ",
+                     help="<stem>_result.npz of 'chromflow run' on the same file: report how the rate map's lambda "
+                          "averaged over each domain ranks against the domain lam (Spearman)")
+    dom.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
+
+
+def _cmd_domains(args) -> int:
+    import warnings
+
+    from .domains import analyze_domains_file
+
+    bar = _ProgressBar(not args.quiet, desc=args.file.name)
+    try:
+        with _ctrl_c_cancels() as cancel, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the same lines are printed below
+            dom = analyze_domains_file(
+                args.file, args.out, progress=bar, cancel=cancel, density_percentile=args.percentile, eps=args.eps,
+                min_samples=args.min_samples, min_cluster_size=args.min_size,
+                peripheral_fraction=args.peripheral_fraction, n_neighbours=args.neighbours,
+                downsample=args.downsample, seed=args.seed, rate_result=args.rate_map)
+    finally:
+        bar.close()
+    if not args.quiet:
+        s = dom.summary
+
+        def fmt(v, spec=".0f"):
+            return "n/a" if v is None or not np.isfinite(v) else format(v, spec)
+        print(f"chromflow: wrote domain analysis of {args.file} to {args.out}")
+        for kind, path in s.get("outputs", {}).items():
+            print(f"  {kind:<8s} {path}")
+        print(f"  nucleus diameter {fmt(s['nucleus_diameter_nm'])} nm; {s['n_localizations']} localizations "
+              f"({s['n_analysed']} analysed); {s['n_domains']} domains, mean diameter "
+              f"{fmt(s['mean_domain_diameter_nm'])} nm, spacing {fmt(s['mean_spacing_nm'])} nm; "
+              f"{s['n_lads']} LADs, thickness {fmt(s['lad_thickness_nm'])} nm; {fmt(s['time_s'], '.1f')} s")
+        print(f"  domain rates (the single-channel estimate): median lam {fmt(s['median_lam'], '.4f')} over "
+              f"{s['n_rated']} domains")
+        check = s.get("cross_check")
+        if check:
+            rho = "n/a" if check["spearman"] is None else f"{check['spearman']:.3f} (p = {check['p_value']:.3g})"
+            print(f"  rate map lambda vs domain lam: Spearman {rho} over {check['n']} domains")
+        for w in s["warnings"]:
+            print(f"  warning: {w}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _add_device(parser):
@@ -207,6 +281,10 @@ def _print_summary(row, out_dir, stream=None):
     print(f"  rate lambda: mean {fmt(row.get('mean_rate'), '.3f')}, median {fmt(row.get('median_rate'), '.3f')}; "
           f"heterochromatin fraction {fmt(row.get('heterochromatin_fraction'), '.3f')}; "
           f"{row.get('n_domains')} domains, mean {fmt(row.get('domain_area_um2'), '.4f')} um^2", file=stream)
+    if not row.get("two_channel", True):
+        rule = str(row.get("split") or "density rule").split(" (")[0]
+        print(f"  note: single channel: phi_h/phi_e are assumed from the density ({rule}), not measured; "
+              "'chromflow domains' gives the classical single-channel domain rates", file=stream)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +308,48 @@ def _cmd_run(args) -> int:
     return EXIT_OK
 
 
+def _add_batch_conditions_options(batch):
+    batch.add_argument("--domains", action="store_true",
+                       help="run the classical domain analysis (chromflow domains) on every localization file "
+                            "instead of rate maps; writes domains_summary.csv")
+    batch.add_argument("--sample-sheet", type=Path, metavar="CSV",
+                       help="conditions of the files (CSV with columns file, condition); default: the file name "
+                            "up to its last '_'. Writes conditions_<kind>.csv/.png and condition_tests_<kind>.csv")
+
+
+def _batch_conditions(args, table) -> None:
+    """After a rate-map batch: compare conditions on the nuclei's mean/median rate."""
+    from .conditions import RATE_VALUES, assign_conditions, write_conditions
+
+    done = table[table["status"].isin(["ok", "skipped"])].copy() if len(table) else table
+    if not len(done):
+        return
+    done["condition"] = assign_conditions(done["input"], args.sample_sheet)
+    if done["condition"].nunique() < 2 and args.sample_sheet is None:
+        return  # one condition from the file names: nothing to compare, nothing to write
+    paths = write_conditions(done, args.out, RATE_VALUES, kind="rates")
+    if not args.quiet:
+        print(f"chromflow: conditions {', '.join(sorted(done['condition'].unique()))}: {paths['tests']}")
+
+
+def _cmd_batch_domains(args) -> int:
+    from .conditions import run_domains_batch
+
+    bar = _ProgressBar(not args.quiet, desc="domains")
+    try:
+        table = run_domains_batch(args.in_dir, args.out, pattern=args.pattern, recursive=args.recursive,
+                                  sample_sheet=args.sample_sheet, progress=bar)
+    finally:
+        bar.close()
+    failed = int((table["status"] == "failed").sum())
+    if not args.quiet:
+        print(f"chromflow: {len(table)} file(s): {len(table) - failed} analysed, {failed} failed; "
+              f"summary in {Path(args.out) / 'domains_summary.csv'}")
+        for _, row in table[table["status"] == "failed"].iterrows():
+            print(f"  failed: {row['input']}: {row['error']}", file=sys.stderr)
+    return EXIT_FAILED_FILES if failed else EXIT_OK
+
+
 def _cmd_batch(args) -> int:
     import os
 
@@ -237,6 +357,8 @@ def _cmd_batch(args) -> int:
 
     if args.threads:  # local worker processes start torch with this many threads
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    if getattr(args, "domains", False):
+        return _cmd_batch_domains(args)
 
     settings = _settings_from_args(args)
     table = run_batch(args.in_dir, args.out, pattern=args.pattern, recursive=args.recursive, settings=settings,
@@ -251,6 +373,7 @@ def _cmd_batch(args) -> int:
               f"{failed} failed; summary in {Path(args.out) / 'summary.csv'}")
         for _, row in table[table["status"] == "failed"].iterrows() if failed else []:
             print(f"  failed: {row['input']}: {row['error']}", file=sys.stderr)
+    _batch_conditions(args, table)
     return EXIT_FAILED_FILES if failed else EXIT_OK
 
 
@@ -385,7 +508,7 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
         return int(exc.code or 0)
-    commands = {"run": _cmd_run, "batch": _cmd_batch, "demo": _cmd_demo}
+    commands = {"run": _cmd_run, "batch": _cmd_batch, "domains": _cmd_domains, "demo": _cmd_demo}
     try:
         return commands[args.command](args)
     except (CancelledError, KeyboardInterrupt):

@@ -652,7 +652,8 @@ def _jsonable(value):
 def summarize(loaded: LoadedInput, mask, fields, result, settings: PipelineSettings, timings=None) -> dict:
     """The summary row of one run (flat dict of numbers and strings, JSON- and CSV-ready).
 
-    Keys: ``file``, ``stem``, ``status`` (``"ok"``), ``kind``, ``two_channel``,
+    Keys: ``file``, ``stem``, ``status`` (``"ok"``), ``kind``, ``two_channel``, ``split`` (how
+    ``phi_h``/``phi_e`` were obtained: measured in two channels, or assumed by the split rule),
     ``n_localizations``, ``pixel_size_nm``, ``image_shape``, ``nucleus_area_um2`` (mask pixels
     of the density image times the pixel area), ``grid`` (``"ny x nx"`` as ``"64x64"``),
     ``grid_spacing_nm``; the rate statistics of :meth:`RateMapResult.summary` (``mean_rate``,
@@ -680,6 +681,10 @@ def summarize(loaded: LoadedInput, mask, fields, result, settings: PipelineSetti
         "nucleus_area_um2": float(np.count_nonzero(mask)) * (pixel_size / 1000.0) ** 2,
         "grid": "x".join(str(n) for n in np.shape(result.rate)),
         "grid_spacing_nm": spacing,
+        # single channel: phi_h/phi_e are an assumption of the split rule, not a measurement
+        "split": ("two channels (phi_h and phi_e measured)" if loaded.euchromatin is not None else
+                  f"{settings.fields.split or 'density'} rule (single channel: phi_h/phi_e assumed from density; "
+                  "see chromflow domains for the single-channel domain rates)"),
     }
     stats = dict(result.summary())
     # the grid's area is coarser than the image's: keep both, the image's under the plain name

@@ -12,7 +12,7 @@ import numpy as np
 
 from .io._atomic import atomic_path
 
-__all__ = ["make_report", "nice_scale_bar_length", "REPORT_PANELS"]
+__all__ = ["make_report", "make_domains_figure", "nice_scale_bar_length", "REPORT_PANELS"]
 
 #: Titles of the panels of :func:`make_report`, in reading order.
 REPORT_PANELS = (
@@ -199,5 +199,95 @@ def make_report(density_image, mask, result, path=None, title=None):
     if path is not None:
         path = os.fspath(path)
         with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    return fig
+
+
+def _cross_check_line(check) -> str:
+    if not check:
+        return ""
+    if check.get("spearman") is None:
+        return f"\nrate map vs domain λ: not comparable ({check.get('n', 0)} domains on the map)"
+    return (f"\nrate map λ vs domain λ: Spearman {check['spearman']:.2f} (p = {check['p_value']:.2g}, "
+            f"n = {check['n']} domains)")
+
+
+def make_domains_figure(dom, path=None, title=None):
+    """Draw the figure of a classical domain analysis (:func:`chromflow.analyze_domains`).
+
+    Two panels with scale bars: the Voronoi density map (log scale, localizations per um^2)
+    with the nucleus boundary, and the domains coloured by their ``lam`` (colour bar), the LADs
+    in green, domains without a rate in grey, the boundary in red. The summary numbers are in
+    the title.
+
+    Parameters
+    ----------
+    dom : chromflow.DomainAnalysis
+    path : str or os.PathLike, optional
+        Where to write the figure as PNG (atomically).
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = make_domains_figure(dom, "cell_domains.png")   # doctest: +SKIP
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap, LogNorm
+    from matplotlib.figure import Figure
+
+    density, labels = dom.raster()
+    extent = _extent_um(density.shape, density.pixel_size, density.origin)
+    fig = Figure(figsize=(13.0, 6.4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, gridspec_kw=dict(left=0.01, right=0.93, bottom=0.02, top=0.86, wspace=0.25))
+    values = np.asarray(density.data, dtype=float)
+    positive = values[values > 0]
+    lo, hi = (np.percentile(positive, [2, 99.5]) if positive.size else (1.0, 10.0))
+    hi = max(hi, lo * 1.01)
+    shown = axes[0].imshow(np.where(values > 0, values, np.nan), extent=extent, origin="upper", cmap="jet",
+                           norm=LogNorm(vmin=lo, vmax=hi), interpolation="nearest")
+    fig.colorbar(shown, ax=axes[0], fraction=0.046, pad=0.03).set_label("Voronoi density (localizations / µm²)")
+    axes[0].set_title("Voronoi density")
+
+    table = dom.domains
+    lam = table["lam"].to_numpy(dtype=float) if len(table) else np.zeros(0)
+    peripheral = table["peripheral"].to_numpy(dtype=bool) if len(table) else np.zeros(0, bool)
+    lab = np.asarray(labels)
+    lam_px = np.concatenate([[np.nan], lam])[lab]
+    lad_px = np.concatenate([[False], peripheral])[lab]
+    unrated_px = (lab > 0) & ~lad_px & ~np.isfinite(lam_px)
+    axes[1].imshow(np.zeros_like(values), extent=extent, origin="upper", cmap="gray", vmin=0, vmax=1)
+    axes[1].imshow(np.where(lad_px, 1.0, np.nan), extent=extent, origin="upper",
+                   cmap=ListedColormap(["#2ca02c"]), vmin=0, vmax=1, interpolation="nearest")
+    axes[1].imshow(np.where(unrated_px, 1.0, np.nan), extent=extent, origin="upper",
+                   cmap=ListedColormap(["#9a9a9a"]), vmin=0, vmax=1, interpolation="nearest")
+    vmin, vmax = _robust_limits(lam)
+    shown = axes[1].imshow(lam_px, extent=extent, origin="upper", cmap="plasma", vmin=vmin, vmax=vmax,
+                           interpolation="nearest")
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.03).set_label("domain λ = 1/((d/R)² − 1)")
+    axes[1].set_title("domains (λ), LADs (green), unrated (grey)")
+    for ax in axes:
+        ax.plot(dom.boundary[:, 1] / 1000.0, dom.boundary[:, 0] / 1000.0, color="red", lw=1.0)
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_facecolor("black")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        _add_scale_bar(ax, extent)
+    s = dom.summary
+
+    def fmt(v, spec=".0f"):
+        return "n/a" if v is None or not np.isfinite(v) else format(v, spec)
+    fig.suptitle(f"{title or dom.source or 'domains'}\n{s['n_domains']} domains, mean diameter "
+                 f"{fmt(s['mean_domain_diameter_nm'])} nm, spacing {fmt(s['mean_spacing_nm'])} nm, "
+                 f"median λ {fmt(s['median_lam'], '.3f')}; {s['n_lads']} LADs, thickness "
+                 f"{fmt(s['lad_thickness_nm'])} nm; nucleus {fmt(s['nucleus_diameter_nm'])} nm"
+                 + _cross_check_line(s.get("cross_check")), fontsize=11)
+    if path is not None:
+        with atomic_path(os.fspath(path)) as tmp:
             fig.savefig(tmp, format="png")
     return fig

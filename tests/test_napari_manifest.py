@@ -14,7 +14,7 @@ def test_manifest_validates_and_imports():
     manifest.validate_imports()  # raises when a python_name does not resolve
     contributions = manifest.contributions
     assert {r.command for r in contributions.readers} == {"chromflow.get_reader"}
-    assert len(contributions.widgets) == 4
+    assert len(contributions.widgets) == 5  # render, segment, infer, results, domains
     assert [s.key for s in contributions.sample_data] == ["simulated_nucleus"]
     patterns = contributions.readers[0].filename_patterns
     assert {"*.csv", "*.hdf5", "*.tif"} <= set(patterns)

@@ -11,6 +11,7 @@ Examples
 """
 from .chromatin import (chromatin_residual, chromatin_steady_state, chromatin_step, masked_laplacian,
                         simulate_chromatin)
+from .domains import SimulatedDomains, simulate_domains
 from .heat import add_noise, steady_heat
 from .langevin import langevin_sine_solution, langevin_solution, sine_rate
 from .localizations import sample_localizations
@@ -19,5 +20,5 @@ from .shapes import nucleus_mask, random_rate_map, random_total, smooth_random_f
 
 __all__ = ["chromatin_steady_state", "simulate_chromatin", "chromatin_step", "chromatin_residual",
            "masked_laplacian", "nucleus_mask", "smooth_random_field", "random_rate_map", "random_total",
-           "sample_localizations", "SimulatedNucleus", "simulate_nucleus", "make_sample_data", "langevin_solution",
+           "sample_localizations", "SimulatedNucleus", "simulate_nucleus", "make_sample_data", "langevin_solution", "SimulatedDomains", "simulate_domains",
            "langevin_sine_solution", "sine_rate", "steady_heat", "add_noise"]
