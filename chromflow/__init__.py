@@ -44,7 +44,8 @@ _LAZY = {
     "DomainAnalysis": "chromflow.domains",
 }
 _SUBMODULES = {"io", "mollifier", "models", "physics", "simulate", "nucleus", "fields",
-               "inverse", "pipeline", "batch", "cli", "report", "training", "domains", "conditions"}
+               "inverse", "pipeline", "batch", "cli", "report", "training", "domains", "conditions",
+               "evaluate"}
 
 __all__ = sorted(["Image", "render", "ChromflowError", "InputError", "SegmentationError", "GridError",
                   "CancelledError", *_LAZY, *_SUBMODULES])

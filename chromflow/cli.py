@@ -404,32 +404,8 @@ def find_sample_data(cache_dir) -> Path:
     return cache_dir
 
 
-def rate_correlation(result, truth) -> tuple:
-    """Pearson correlation of a recovered rate map with a true one given on another grid.
-
-    The truth (an :class:`~chromflow.Image` with pixel size and origin in nm) is linearly
-    interpolated at the centres of the result's grid cells; cells outside the result's mask, or
-    where the truth is NaN (outside the true nucleus), are left out.
-
-    Returns
-    -------
-    (float, int)
-        Correlation and the number of grid cells compared.
-    """
-    from scipy import ndimage
-
-    ny, nx = np.shape(result.rate)
-    yy, xx = np.mgrid[:ny, :nx]
-    y_nm = result.origin[0] + yy * result.spacing
-    x_nm = result.origin[1] + xx * result.spacing
-    coords = [(y_nm - truth.origin[0]) / truth.pixel_size, (x_nm - truth.origin[1]) / truth.pixel_size]
-    true_rate = ndimage.map_coordinates(np.asarray(truth.data, dtype=float), coords, order=1, mode="constant",
-                                        cval=np.nan)
-    rate = np.asarray(result.rate, dtype=float)
-    use = np.asarray(result.mask, dtype=bool) & np.isfinite(rate) & np.isfinite(true_rate)
-    if use.sum() < 3:
-        return float("nan"), int(use.sum())
-    return float(np.corrcoef(rate[use], true_rate[use])[0, 1]), int(use.sum())
+# rate_correlation lives in chromflow.evaluate (metrics and baselines); kept importable from here
+from .evaluate import rate_correlation  # noqa: E402,F401
 
 
 def run_demo(out_dir, fast: bool = False, device=None, progress=None, cancel=None) -> dict:

@@ -13,13 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import image_layer_kwargs, report_error
+from chromflow.pipeline import RenderSettings
 
-__all__ = ["get_reader", "read_layers", "localization_layers", "DEFAULT_PIXEL_SIZE_NM",
+from ._layers import NM_UNITS, image_layer_kwargs, report_error
+
+__all__ = ["get_reader", "read_layers", "localization_layers", "channel_values", "pixel_fov",
+           "DEFAULT_PIXEL_SIZE_NM",
            "LOCALIZATION_SUFFIXES", "IMAGE_SUFFIXES"]
 
-#: Pixel size (nm) of the density image rendered when localizations are opened.
-DEFAULT_PIXEL_SIZE_NM = 20.0
+#: Pixel size (nm) of the density image rendered when localizations are opened: the pipeline's
+#: default (``chromflow.pipeline.RenderSettings().pixel_size``), so napari and the CLI agree.
+DEFAULT_PIXEL_SIZE_NM = RenderSettings().pixel_size
 LOCALIZATION_SUFFIXES = (".csv", ".hdf5", ".h5")
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -116,8 +120,14 @@ def read_layers(path, as_points: bool = False, pixel_size: float = DEFAULT_PIXEL
 
 def localization_layers(locs, as_points: bool = False, pixel_size: float = DEFAULT_PIXEL_SIZE_NM,
                         method: str = "gaussian", name: str | None = None,
-                        source: str | None = None) -> list:
-    """Layer-data tuples for a localization table: a density image or a points layer.
+                        source: str | None = None, sigma: float | None = None,
+                        split_channels: bool = True) -> list:
+    """Layer-data tuples for a localization table: density image(s) or a points layer.
+
+    A table with a ``channel`` column holding two or more values (a heterochromatin and a
+    euchromatin mark, say) gives one density image per channel, all rendered on the same
+    pixels (the field of view of all localizations), so that any two of them can be given to
+    the inference widget as the two channels.
 
     Parameters
     ----------
@@ -126,36 +136,88 @@ def localization_layers(locs, as_points: bool = False, pixel_size: float = DEFAU
     as_points : bool
         Points layer (``(y, x)`` in nm, point size = localization precision when known).
     pixel_size : float
-        Density-image pixel size in nm.
+        Density-image pixel size in nm (``RenderSettings.pixel_size``).
     method : str
-        :func:`chromflow.render` method.
+        :func:`chromflow.render` method (``RenderSettings.method``).
     name, source : str, optional
         Layer name and source path (default: from ``locs.attrs``).
+    sigma : float, optional
+        Fixed Gaussian width in nm (``RenderSettings.sigma``); None: each localization's precision.
+    split_channels : bool
+        One image per value of a ``channel`` column (default); False renders all rows together.
 
     Returns
     -------
     list of tuple
-        One ``(data, kwargs, layer_type)`` tuple.
+        ``(data, kwargs, layer_type)`` tuples: one per channel (``metadata["channel"]`` set
+        when there are several), or one points layer.
+
+    Examples
+    --------
+    >>> [kwargs["name"] for _, kwargs, _ in localization_layers(two_channel_locs, name="cell")]  # doctest: +SKIP
+    ['cell channel 0 density', 'cell channel 1 density']
     """
     import chromflow as cf
 
     source = source if source is not None else locs.attrs.get("source")
     name = name or (Path(source).stem if source else "localizations")
-    metadata = {"source": source, "localizations": locs, "format": locs.attrs.get("format")}
     if as_points:
+        metadata = {"source": source, "localizations": locs, "format": locs.attrs.get("format"),
+                    "kind": "localizations"}
         coords = locs[["y", "x"]].to_numpy(dtype=float)
         if "uncertainty" in locs and np.isfinite(locs["uncertainty"]).any():
             # a marker as wide as twice the precision reads as "where the molecule may be"
             size = float(2 * np.nanmedian(locs["uncertainty"].to_numpy(dtype=float)))
         else:
             size = 2 * float(pixel_size)
-        metadata["kind"] = "localizations"
         kwargs = {"name": f"{name} localizations", "size": size, "border_width": 0,
-                  "face_color": "magenta", "metadata": metadata}
+                  "face_color": "magenta", "units": NM_UNITS, "metadata": metadata}
         return [(coords, kwargs, "points")]
-    image = cf.render(locs, pixel_size=pixel_size, method=method)
-    metadata.update(kind="density", pixel_size=image.pixel_size, render_method=method,
-                    units="localizations per pixel")
-    image.name = f"{name} density"
-    image.metadata = {**image.metadata, **metadata}
-    return [(image.data, image_layer_kwargs(image, colormap="gray"), "image")]
+    channels = channel_values(locs) if split_channels else []
+    if len(channels) < 2:
+        parts = [(None, locs, f"{name} density")]
+        fov = None
+    else:
+        parts = [(c, locs[locs["channel"].astype(str) == str(c)], f"{name} channel {c} density")
+                 for c in channels]
+        # every channel on the pixels of all localizations: same shape, same origin
+        fov = pixel_fov(cf.render(locs, pixel_size=pixel_size, method="histogram"))
+    layers = []
+    for channel, rows, layer_name in parts:
+        image = cf.render(rows, pixel_size=pixel_size, method=method, sigma=sigma, fov=fov)
+        image.name = layer_name
+        image.metadata = {**image.metadata, "source": source, "localizations": rows,
+                          "format": locs.attrs.get("format"), "kind": "density",
+                          "pixel_size": image.pixel_size, "render_method": method,
+                          "units": "localizations per pixel", "base": name}
+        if channel is not None:
+            image.metadata.update(channel=channel, channels=list(channels), all_localizations=locs)
+        layers.append((image.data, image_layer_kwargs(image, colormap="gray"), "image"))
+    return layers
+
+
+def channel_values(locs) -> list:
+    """The distinct values of the ``channel`` column, sorted (empty without the column).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> channel_values(pd.DataFrame({"x": [0, 1], "y": [0, 1], "channel": [1, 0]}))
+    [0, 1]
+    """
+    if "channel" not in getattr(locs, "columns", ()):
+        return []
+    values = locs["channel"].dropna().unique().tolist()
+    return sorted(values, key=lambda v: (isinstance(v, str), v))
+
+
+def pixel_fov(image) -> tuple:
+    """``(y_min, x_min, y_max, x_max)`` in nm covering exactly the pixels of ``image``.
+
+    Passing it as ``fov`` to :func:`chromflow.render` renders other localizations on the very
+    same pixels.
+    """
+    oy, ox = image.origin[-2:]
+    ny, nx = image.shape[-2:]
+    p = image.pixel_size
+    return (oy - p / 2, ox - p / 2, oy + (ny - 0.5) * p, ox + (nx - 0.5) * p)

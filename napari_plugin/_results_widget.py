@@ -1,5 +1,8 @@
 """Results panel: summary numbers, histogram of the rate inside the nucleus, export.
 
+The panel is scrollable and its table as tall as its rows, so every number is readable and the
+docked panels fit a 1920x1080 screen.
+
 The panel follows the rate-map layers that the inference widget adds (``metadata["kind"] ==
 "rate"``); choosing one shows the numbers of :meth:`chromflow.RateMapResult.summary` and a
 histogram of lambda inside the nucleus. *Export* writes the result's layers as TIFF
@@ -12,14 +15,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
+from magicgui.widgets import ComboBox, FileEdit, Label, PushButton, Table
 
 from chromflow.errors import InputError
 from chromflow.image import Image
-from chromflow.io._atomic import atomic_path
+from chromflow.io import atomic_path
 
-from ._layers import report_error, robust_contrast_limits
-from ._widgets import _layer_choices, _refresh_on_layer_change
+from ._layers import RATE_LEGEND, report_error, robust_contrast_limits
+from ._widgets import ScrollableContainer, _layer_choices, _refresh_on_layer_change
 
 __all__ = ["ResultsWidget", "export_result_layers", "EXPORT_SUFFIXES"]
 
@@ -57,7 +60,9 @@ def export_result_layers(viewer, rate_layer, out_dir) -> list:
         A rate-map layer added by the inference widget.
     out_dir : str or os.PathLike
         Folder for ``<base>_rate.tif``, ``<base>_rate_uncertainty.tif``, ``<base>_residual.tif``,
-        ``<base>_mask.tif`` and ``<base>_summary.csv`` (created when missing).
+        ``<base>_mask.tif`` (the run's nucleus mask on the result grid), ``<base>_summary.csv``
+        and ``<base>_settings.json`` (the pipeline settings of the run, a config for
+        ``chromflow run --config``) (created when missing).
 
     Returns
     -------
@@ -74,13 +79,16 @@ def export_result_layers(viewer, rate_layer, out_dir) -> list:
     out_dir = Path(os.fspath(out_dir))
     base = rate_layer.metadata.get("base") or rate_layer.name.removesuffix(" rate")
     written = []
+    result = rate_layer.metadata["chromflow_result"]
     for kind, layer in _result_layers_of(viewer, rate_layer).items():
-        data = np.asarray(layer.data)
         if kind == "outline":
-            data = (data > 0).astype(np.uint8)
-        image = Image(data, pixel_size=float(layer.scale[-1]),
-                      origin=tuple(float(t) for t in layer.translate), name=layer.name,
-                      source=layer.metadata.get("source"))
+            # the outline is drawn from the mask the run used: export that mask, on its grid
+            image = result.to_image("mask")
+            image.data = np.asarray(image.data, dtype=np.uint8)
+        else:
+            image = Image(np.asarray(layer.data), pixel_size=float(layer.scale[-1]),
+                          origin=tuple(float(t) for t in layer.translate), name=layer.name,
+                          source=layer.metadata.get("source"))
         path = out_dir / f"{base}{EXPORT_SUFFIXES[kind]}"
         out_dir.mkdir(parents=True, exist_ok=True)
         write_image(image, path)
@@ -91,10 +99,17 @@ def export_result_layers(viewer, rate_layer, out_dir) -> list:
     with atomic_path(path) as tmp:
         pd.DataFrame([row]).to_csv(tmp, index=False)
     written.append(path)
+    settings = rate_layer.metadata.get("chromflow_settings")
+    if settings is not None:
+        from chromflow.pipeline import PipelineSettings
+
+        path = out_dir / f"{base}_settings.json"
+        PipelineSettings.from_dict(settings).to_json(path)
+        written.append(path)
     return written
 
 
-class ResultsWidget(Container):
+class ResultsWidget(ScrollableContainer):
     """Summary, histogram and export of a rate map.
 
     Parameters
@@ -102,6 +117,9 @@ class ResultsWidget(Container):
     napari_viewer : napari.viewer.Viewer
         The viewer to work in (injected by napari).
     """
+
+    EXPANDING = True
+    MIN_VISIBLE_HEIGHT = 300
 
     def __init__(self, napari_viewer):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -116,11 +134,12 @@ class ResultsWidget(Container):
         self.status = Label(value="")
         super().__init__(widgets=[self.rate_layer, self.summary_table, self.out_dir,
                                   self.export_button, self.status])
-        self.figure = Figure(figsize=(4, 2.6), layout="constrained")
+        self.figure = Figure(figsize=(4, 2.2), layout="constrained")
         self.axes = self.figure.add_subplot()
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(200)
-        self.native.layout().insertWidget(2, self.canvas)
+        self.canvas.setMinimumHeight(180)
+        self.inner_layout.insertWidget(2, self.canvas)
+        self.fit_minimum_height()
         self.rate_layer.changed.connect(self._watch)
         self._watched = None
         self.export_button.changed.connect(self.export)
@@ -167,6 +186,7 @@ class ResultsWidget(Container):
             "quantity": list(row),
             "value": [f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
                       for v in row.values()]}
+        self._fit_table_to_rows()
         values = self.histogram_values()
         self.axes.set_axis_on()
         if values.size:
@@ -176,10 +196,27 @@ class ResultsWidget(Container):
             self.axes.axvline(float(np.median(values)), color="k", lw=1, ls="--",
                               label=f"median {np.median(values):.3g}")
             self.axes.legend(fontsize=8, frameon=False)
-        self.axes.set_xlabel("rate lambda = Gamma_me / Gamma_ac")
+        self.axes.set_xlabel(RATE_LEGEND)
         self.axes.set_ylabel("grid cells (1st-99th pct)")
         self.axes.set_title(layer.name, fontsize=9)
         self.canvas.draw_idle()
+
+    #: the table grows to show this many rows at most; beyond, it scrolls
+    MAX_TABLE_ROWS = 20
+
+    def _fit_table_to_rows(self):
+        """Make the table tall enough to show every row (the panel scrolls, not the table)."""
+        table = self.summary_table.native
+        # compact rows, no row numbers: a dozen numbers fit in a docked panel
+        table.verticalHeader().setVisible(False)
+        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 6)
+        table.resizeColumnsToContents()
+        rows = min(table.rowCount(), self.MAX_TABLE_ROWS)
+        height = (table.horizontalHeader().height() + 2 * table.frameWidth()
+                  + sum(table.rowHeight(i) for i in range(rows)))
+        if table.horizontalScrollBar().isVisible():
+            height += table.horizontalScrollBar().height()
+        table.setMinimumHeight(height)
 
     def export(self, _=None):
         """Export the chosen rate map's layers and summary to the folder; returns the paths."""

@@ -7,7 +7,6 @@ channels and the true rate map, so the inferred map can be compared with the tru
 """
 from __future__ import annotations
 
-import numpy as np
 
 from ._layers import image_layer_kwargs, robust_contrast_limits
 

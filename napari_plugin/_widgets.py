@@ -9,12 +9,17 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label, PushButton
 
-from ._layers import image_from_layer, report_error
-from ._reader import DEFAULT_PIXEL_SIZE_NM, localization_layers
+from ._layers import (NM_UNITS, image_from_layer, layer_type, plugin_settings, report_error,
+                      show_scale_bar)
+from ._reader import localization_layers
 
-__all__ = ["RenderWidget", "SegmentWidget", "RENDER_METHODS", "upsert_layer"]
+__all__ = ["RenderWidget", "SegmentWidget", "ScrollableContainer", "RENDER_METHODS", "upsert_layer",
+           "layer_base_name"]
 
 RENDER_METHODS = ("gaussian", "histogram")
+
+# display properties that napari sets on a layer but does not take in add_*()
+_SET_AFTER = ("contour", "colorbar_visible", "colorbar_position")
 
 
 def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
@@ -25,32 +30,91 @@ def upsert_layer(viewer, data, kwargs: dict, layer_type: str):
     same name is replaced.
     """
     kwargs = dict(kwargs)
-    # display properties that napari sets on a layer but does not take in add_*()
-    after = {key: kwargs.pop(key) for key in ("contour",) if key in kwargs}
+    kwargs.setdefault("units", NM_UNITS)
+    after = {key: kwargs.pop(key) for key in _SET_AFTER if key in kwargs}
     layer = _update_or_add(viewer, data, kwargs, layer_type)
-    for key, value in after.items():
-        setattr(layer, key, value)
+    if "contour" in after:
+        layer.contour = after["contour"]
+    if "colorbar_visible" in after and getattr(layer, "colorbar", None) is not None:
+        # taller than napari's 150 px default: room for three or four tick labels
+        layer.colorbar.size = (20, 260)
+        layer.colorbar.font_size = 11
+        layer.colorbar.position = after.get("colorbar_position", "top_right")
+        layer.colorbar.visible = bool(after["colorbar_visible"])
     return layer
 
 
-def _update_or_add(viewer, data, kwargs, layer_type):
+def _update_or_add(viewer, data, kwargs, kind):
     name = kwargs["name"]
     if name in viewer.layers:
         layer = viewer.layers[name]
-        if layer._type_string == layer_type:
+        if kind == "shapes":
+            # a new set of outlines: replace the layer, keeping its place in the list
+            index = list(viewer.layers).index(layer)
+            viewer.layers.remove(layer)
+            new = viewer.add_shapes(data, **kwargs)
+            viewer.layers.move(list(viewer.layers).index(new), index)
+            return new
+        if layer_type(layer) == kind:
             # metadata and placement first: listeners of the data event (the results panel)
             # then see the new data with its new metadata
-            for key in ("metadata", "scale", "translate"):
+            for key in ("metadata", "scale", "translate", "units"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
             layer.data = data
-            if layer_type == "image" and "contrast_limits" in kwargs:
+            if kind == "image" and "contrast_limits" in kwargs:
                 layer.contrast_limits = kwargs["contrast_limits"]
-            elif layer_type == "image":
+            elif kind == "image":
                 layer.reset_contrast_limits()
             return layer
         viewer.layers.remove(layer)
-    return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    return getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+class ScrollableContainer(Container):
+    """A magicgui container that napari docks inside its scroll area.
+
+    magicgui's ``scrollable=True`` puts the controls in a ``QScrollArea``, but ``native`` is
+    still the inner widget, and napari docks ``native``: the scroll area is lost and every
+    control counts towards the window's minimum height (four docks needed 1232 px). Here
+    ``native`` is the scroll area (magicgui's public ``root_native_widget``), so a dock can be
+    as short as the screen allows and scrolls instead.
+    """
+
+    #: a docked panel keeps at least this many pixels of height (or its whole content if less)
+    MIN_VISIBLE_HEIGHT = 200
+    #: True: the panel takes the height left over by the others (results); False: at most its
+    #: content's height (a form of controls)
+    EXPANDING = False
+
+    def __init__(self, **kwargs):
+        from qtpy.QtWidgets import QSizePolicy
+
+        super().__init__(scrollable=True, **kwargs)
+        policy = QSizePolicy.Policy.Expanding if self.EXPANDING else QSizePolicy.Policy.Maximum
+        self.root_native_widget.setSizePolicy(QSizePolicy.Policy.Preferred, policy)
+        self.fit_minimum_height()
+
+    def fit_minimum_height(self):
+        """Minimum height: the content's, up to :attr:`MIN_VISIBLE_HEIGHT` (call after adding controls)."""
+        content = self.root_native_widget.widget().minimumSizeHint().height()
+        # + the frame, + a few px for styles that grow the controls once the dock is shown
+        slack = 2 * self.root_native_widget.frameWidth() + 8
+        self.root_native_widget.setMinimumHeight(min(content + slack, self.MIN_VISIBLE_HEIGHT))
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+    @property
+    def inner_layout(self):
+        """The Qt layout holding the controls (inside the scroll area)."""
+        return self.root_native_widget.widget().layout()
+
+
+def layer_base_name(layer) -> str:
+    """The name results of ``layer`` are named after: the file's stem for reader layers."""
+    return layer.metadata.get("base") or layer.name.removesuffix(" density")
 
 
 def _layer_choices(viewer, predicate):
@@ -74,7 +138,11 @@ def _has_localizations(layer) -> bool:
 
 
 def _is_image(layer) -> bool:
-    return getattr(layer, "_type_string", "") == "image" and layer.rgb is False
+    return layer_type(layer) == "image" and layer.rgb is False
+
+
+def _is_labels(layer) -> bool:
+    return layer_type(layer) == "labels"
 
 
 def _is_density_candidate(layer) -> bool:
@@ -83,7 +151,7 @@ def _is_density_candidate(layer) -> bool:
         "rate", "uncertainty", "residual", "true_rate"}
 
 
-class RenderWidget(Container):
+class RenderWidget(ScrollableContainer):
     """Render (or re-render) an opened localization file as a density image or points.
 
     Parameters
@@ -95,23 +163,43 @@ class RenderWidget(Container):
     -----
     The localizations come from the ``localizations`` DataFrame that the chromflow reader keeps
     in the layer metadata, so any layer opened by the reader can be re-rendered at another pixel
-    size or shown as points.
+    size or shown as points. The widget follows the layer selected in the layer list and shows
+    that layer's pixel size. The controls are the ``render`` section of the shared
+    :func:`~napari_plugin._layers.plugin_settings`. The channels of a multi-channel file are
+    re-rendered together, so that they keep sharing their pixels.
     """
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
+        self.settings = plugin_settings(napari_viewer)
         self.source = ComboBox(label="localizations",
                                choices=_layer_choices(napari_viewer, _has_localizations),
                                tooltip="a layer opened by the chromflow reader")
-        self.pixel_size = FloatSpinBox(label="pixel size (nm)", value=DEFAULT_PIXEL_SIZE_NM,
+        self.pixel_size = FloatSpinBox(label="pixel size (nm)", value=self.settings.render.pixel_size,
                                        min=1.0, max=1000.0, step=1.0)
-        self.method = ComboBox(label="method", choices=list(RENDER_METHODS), value="gaussian")
+        self.method = ComboBox(label="method", choices=list(RENDER_METHODS),
+                               value=self.settings.render.method)
         self.as_points = CheckBox(label="show as points (slow for millions)", value=False)
         self.run_button = PushButton(text="Render")
         super().__init__(widgets=[self.source, self.pixel_size, self.method, self.as_points,
                                   self.run_button])
         self.run_button.changed.connect(self.render)
+        self.source.changed.connect(self._follow_source)
         _refresh_on_layer_change(napari_viewer, self.source)
+        napari_viewer.layers.selection.events.active.connect(self._follow_selection)
+        show_scale_bar(napari_viewer)
+        self._follow_source()
+
+    def _follow_selection(self, event=None):
+        # the layer the user clicks in the layer list becomes the one to re-render
+        layer = self.viewer.layers.selection.active
+        if layer is not None and _has_localizations(layer) and layer in self.source.choices:
+            self.source.value = layer
+
+    def _follow_source(self, _=None):
+        layer = self.source.value
+        if layer is not None and layer_type(layer) == "image":
+            self.pixel_size.value = float(layer.scale[-1])
 
     def render(self, _=None):
         """Render the chosen localizations with the current settings; returns the layer or None."""
@@ -119,19 +207,27 @@ class RenderWidget(Container):
         if layer is None:
             report_error(ValueError("open a localization file first (File > Open)"), "Render")
             return None
-        locs = layer.metadata["localizations"]
-        base = layer.name.removesuffix(" density").removesuffix(" localizations")
+        render = self.settings.render
+        render.pixel_size, render.method = float(self.pixel_size.value), self.method.value
+        metadata = layer.metadata
+        # all channels of a multi-channel file together (on common pixels), else this layer's
+        locs = metadata.get("all_localizations", metadata["localizations"])
+        base = metadata.get("base") or layer.name.removesuffix(" density").removesuffix(" localizations")
         try:
-            [(data, kwargs, kind)] = localization_layers(
-                locs, as_points=self.as_points.value, pixel_size=self.pixel_size.value,
-                method=self.method.value, name=base, source=layer.metadata.get("source"))
+            self.settings.validate()
+            layers = localization_layers(
+                locs, as_points=self.as_points.value, pixel_size=render.pixel_size,
+                method=render.method, sigma=render.sigma, name=base, source=metadata.get("source"),
+                split_channels="channel" in metadata)
         except Exception as error:  # noqa: BLE001 - shown to the user, layers untouched
             report_error(error, "Render")
             return None
-        return upsert_layer(self.viewer, data, kwargs, kind)
+        out = [upsert_layer(self.viewer, data, kwargs, kind) for data, kwargs, kind in layers]
+        # the layer that was chosen (its channel), or the first
+        return next((new for new in out if new.name == layer.name), out[0])
 
 
-class SegmentWidget(Container):
+class SegmentWidget(ScrollableContainer):
     """Segment the nucleus of a density image into an editable Labels layer.
 
     Moving the threshold slider previews the mask live (the Labels layer is updated in place);
@@ -149,6 +245,7 @@ class SegmentWidget(Container):
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
+        self.settings = plugin_settings(napari_viewer)
         self.image = ComboBox(label="image",
                               choices=_layer_choices(napari_viewer, _is_density_candidate))
         self.auto_threshold = CheckBox(label="automatic threshold", value=True)
@@ -165,6 +262,7 @@ class SegmentWidget(Container):
         self.threshold.changed.connect(self._schedule_preview)
         self.image.changed.connect(self._on_image_changed)
         _refresh_on_layer_change(napari_viewer, self.image)
+        show_scale_bar(napari_viewer)
         self._timer = None
         self._on_image_changed()
 
@@ -206,23 +304,26 @@ class SegmentWidget(Container):
         On failure (no nucleus at this threshold, ...) the message is shown as a notification and
         an existing Labels layer is left as it was.
         """
-        import chromflow as cf
+        from chromflow.pipeline import segment
 
         layer = self.image.value
         if layer is None:
             report_error(ValueError("open or render a density image first"), "Segment")
             return None
         threshold = None if self.auto_threshold.value else float(self.threshold.value)
+        self.settings.segmentation.threshold = threshold
         try:
             image = image_from_layer(layer)
-            mask = cf.segment_nucleus(image, threshold=threshold)
+            mask = segment(image, self.settings)
         except Exception as error:  # noqa: BLE001 - shown to the user, layers untouched
             self.status.value = "no nucleus found"
             report_error(error, "Segment")
             return None
         base = layer.name.removesuffix(" density")
+        # drawn as its outline (contour 2 pixels): a filled, tinted mask would change the colours
+        # of every map under it (layer controls > contour 0 fills it again for painting)
         kwargs = {"name": f"{base} nucleus", "scale": tuple(layer.scale),
-                  "translate": tuple(layer.translate), "opacity": 0.4,
+                  "translate": tuple(layer.translate), "opacity": 0.8, "contour": 2,
                   "metadata": {"kind": "nucleus", "source": layer.metadata.get("source"),
                                "image_layer": layer.name, "threshold": threshold}}
         labels = upsert_layer(self.viewer, np.asarray(mask, dtype=np.uint8), kwargs, "labels")

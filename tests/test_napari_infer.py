@@ -5,6 +5,7 @@ import pytest
 
 pytest.importorskip("napari")
 
+from chromflow.pipeline import PipelineSettings
 from napari_plugin._infer_widget import InferWidget
 from napari_plugin._layers import SYNC_ENV, image_from_layer
 from napari_plugin._results_widget import ResultsWidget
@@ -50,9 +51,13 @@ def test_sync_run_adds_aligned_layers_equal_to_the_library(viewer, monkeypatch, 
     # thin over the library: the same numbers as calling it directly
     labels = viewer.layers["simulated nucleus nucleus"].data > 0
     np.testing.assert_array_equal(rate.data, _direct_reference(viewer, labels).rate)
-    for layer in (rate, outline):
-        assert tuple(layer.scale) == (result.spacing, result.spacing)
-        assert tuple(layer.translate) == result.origin
+    assert tuple(rate.scale) == (result.spacing, result.spacing)
+    assert tuple(rate.translate) == result.origin
+    # the outline is a Shapes layer in nm around the run's mask: its area is the mask's
+    polygon = max(outline.data, key=len)
+    y, x = polygon.T
+    area = abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2
+    assert area == pytest.approx(result.mask.sum() * result.spacing ** 2, rel=0.05)
     lo, hi = rate.contrast_limits
     inside = rate.data[result.mask & np.isfinite(rate.data)]
     assert lo == pytest.approx(np.percentile(inside, 1)) and hi == pytest.approx(np.percentile(inside, 99))
@@ -159,7 +164,7 @@ def test_results_panel_summary_histogram_and_export(viewer, tmp_path, monkeypatc
     assert not errors, errors
     names = sorted(p.name for p in written)
     assert names == sorted(["simulated nucleus_rate.tif", "simulated nucleus_mask.tif",
-                            "simulated nucleus_summary.csv"]
+                            "simulated nucleus_summary.csv", "simulated nucleus_settings.json"]
                            + (["simulated nucleus_residual.tif"]
                               if "simulated nucleus residual" in viewer.layers else []))
     back = cf.read_image(tmp_path / "simulated nucleus_rate.tif", allow_nan=True)
@@ -170,3 +175,6 @@ def test_results_panel_summary_histogram_and_export(viewer, tmp_path, monkeypatc
     table = pd.read_csv(tmp_path / "simulated nucleus_summary.csv")
     assert table.loc[0, "median_rate"] == pytest.approx(result.summary()["median_rate"])
     assert table.loc[0, "n_pixels"] == result.mask.sum()
+    # the settings of the run, as a CLI config: grid and method as the widget had them
+    settings = PipelineSettings.from_json(tmp_path / "simulated nucleus_settings.json")
+    assert (settings.fields.grid, settings.inference.method) == (GRID, "direct")

@@ -1,0 +1,594 @@
+"""Accuracy of a rate map against a known truth, beside two baselines computed on the same cells.
+
+A rate map is only worth its physics when it beats what needs none. Every accuracy figure of
+chromflow is therefore reported next to two *oracle-tuned* baselines (see DESIGN.md, "When the
+physics matters"):
+
+* the **smoothed ratio** ``S_sigma[phi_h] / S_sigma[phi_e]`` (the local reaction balance, transport
+  ignored; :func:`smoothed_ratio`), with the smoothing width ``sigma`` picked from a grid of
+  values by its correlation with the truth (:func:`best_smoothed_ratio`);
+* the **direct inversion** ``chromflow.infer_rates(fields, method="direct", radius=r)`` (closed
+  form on mollified data derivatives), with the radius ``r`` picked the same way
+  (:func:`best_direct`).
+
+Both are tuned *on the truth* (an oracle no real user has), so a method that beats them beats
+any setting of them. All metrics of one comparison are computed on the same cells
+(:func:`compare`).
+
+Metrics are plain functions on arrays: :func:`rate_correlation` (Pearson), :func:`rmse`,
+:func:`coverage` (share of cells whose nominal interval covers the truth). Grids: every array of
+one call is on the same ``(ny, nx)`` grid; a truth given as an :class:`~chromflow.Image` on
+another grid is resampled first (:func:`truth_on_grid`).
+
+Examples
+--------
+>>> import numpy as np
+>>> truth = np.linspace(1.0, 2.0, 100).reshape(10, 10)
+>>> round(rate_correlation(3 * truth + 1, truth), 12)      # affine maps correlate perfectly
+1.0
+>>> round(rmse(truth + 0.1, truth), 12)
+0.1
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy import ndimage, special
+
+from .errors import GridError, InputError
+
+__all__ = ["rate_correlation", "rmse", "coverage", "smoothed_ratio", "best_smoothed_ratio", "best_direct",
+           "baselines", "compare", "truth_on_grid", "Baseline", "DEFAULT_SIGMAS", "DEFAULT_RADII"]
+
+#: Smoothing widths (grid cells) tried by :func:`best_smoothed_ratio`; 0 is the plain ratio.
+DEFAULT_SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+#: Mollifier radii (grid cells) tried by :func:`best_direct`.
+DEFAULT_RADII = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
+#: A baseline candidate must be finite on at least this share of the compared cells to be scored.
+MIN_FINITE_SHARE = 0.99
+
+
+class _BaselineTuple(NamedTuple):
+    rate: np.ndarray
+    value: float
+    corr: float
+
+
+class Baseline(_BaselineTuple):
+    """An oracle-tuned baseline map: unpacks as ``rate, value, corr``.
+
+    Attributes
+    ----------
+    rate : ndarray
+        The map at the chosen value (NaN outside the mask).
+    value : float
+        The chosen knob: smoothing width or mollifier radius, in grid cells.
+    corr : float
+        Its Pearson correlation with the truth on the compared cells.
+    scores : dict
+        Knob value -> correlation for every candidate tried (NaN: not usable).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> b = Baseline(np.zeros((2, 2)), 3.0, 0.9, {3.0: 0.9})
+    >>> rate, value, corr = b
+    >>> value, b.scores
+    (3.0, {3.0: 0.9})
+    """
+
+    def __new__(cls, rate, value, corr, scores=None):
+        self = super().__new__(cls, rate, value, corr)
+        self.scores = dict(scores or {})
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _arr(x, what):
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise InputError(f"{what} must be a 2D (y, x) array, got shape {a.shape}")
+    return a
+
+
+def _cells(shape, *arrays, mask=None):
+    """Cells finite in every array and inside ``mask``."""
+    use = np.ones(shape, dtype=bool)
+    for a in arrays:
+        if a.shape != shape:
+            raise InputError(f"array shapes differ: {a.shape} vs {shape}")
+        use &= np.isfinite(a)
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != shape:
+            raise InputError(f"mask shape {m.shape} differs from the maps' {shape}")
+        use &= m
+    return use
+
+
+def _pearson(a, b):
+    if a.size < 3:
+        return float("nan")
+    a = a - a.mean()
+    b = b - b.mean()
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / den if den > 0 else float("nan")
+
+
+def _is_result(obj) -> bool:
+    return all(hasattr(obj, k) for k in ("rate", "mask", "spacing", "origin"))
+
+
+def truth_on_grid(truth, shape, spacing: float, origin=(0.0, 0.0)) -> np.ndarray:
+    """A true map given on its own grid, linearly interpolated at the centres of another grid.
+
+    Parameters
+    ----------
+    truth : Image or ndarray
+        An :class:`~chromflow.Image` (pixel size and origin in nm; NaN outside the true nucleus)
+        is resampled; a plain array must already have ``shape`` and is returned as float.
+    shape : (ny, nx)
+        Target grid.
+    spacing : float
+        Target cell size, nm.
+    origin : (float, float)
+        Target position (nm) of the centre of cell ``(0, 0)``.
+
+    Returns
+    -------
+    ndarray
+        ``shape``; NaN where the target cell centre falls outside the truth's grid or on a NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from chromflow import Image
+    >>> t = Image(np.arange(16.0).reshape(4, 4), pixel_size=10.0)
+    >>> truth_on_grid(t, (2, 2), spacing=20.0, origin=(5.0, 5.0)).tolist()   # 2x2 block centres
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+    shape = tuple(int(s) for s in shape)
+    if not hasattr(truth, "pixel_size"):
+        t = _arr(truth, "truth")
+        if t.shape != shape:
+            raise InputError(f"truth of shape {t.shape} is not on the {shape} grid; pass a chromflow.Image "
+                             "with pixel size and origin to resample it")
+        return t
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    y_nm = origin[0] + yy * float(spacing)
+    x_nm = origin[1] + xx * float(spacing)
+    coords = [(y_nm - truth.origin[0]) / truth.pixel_size, (x_nm - truth.origin[1]) / truth.pixel_size]
+    return ndimage.map_coordinates(np.asarray(truth.data, dtype=np.float64), coords, order=1, mode="constant",
+                                   cval=np.nan)
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics
+# ----------------------------------------------------------------------------------------------
+def rate_correlation(rate, truth, mask=None):
+    """Pearson correlation of a rate map with the true one, on the cells finite in both.
+
+    Parameters
+    ----------
+    rate : (ny, nx) ndarray or RateMapResult
+        Recovered map (NaN where undefined). A result object (``rate``, ``mask``, ``spacing``,
+        ``origin``) selects the older calling convention, see Returns.
+    truth : (ny, nx) ndarray or Image
+        True map on the same grid; with a result object, an :class:`~chromflow.Image` on any
+        grid, resampled with :func:`truth_on_grid` (the truth NaN outside the true nucleus).
+    mask : (ny, nx) bool ndarray, optional
+        Further restricts the compared cells (with a result object, ANDed with its mask).
+
+    Returns
+    -------
+    float or (float, int)
+        The correlation (NaN with fewer than 3 cells or a constant map). Called with a result
+        object: ``(correlation, number of cells compared)``, the contract of the former
+        ``chromflow.cli.rate_correlation``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = np.arange(12.0).reshape(3, 4)
+    >>> r = 2 * t - 1
+    >>> r[0, 0] = np.nan                      # left out, not an error
+    >>> round(rate_correlation(r, t), 12)
+    1.0
+    >>> round(rate_correlation(-t, t, mask=t > 3), 12)
+    -1.0
+    """
+    if _is_result(rate):
+        result = rate
+        values = _arr(result.rate, "rate")
+        true = truth_on_grid(truth, values.shape, result.spacing, result.origin)
+        m = np.asarray(result.mask, dtype=bool) if mask is None else (np.asarray(result.mask, bool) & mask)
+        use = _cells(values.shape, values, true, mask=m)
+        return _pearson(values[use], true[use]), int(use.sum())
+    values = _arr(rate, "rate")
+    true = _arr(truth, "truth")
+    use = _cells(values.shape, values, true, mask=mask)
+    return _pearson(values[use], true[use])
+
+
+def rmse(rate, truth, mask=None) -> float:
+    """Root-mean-square difference of a rate map from the truth on cells finite in both.
+
+    Parameters
+    ----------
+    rate, truth : (ny, nx) ndarray
+        Same grid.
+    mask : (ny, nx) bool ndarray, optional
+        Restricts the compared cells.
+
+    Returns
+    -------
+    float
+        In the units of the rate (dimensionless for ``lambda``); NaN when no cell is compared.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round(rmse(np.array([[1.0, 2.0], [3.0, np.nan]]), np.array([[1.0, 2.0], [5.0, 0.0]])), 12)
+    1.154700538379
+    """
+    values, true = _arr(rate, "rate"), _arr(truth, "truth")
+    use = _cells(values.shape, values, true, mask=mask)
+    if not use.any():
+        return float("nan")
+    return float(np.sqrt(np.mean((values[use] - true[use]) ** 2)))
+
+
+def coverage(rate, uncertainty, truth, level: float = 0.9, mask=None, details: bool = False):
+    """Share of cells whose nominal interval ``rate +- z * uncertainty`` contains the truth.
+
+    ``z = Phi^-1((1 + level) / 2)`` is the two-sided Gaussian quantile (1.645 for 90 %), so a
+    calibrated standard deviation covers about ``level`` of the cells. Cells are those where
+    ``rate`` and ``truth`` are finite (and inside ``mask``); a NaN (or negative) uncertainty there
+    counts as *not covered* and is counted in ``n_missing``: an absent error bar is no error bar.
+
+    Parameters
+    ----------
+    rate, uncertainty, truth : (ny, nx) ndarray
+        Estimate, its standard deviation, truth; same grid.
+    level : float
+        Nominal coverage in (0, 1).
+    mask : (ny, nx) bool ndarray, optional
+        Restricts the cells (e.g. interior cells).
+    details : bool
+        Return a dict instead of the share.
+
+    Returns
+    -------
+    float or dict
+        The covered share (NaN without cells); with ``details``: ``coverage``, ``level``, ``z``,
+        ``n_cells``, ``n_covered``, ``n_missing`` (cells without a usable uncertainty).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> truth = np.ones((200, 200))
+    >>> sd = np.full_like(truth, 0.1)
+    >>> est = truth + sd * rng.standard_normal(truth.shape)    # exactly calibrated errors
+    >>> round(coverage(est, sd, truth, level=0.9), 2)
+    0.9
+    >>> coverage(est, np.full_like(sd, np.nan), truth, details=True)["n_missing"]
+    40000
+    """
+    if not 0 < level < 1:
+        raise InputError(f"level must be in (0, 1), got {level}")
+    values, true = _arr(rate, "rate"), _arr(truth, "truth")
+    sd = _arr(uncertainty, "uncertainty")
+    if sd.shape != values.shape:
+        raise InputError(f"uncertainty shape {sd.shape} differs from the rate's {values.shape}")
+    use = _cells(values.shape, values, true, mask=mask)
+    z = float(special.ndtri(0.5 * (1.0 + level)))
+    s = sd[use]
+    usable = np.isfinite(s) & (s >= 0)
+    covered = usable & (np.abs(values[use] - true[use]) <= z * np.where(usable, s, 0.0))
+    n = int(use.sum())
+    share = float(covered.sum() / n) if n else float("nan")
+    if not details:
+        return share
+    return {"coverage": share, "level": float(level), "z": z, "n_cells": n, "n_covered": int(covered.sum()),
+            "n_missing": int(n - usable.sum())}
+
+
+# ----------------------------------------------------------------------------------------------
+# baselines
+# ----------------------------------------------------------------------------------------------
+def _masked_gaussian(values, mask, sigma):
+    if sigma <= 0:
+        return np.where(mask, values, np.nan)
+    m = mask.astype(np.float64)
+    num = ndimage.gaussian_filter(np.where(mask, values, 0.0), sigma, mode="constant", cval=0.0, truncate=4.0)
+    den = ndimage.gaussian_filter(m, sigma, mode="constant", cval=0.0, truncate=4.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mask & (den > 1e-12), num / den, np.nan)
+
+
+def smoothed_ratio(phi_h, phi_e, mask, sigma_cells: float = 0.0) -> np.ndarray:
+    """The local reaction balance ``S[phi_h] / S[phi_e]`` with mask-normalised Gaussian smoothing.
+
+    Definition: with ``m`` the mask (1 inside, 0 outside; beyond the array counts as outside) and
+    ``G`` a Gaussian of standard deviation ``sigma_cells`` (truncated at 4 sigma),
+    ``S[f] = G * (m f) / G * m`` on the mask: a weighted mean of ``f`` over nucleus cells only, so
+    the outside (zero density) does not dilute the edge. The map is ``S[phi_h] / S[phi_e]`` on
+    the mask, NaN outside and where ``S[phi_e] <= 0``. ``sigma_cells = 0`` is the plain ratio.
+
+    At steady state ``lambda = (phi_h - lap(mu_d) / 2) / phi_e``: this map drops the transport
+    term, which is right where ``lambda`` varies slowly.
+
+    Parameters
+    ----------
+    phi_h, phi_e : (ny, nx) ndarray
+        Heterochromatin and euchromatin volume fractions.
+    mask : (ny, nx) bool ndarray
+        Nucleus.
+    sigma_cells : float
+        Smoothing width in grid cells (>= 0).
+
+    Returns
+    -------
+    (ny, nx) ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.zeros((20, 20), bool); m[3:17, 2:18] = True
+    >>> r = smoothed_ratio(np.full((20, 20), 0.3), np.full((20, 20), 0.2), m, sigma_cells=3.0)
+    >>> bool(np.allclose(r[m], 1.5)), bool(np.isnan(r[0, 0]))     # exact, up to the edge
+    (True, True)
+    """
+    h, e = _arr(phi_h, "phi_h"), _arr(phi_e, "phi_e")
+    m = np.asarray(mask, dtype=bool)
+    if not (h.shape == e.shape == m.shape):
+        raise InputError(f"phi_h {h.shape}, phi_e {e.shape} and mask {m.shape} must have one shape")
+    if not sigma_cells >= 0:
+        raise InputError(f"sigma_cells must be >= 0, got {sigma_cells}")
+    sh = _masked_gaussian(h, m, float(sigma_cells))
+    se = _masked_gaussian(e, m, float(sigma_cells))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(m & (se > 0), sh / se, np.nan)
+
+
+def _pick(candidates, truth, cells):
+    """Best candidate by correlation on ``cells``; candidates finite on < 99 % of them are skipped.
+
+    Without any scorable candidate the baseline is all NaN with ``corr`` NaN.
+    """
+    scores, best = {}, None
+    n = int(cells.sum())
+    for value, rate in candidates:
+        if rate is None:
+            scores[value] = float("nan")
+            continue
+        ok = cells & np.isfinite(rate)
+        if n == 0 or ok.sum() < MIN_FINITE_SHARE * n:
+            scores[value] = float("nan")
+            continue
+        c = _pearson(rate[ok], truth[ok])
+        scores[value] = c
+        if np.isfinite(c) and (best is None or c > best[2]):
+            best = (rate, value, c)
+    if best is None:  # e.g. a constant map, or no kernel fits: reported as NaN, not an error
+        return Baseline(np.full(truth.shape, np.nan), float("nan"), float("nan"), scores)
+    return Baseline(best[0], float(best[1]), float(best[2]), scores)
+
+
+def _compared_cells(mask, truth, extra=None):
+    cells = np.asarray(mask, dtype=bool) & np.isfinite(truth)
+    if extra is not None:
+        cells &= np.asarray(extra, dtype=bool)
+    return cells
+
+
+def best_smoothed_ratio(phi_h, phi_e, mask, truth, sigmas=DEFAULT_SIGMAS, cells=None) -> Baseline:
+    """The :func:`smoothed_ratio` whose width correlates best with the truth (an oracle).
+
+    Parameters
+    ----------
+    phi_h, phi_e : (ny, nx) ndarray
+        Volume fractions.
+    mask : (ny, nx) bool ndarray
+        Nucleus (the smoothing's support).
+    truth : (ny, nx) ndarray
+        True rate on the same grid (NaN where unknown).
+    sigmas : sequence of float
+        Smoothing widths to try, grid cells.
+    cells : (ny, nx) bool ndarray, optional
+        Cells scored (default: mask cells with a finite truth).
+
+    Returns
+    -------
+    Baseline
+        ``rate``, ``value`` (the chosen sigma, cells), ``corr``, ``scores``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> m = np.ones((32, 32), bool)
+    >>> truth = 1 + 0.5 * np.sin(np.arange(32) / 5.0)[None, :] * np.ones((32, 1))
+    >>> h = 0.2 * truth * (1 + 0.1 * rng.standard_normal((32, 32)))   # noisy ratio data
+    >>> b = best_smoothed_ratio(h, np.full((32, 32), 0.2), m, truth)
+    >>> b.value > 0 and b.corr > b.scores[0.0]                       # smoothing helps on noise
+    True
+    """
+    truth = _arr(truth, "truth")
+    m = np.asarray(mask, dtype=bool)
+    cells = _compared_cells(m, truth, cells)
+    candidates = ((float(s), smoothed_ratio(phi_h, phi_e, m, s)) for s in sigmas)
+    return _pick(candidates, truth, cells)
+
+
+def _direct_map(fields, radius, infer_options):
+    from .inverse import infer_rates
+
+    try:
+        return np.asarray(infer_rates(fields, method="direct", radius=float(radius), **infer_options).rate,
+                          dtype=np.float64)
+    except (GridError, InputError):
+        return None  # the kernel does not fit this mask, or phi_e <= 0 somewhere: not a candidate
+
+
+def best_direct(fields, truth, radii=DEFAULT_RADII, cells=None, **infer_options) -> Baseline:
+    """The direct inversion ``infer_rates(fields, method="direct", radius=r)`` at its best radius.
+
+    Parameters
+    ----------
+    fields : ChromatinFields
+        Or any object with ``phi_h``, ``phi_e``, ``mask``, ``spacing``, ``origin``, ``source``.
+    truth : (ny, nx) ndarray
+        True rate on the fields' grid (NaN where unknown).
+    radii : sequence of float
+        Mollifier radii to try, grid cells. Radii whose kernel does not fit the mask, or at
+        which the map is not finite on the compared cells, are skipped (score NaN).
+    cells : (ny, nx) bool ndarray, optional
+        Cells scored (default: mask cells with a finite truth).
+    **infer_options
+        Passed on to :func:`chromflow.infer_rates`.
+
+    Returns
+    -------
+    Baseline
+        ``rate``, ``value`` (the chosen radius, cells), ``corr``, ``scores``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> m = np.zeros((40, 40), bool); m[5:35, 5:35] = True
+    >>> x = np.arange(40.0)[None, :] * np.ones((40, 1))
+    >>> f = SimpleNamespace(phi_h=0.2 + 0.001 * x, phi_e=np.full((40, 40), 0.2), mask=m, spacing=50.0,
+    ...                     origin=(0.0, 0.0), source=None)
+    >>> b = best_direct(f, 1 + 0.005 * x, radii=(2.0, 3.0))    # linear fields: lambda = ratio
+    >>> round(b.corr, 6)
+    1.0
+    """
+    truth = _arr(truth, "truth")
+    cells = _compared_cells(fields.mask, truth, cells)
+    candidates = ((float(r), _direct_map(fields, r, infer_options)) for r in radii)
+    return _pick(candidates, truth, cells)
+
+
+def baselines(fields, truth, mask=None, sigmas=DEFAULT_SIGMAS, radii=DEFAULT_RADII) -> dict:
+    """Both oracle-tuned baselines on the same cells.
+
+    Parameters
+    ----------
+    fields : ChromatinFields
+        The data (``phi_h``, ``phi_e``, ``mask``, ``spacing``, ``origin``).
+    truth : (ny, nx) ndarray or Image
+        True rate: on the fields' grid, or an :class:`~chromflow.Image` resampled onto it.
+    mask : (ny, nx) bool ndarray, optional
+        Restricts the scored cells (default: the fields' mask where the truth is finite).
+    sigmas, radii : sequence of float
+        Candidate smoothing widths and mollifier radii (grid cells).
+
+    Returns
+    -------
+    dict
+        ``{"ratio": Baseline, "direct": Baseline}``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> m = np.zeros((40, 40), bool); m[5:35, 5:35] = True
+    >>> truth = 1.5 + 0.01 * np.arange(40.0)[None, :] * np.ones((40, 1))
+    >>> f = SimpleNamespace(phi_h=0.2 * truth, phi_e=np.full((40, 40), 0.2), mask=m,
+    ...                     spacing=50.0, origin=(0.0, 0.0), source=None)
+    >>> b = baselines(f, truth, radii=(2.0,))
+    >>> sorted(b), round(b["ratio"].corr, 6), round(b["direct"].corr, 6)
+    (['direct', 'ratio'], 1.0, 1.0)
+    """
+    shape = np.shape(fields.phi_h)
+    true = truth_on_grid(truth, shape, fields.spacing, fields.origin)
+    return {"ratio": best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, true, sigmas, cells=mask),
+            "direct": best_direct(fields, true, radii, cells=mask)}
+
+
+def compare(result_or_rate, truth, fields, mask=None, level: float = 0.9, sigmas=DEFAULT_SIGMAS,
+            radii=DEFAULT_RADII) -> dict:
+    """One table row: a method's accuracy beside both oracle-tuned baselines, on the same cells.
+
+    The compared cells are the fields' mask (and the result's, and ``mask`` when given) where the
+    truth and the method's map are finite. The baselines are tuned and scored on exactly those
+    cells.
+
+    Parameters
+    ----------
+    result_or_rate : RateMapResult or (ny, nx) ndarray
+        The method's output on the fields' grid. A result contributes its ``uncertainty``.
+    truth : (ny, nx) ndarray or Image
+        True rate on the fields' grid, or an :class:`~chromflow.Image` (resampled onto it).
+    fields : ChromatinFields
+        The data the method was given (the baselines use the same).
+    mask : (ny, nx) bool ndarray, optional
+        Restricts the compared cells (e.g. interior cells).
+    level : float
+        Nominal level of the coverage interval.
+    sigmas, radii : sequence of float
+        Candidates of the two baselines (grid cells).
+
+    Returns
+    -------
+    dict
+        ``corr``, ``rmse``, ``coverage`` (of the ``level`` interval; NaN only for a bare array,
+        which carries no uncertainty; a result whose uncertainty is NaN scores 0 there),
+        ``coverage_missing`` (cells without a usable uncertainty), ``n_cells``, ``ratio_corr``,
+        ``ratio_rmse``, ``ratio_sigma`` (cells), ``direct_corr``, ``direct_rmse``,
+        ``direct_radius`` (cells), ``beats_ratio``, ``beats_direct``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> m = np.zeros((40, 40), bool); m[5:35, 5:35] = True
+    >>> truth = 1.5 + 0.01 * np.arange(40.0)[None, :] * np.ones((40, 1))
+    >>> f = SimpleNamespace(phi_h=0.2 * truth, phi_e=np.full((40, 40), 0.2), mask=m, spacing=50.0,
+    ...                     origin=(0.0, 0.0), source=None)
+    >>> row = compare(np.where(m, truth, np.nan), truth, f, radii=(2.0,))
+    >>> round(row["corr"], 6), round(row["ratio_corr"], 6), row["n_cells"]
+    (1.0, 1.0, 900)
+    """
+    shape = np.shape(fields.phi_h)
+    true = truth_on_grid(truth, shape, fields.spacing, fields.origin)
+    if _is_result(result_or_rate):
+        rate = _arr(result_or_rate.rate, "rate")
+        unc = getattr(result_or_rate, "uncertainty", None)
+        res_mask = np.asarray(result_or_rate.mask, dtype=bool)
+    else:
+        rate, unc, res_mask = _arr(result_or_rate, "rate"), None, None
+    if rate.shape != shape:
+        raise InputError(f"rate map of shape {rate.shape} is not on the fields' {shape} grid")
+    cells = _cells(shape, rate, true, mask=np.asarray(fields.mask, dtype=bool))
+    if res_mask is not None:
+        cells &= res_mask
+    if mask is not None:
+        cells &= np.asarray(mask, dtype=bool)
+    if cells.sum() < 3:
+        raise InputError(f"only {int(cells.sum())} cells to compare (mask, truth and rate overlap too little)")
+    row: dict[str, Any] = {"n_cells": int(cells.sum()),
+                           "corr": rate_correlation(rate, true, cells),
+                           "rmse": rmse(rate, true, cells)}
+    cov = {"coverage": float("nan"), "n_missing": int(cells.sum())}
+    if unc is not None:  # an all-NaN uncertainty map covers nothing: coverage 0, not "not applicable"
+        cov = coverage(rate, unc, true, level=level, mask=cells, details=True)
+    row["coverage"] = cov["coverage"]
+    row["coverage_missing"] = cov["n_missing"]
+    base = {"ratio": best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, true, sigmas, cells=cells),
+            "direct": best_direct(fields, true, radii, cells=cells)}
+    for name, key in (("ratio", "ratio_sigma"), ("direct", "direct_radius")):
+        b = base[name]
+        row[f"{name}_corr"] = b.corr
+        row[f"{name}_rmse"] = rmse(b.rate, true, cells)
+        row[key] = b.value
+        row[f"beats_{name}"] = bool(row["corr"] > b.corr)
+    return row

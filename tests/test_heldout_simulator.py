@@ -1,0 +1,135 @@
+"""The held-out simulator of benchmarks/_heldout.py: right answers, independent of chromflow.simulate."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import _heldout as H  # noqa: E402
+
+
+def _cosine_case(n, box_um=1.6):
+    """Rate and total chromatin made of cosines that satisfy the no-flux walls of the box."""
+    h = box_um / n
+    c = (np.arange(n) + 0.5) * h
+    y, x = np.meshgrid(c, c, indexing="ij")
+    rate = 1.2 + 0.4 * np.cos(np.pi * x / box_um) * np.cos(2 * np.pi * y / box_um)
+    total = 0.5 + 0.05 * np.cos(np.pi * y / box_um)
+    return rate, total, h
+
+
+def test_agrees_with_chromflow_finite_volumes_to_discretisation_error():
+    """Same continuum problem, two methods: the gap is chromflow's O(h^2) error, shrinking 4x per halving."""
+    from chromflow.simulate import chromatin_steady_state
+
+    gaps = []
+    for n in (16, 32):
+        rate, total, h = _cosine_case(n)
+        phi_h, phi_e, info = H.solve_steady(rate, total, h, "noflux")
+        assert info["converged"] and info["residual"] < 1e-8
+        fv_h, fv_e = chromatin_steady_state(rate, total=total, spacing_um=h)
+        np.testing.assert_allclose(phi_h + phi_e, total, atol=1e-14)
+        gaps.append(max(np.abs(phi_h - fv_h).max(), np.abs(phi_e - fv_e).max()))
+    # the fields vary by ~0.1 across the box; the gap is small and second order
+    assert gaps[0] < 5e-4
+    assert 3.0 < gaps[0] / gaps[1] < 5.0, gaps
+
+
+def test_residual_by_its_own_discretisation_and_uniform_state():
+    rate, total, h = _cosine_case(32)
+    phi_h, phi_e, info = H.solve_steady(rate, total, h, "noflux", tol=1e-10)
+    op = H.Spectral(rate.shape, h, "noflux")
+    assert np.abs(H.steady_residual(phi_h - phi_e, total, rate, op)).max() < 1e-10
+    assert info["history"][0] > 1e3 * info["residual"]     # it really iterated from far away
+    # uniform rate and total: the local balance phi_h / phi_e = lambda, exactly
+    h2, e2, _ = H.solve_steady(np.full((16, 16), 1.5), np.full((16, 16), 0.5), 0.05, "periodic")
+    np.testing.assert_allclose(h2, 0.3, atol=1e-13)
+    np.testing.assert_allclose(e2, 0.2, atol=1e-13)
+
+
+def test_periodic_solver_is_translation_equivariant():
+    rng = np.random.default_rng(0)
+    n, h = 48, 0.05
+    rate = 1.2 * np.exp(0.4 * H.gaussian_field((n, n), h, 0.3, rng))
+    total = 0.5 * (1 + 0.1 * H.gaussian_field((n, n), h, 0.5, rng))
+    phi_h, _, info = H.solve_steady(rate, total, h, "periodic")
+    assert info["converged"]
+    shifted, _, _ = H.solve_steady(np.roll(rate, (7, -11), (0, 1)), np.roll(total, (7, -11), (0, 1)), h, "periodic")
+    np.testing.assert_allclose(shifted, np.roll(phi_h, (7, -11), (0, 1)), atol=1e-9)
+    # transport matters on this domain-scale map: phi_h / phi_e is not lambda
+    ratio = phi_h / (total - phi_h)
+    assert np.abs(ratio / rate - 1).max() > 0.05
+
+
+def test_variable_mobility_transport_identity():
+    """div(M grad mu) through Laplacians only equals the same with spectral gradients (periodic)."""
+    n, L = 64, 3.2
+    h = L / n
+    c = np.arange(n) * h
+    y, x = np.meshgrid(c, c, indexing="ij")
+    k = 2 * np.pi / L
+    mob = 1 + 0.5 * np.sin(k * x) * np.cos(2 * k * y)
+    mu = np.cos(3 * k * x) + 0.3 * np.sin(k * y)
+    op = H.Spectral((n, n), h, "periodic")
+    via_laplacians = 0.5 * (op.laplacian(mob * mu) + mob * op.laplacian(mu) - mu * op.laplacian(mob))
+    # analytic: d/dx(M dmu/dx) + d/dy(M dmu/dy)
+    mx, my = 0.5 * k * np.cos(k * x) * np.cos(2 * k * y), -k * np.sin(k * x) * np.sin(2 * k * y)
+    ux, uy = -3 * k * np.sin(3 * k * x), 0.3 * k * np.cos(k * y)
+    lap_mu = -9 * k * k * np.cos(3 * k * x) - 0.3 * k * k * np.sin(k * y)
+    exact = mx * ux + my * uy + mob * lap_mu
+    np.testing.assert_allclose(via_laplacians, exact, atol=1e-9 * np.abs(exact).max())
+
+
+@pytest.fixture(scope="module")
+def small_nucleus():
+    return H.simulate("nucleus", "domain", seed=3, box_um=2.0, semi_axes_um=(0.6, 0.75), spacing_nm=10.0)
+
+
+def test_small_diffuse_nucleus_converges_and_block_averages(small_nucleus):
+    sim = small_nucleus
+    assert sim.info["converged"] and sim.info["residual"] < 1e-8
+    inside = sim.inside
+    assert (sim.phi_h[inside] > 0).all() and (sim.phi_e[inside] > 0).all()
+    # phi_t falls to the floor outside, over ~2.2 w of the edge
+    assert sim.total[~inside].min() == pytest.approx(0.005, abs=1e-4)
+    phi_h, phi_e, rate, mask, spacing, origin = sim.cell_fields(50.0)
+    assert phi_h.shape == (40, 40) and spacing == 50.0 and origin == (25.0, 25.0)
+    np.testing.assert_allclose(phi_h[3, 4], sim.phi_h[15:20, 20:25].mean())
+    assert abs(mask.sum() * 25 - inside.sum()) < 0.1 * inside.sum()    # area kept to a few %
+    with pytest.raises(ValueError, match="multiple"):
+        sim.cell_fields(45.0)
+
+
+def test_labelling_writes_a_thunderstorm_file_chromflow_reads(small_nucleus, tmp_path):
+    import chromflow as cf
+
+    sim = small_nucleus
+    table = H.label(sim, 150_000, seed=1, background=0.05)
+    assert abs(len(table) - 150_000) < 0.05 * 150_000
+    path = H.write_thunderstorm(table, tmp_path / "cell.csv")
+    assert path.read_text().splitlines()[0].startswith('"id","frame","x [nm]","y [nm]"')
+    locs = cf.read_localizations(path)
+    assert locs.attrs["format"] == "thunderstorm"
+    assert {"x", "y", "frame", "uncertainty", "photons", "channel"} <= set(locs.columns)
+    assert sorted(locs["channel"].unique().tolist()) == [0, 1]
+    # channels split like the integrals of phi_h and phi_e (background splits evenly)
+    share_h = (locs["channel"] == 0).mean()
+    expected = 0.95 * np.clip(sim.phi_h, 0, None).sum() / (np.clip(sim.phi_h, 0, None).sum()
+                                                         + np.clip(sim.phi_e, 0, None).sum()) + 0.05 * 0.5
+    assert abs(share_h - expected) < 0.02
+    # the heterochromatin channel's density follows phi_h (100 nm bins, inside the nucleus)
+    h0 = locs[locs["channel"] == 0]
+    edges = np.arange(0, 2001, 100)
+    counts, _, _ = np.histogram2d(h0["y"], h0["x"], bins=[edges, edges])
+    coarse = sim.phi_h.reshape(20, 10, 20, 10).mean(axis=(1, 3))
+    core = sim.inside.reshape(20, 10, 20, 10).all(axis=(1, 3))
+    assert np.corrcoef(counts[core], coarse[core])[0, 1] > 0.7
+    # precision: sigma_loc = psf * sqrt(2 / N)
+    np.testing.assert_allclose(table["uncertainty [nm]"], 130 * np.sqrt(2 / table["intensity [photon]"]),
+                               rtol=2e-3, atol=2e-3)
+    # blinking: molecules give runs of localizations, so there are fewer frames' worth of distinct emitters
+    assert table["frame"].between(1, 20000).all()
