@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import CancelledError, ChromflowError, GridError, InputError, SegmentationError
+from .errors import CancelledError, ChromflowError, GridError, InputError, OutputError, SegmentationError
 from .image import Image
 
 # `render` is both a submodule and the public function: importing the submodule anywhere binds
@@ -48,7 +48,7 @@ _SUBMODULES = {"io", "mollifier", "models", "physics", "simulate", "nucleus", "f
                "evaluate"}
 
 __all__ = sorted(["Image", "render", "ChromflowError", "InputError", "SegmentationError", "GridError",
-                  "CancelledError", *_LAZY, *_SUBMODULES])
+                  "CancelledError", "OutputError", *_LAZY, *_SUBMODULES])
 
 
 def __getattr__(name):

@@ -35,13 +35,19 @@ def check_input_file(path, kind: str = "an input file", allow_empty: bool = Fals
     """``path`` as a :class:`~pathlib.Path` to an existing, non-empty file.
 
     Raises :class:`~chromflow.errors.InputError` naming ``path`` when it is missing, a folder
-    (the message says it is not ``kind``) or empty (unless ``allow_empty``).
+    (the message says it is not ``kind``), cannot be opened for reading (permissions, an I/O
+    error) or is empty (unless ``allow_empty``).
     """
     path = Path(os.fspath(path))
     if not path.exists():
         raise InputError("file not found", path)
     if path.is_dir():
         raise InputError(f"is a folder, not {kind}", path)
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise InputError(f"cannot read the file ({exc.strerror or exc})", path) from None
     if not allow_empty and path.stat().st_size == 0:
         raise InputError("file is empty", path)
     return path

@@ -41,7 +41,9 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -51,7 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__
-from .errors import ChromflowError, InputError
+from .errors import ChromflowError, InputError, OutputError
 from .io._atomic import atomic_path
 
 __all__ = ["run_batch", "find_inputs", "input_sha256", "load_settings", "rate_distribution_figure",
@@ -87,13 +89,34 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def find_inputs(in_dir, pattern: str | None = None, recursive: bool = False, exclude=None) -> list[Path]:
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _why_not_input(path: Path, columns=None) -> str | None:
+    """Why a file with a supported suffix is not an input (None: it is one), from its content."""
+    from .io.localizations import sniff_localizations
+
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4)
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        return None if head in _TIFF_SIGNATURES else "not a TIFF file"
+    return sniff_localizations(path, columns=columns)
+
+
+def find_inputs(in_dir, pattern: str | None = None, recursive: bool = False, exclude=None, columns=None,
+                skipped: list | None = None) -> list[Path]:
     """Input files of a folder, sorted by their path relative to ``in_dir``.
 
     A file is an input when its suffix is one the pipeline reads (localization tables
-    ``.csv .txt .tsv .hdf5 .h5`` and images ``.tif .tiff``) and it matches ``pattern``. The
-    ``.yaml`` beside a Picasso ``.hdf5`` is part of that input, never an input of its own.
-    Hidden files and folders (name starting with ``.``) are ignored.
+    ``.csv .txt .tsv .hdf5 .h5`` and images ``.tif .tiff``), it matches ``pattern`` and its
+    content is what the suffix says: a TIFF or HDF5 signature, or a text table whose header
+    names x and y columns (:func:`chromflow.io.localizations.sniff_localizations`). So a
+    ``LICENSE.txt`` or ``README.txt`` in a data folder is not an input. The ``.yaml`` beside
+    a Picasso ``.hdf5`` is part of that input, never an input of its own. Hidden files and
+    folders (name starting with ``.``) are ignored.
 
     Parameters
     ----------
@@ -106,6 +129,11 @@ def find_inputs(in_dir, pattern: str | None = None, recursive: bool = False, exc
         Also look in sub-folders.
     exclude : str or os.PathLike, optional
         A folder whose files are never inputs (the output folder, when it lies inside ``in_dir``).
+    columns : dict, optional
+        Column mapping (``render.columns``) under which a table's x and y columns count.
+    skipped : list, optional
+        When given, ``(path, reason)`` is appended for every file with a supported suffix that
+        was left out because of its content.
 
     Returns
     -------
@@ -143,6 +171,11 @@ def find_inputs(in_dir, pattern: str | None = None, recursive: bool = False, exc
             target = rel.as_posix() if "/" in pattern else path.name
             if not fnmatch.fnmatch(target, pattern):
                 continue
+        reason = _why_not_input(path, columns)
+        if reason is not None:
+            if skipped is not None:
+                skipped.append((path, reason))
+            continue
         found.append(path)
     return sorted(found, key=lambda p: p.relative_to(in_dir).as_posix())
 
@@ -228,6 +261,10 @@ def load_settings(settings=None, device: str | None = None):
 
 
 def _comparable(settings_dict: dict) -> dict:
+    from .pipeline import PipelineSettings
+
+    # None and the library default it stands for are the same settings
+    settings_dict = PipelineSettings.from_dict(settings_dict).resolved().to_dict()
     data = json.loads(json.dumps(settings_dict, default=str))
     data.get("inference", {}).pop("device", None)  # the device does not change the answer
     return data
@@ -349,7 +386,7 @@ def _process_one(task: dict) -> dict:
     record, so that they are not retried until the file or the settings change; anything else
     (a bug, out of memory) gets none and is retried by the next run.
     """
-    from .errors import CancelledError
+    from .errors import CancelledError, OutputError
     from .pipeline import PipelineSettings, output_paths, resolve_device, run_file
 
     start = time.perf_counter()
@@ -388,7 +425,8 @@ def _process_one(task: dict) -> dict:
         row.update(status="ok", error=None, error_type=None)
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
         tb = traceback.format_exc()
-        recorded_failure = (isinstance(exc, ChromflowError) and not isinstance(exc, CancelledError)
+        # a full disk or a lost permission is the machine's state, not the file's: retried next time
+        recorded_failure = (isinstance(exc, ChromflowError) and not isinstance(exc, (CancelledError, OutputError))
                             and digest is not None)
         row = {"file": str(path), "stem": path.stem, "status": "failed", "error": str(exc),
                "error_type": type(exc).__name__, "device": device,
@@ -587,6 +625,27 @@ def _run_in_process(tasks, bar) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Start worker processes with SIGINT ignored (an ignored signal stays ignored in children).
+
+    Ctrl-C in a terminal goes to the whole process group: without this, every worker that is
+    still starting prints its own KeyboardInterrupt traceback (and its nanny a "failed to
+    start" one) while the main process stops the batch cleanly. The workers are stopped by the
+    main process instead. The price: a Ctrl-C pressed during the few seconds the local cluster
+    takes to start is ignored (press it again). A blocked signal mask would defer it instead,
+    but worker processes do not inherit the mask (measured with distributed 2025).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_on_dask(tasks, bar, scheduler, workers, device) -> list[dict]:
     from distributed import Client, LocalCluster, as_completed
 
@@ -597,8 +656,11 @@ def _run_on_dask(tasks, bar, scheduler, workers, device) -> list[dict]:
         if scheduler is None:
             n = workers if workers is not None else _default_workers(len(tasks), device)
             try:
-                cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                # CRITICAL only: when a batch is stopped, workers still busy with a fit log the
+                # lost scheduler as ERROR tracebacks; a file's own errors go to its row and log
+                with _workers_ignore_ctrl_c():
+                    cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                                           host="127.0.0.1", dashboard_address=None, silence_logs=logging.CRITICAL)
             except RuntimeError as exc:
                 # the usual cause: worker processes start by importing the caller's script
                 raise RuntimeError(
@@ -830,14 +892,32 @@ def run_batch(in_dir, out_dir, pattern: str | None = None, recursive: bool = Fal
     >>> (table["status"] == "failed").sum()                                    # doctest: +SKIP
     0
     """
+    from .pipeline import check_device, check_out_dir
+
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     settings = load_settings(settings, device)
+    # everything that can be checked is checked before the output folder, its lock or its config exist
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool)
+                                or workers < 1):
+        raise InputError(f"workers must be a whole number >= 1, got {workers!r} (option --workers)")
+    if scheduler is None or scheduler == "synchronous":
+        check_device(settings.inference.device)  # a remote cluster's workers have their own devices
+    check_out_dir(out_dir)
     if in_dir.is_dir() and out_dir.exists() and out_dir.resolve() == in_dir.resolve():
         raise InputError("the output folder must not be the input folder (its outputs would become inputs)",
                          path=out_dir)
-    files = find_inputs(in_dir, pattern=pattern, recursive=recursive, exclude=out_dir)
+    skipped: list = []
+    files = find_inputs(in_dir, pattern=pattern, recursive=recursive, exclude=out_dir,
+                        columns=settings.render.columns, skipped=skipped)
+    if skipped:
+        shown = ", ".join(f"{p.relative_to(in_dir).as_posix()} ({why})" for p, why in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        warnings.warn(f"skipped {len(skipped)} file(s) that are not localization tables or images: {shown}{more}",
+                      UserWarning, stacklevel=2)
     if not files:
         what = f"matching {pattern!r}" if pattern else "of a supported type (" + " ".join(_supported_suffixes()) + ")"
+        if skipped:
+            what += f" ({len(skipped)} file(s) skipped for their content; see the warning)"
         raise InputError(f"no input file {what}{' (sub-folders included)' if recursive else ''}", path=in_dir)
     if scheduler is not None and workers is not None and scheduler != "synchronous":
         warnings.warn("workers is ignored with a scheduler address: the cluster has its own workers",
@@ -851,7 +931,8 @@ def run_batch(in_dir, out_dir, pattern: str | None = None, recursive: bool = Fal
             for name in (SUMMARY_NAME, FIGURE_NAME):
                 with contextlib.suppress(FileNotFoundError):
                     (out_dir / name).unlink()
-        settings.to_json(out_dir / CONFIG_NAME)
+        with _output_errors(out_dir):
+            settings.to_json(out_dir / CONFIG_NAME)
         _remove_leftovers(out_dir)
         known, tasks = _plan(files, in_dir, out_dir, settings, retry_failed)
         bar = _FileProgress(progress, total=len(files), initial=len(known))
@@ -865,6 +946,17 @@ def run_batch(in_dir, out_dir, pattern: str | None = None, recursive: bool = Fal
         finally:
             bar.close()
         table = _summary_table(list(known.values()) + rows)
-        _write_summary(table, out_dir)
-        _write_figure(table, out_dir)
+        with _output_errors(out_dir):
+            _write_summary(table, out_dir)
+            _write_figure(table, out_dir)
     return table
+
+
+@contextlib.contextmanager
+def _output_errors(out_dir: Path):
+    """An operating-system error while writing the folder's own files (disk full) as one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write into the output folder ({exc.strerror or exc}); the files finished so "
+                          "far are kept, rerun the same command when the problem is fixed", path=out_dir) from None

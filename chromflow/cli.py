@@ -1,10 +1,11 @@
 """The ``chromflow`` command: ``run`` one file, ``batch`` a folder, ``demo`` on sample data.
 
 Exit codes: 0 success; 1 ``batch`` finished but some files failed; 2 a chromflow error
-(bad input, no nucleus, bad settings...) or a command-line usage error; 130 cancelled with
-Ctrl-C (no partial outputs are left). A chromflow error is printed as one line,
-``chromflow: error: <path>: <reason>``, without a traceback; any other exception is a bug and
-propagates with its traceback.
+(bad input, no nucleus, bad settings, outputs that cannot be written...) or a command-line
+usage error; 130 cancelled with Ctrl-C; 143 stopped by SIGTERM (no partial outputs are left
+either way). A chromflow error is printed as one line, ``chromflow: error: <path>: <reason>``,
+without a traceback; warnings as ``chromflow: warning: <message>``; any other exception is a
+bug and propagates with its traceback.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import contextlib
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,58 @@ import numpy as np
 from . import __version__
 from .errors import CancelledError, ChromflowError, InputError
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED_FILES", "EXIT_ERROR", "EXIT_CANCELLED"]
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED_FILES", "EXIT_ERROR", "EXIT_CANCELLED",
+           "EXIT_TERMINATED"]
 
 EXIT_OK = 0
 EXIT_FAILED_FILES = 1
 EXIT_ERROR = 2
 EXIT_CANCELLED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+CONFIG_HELP = ("JSON settings file: an object with the sections render, segmentation, fields and inference, "
+               "giving only the keys to change, e.g. {\"fields\": {\"grid\": 64}}; every key is listed in "
+               "docs/cli.md. Options given on the command line win over the file")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows ``(default: X)`` after every option that has a real default (not None or off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS)
+                and action.option_strings and not isinstance(action.default, bool)):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _column_mapping(text):
+    """``x=X_nm,y=Y_nm`` -> {"x": "X_nm", "y": "Y_nm"}."""
+    mapping = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=COLUMN pairs separated by commas (x=X_nm,y=Y_nm), "
+                                             f"got {text!r}")
+        mapping[key.strip()] = value.strip()
+    return mapping
+
+
+def _defaults():
+    """The settings a run uses when nothing is given (read from the library, for --help)."""
+    from .pipeline import PipelineSettings
+
+    return PipelineSettings().resolved()
 
 # Demo settings, chosen on the sample nucleus (45 000 localizations: sparse, so the kernel is
 # wide). The full demo is the mollified PINN (the network smooths by itself: no field smoothing;
@@ -39,46 +87,40 @@ DEMO_FAST = {"render": {"pixel_size": 50.0}, "fields": {"grid": 48, "smoothing":
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``chromflow`` command."""
+    d = _defaults()
     parser = argparse.ArgumentParser(
-        prog="chromflow",
+        prog="chromflow", formatter_class=_HelpFormatter,
         description="Epigenetic reaction-rate maps from super-resolution images of chromatin.",
-        epilog="Exit codes: 0 ok, 1 some batch files failed, 2 error, 130 cancelled (Ctrl-C).")
-    parser.add_argument("--version", action="version", version=f"chromflow {__version__}")
+        epilog="Exit codes: 0 ok, 1 some batch files failed, 2 error, 130 cancelled (Ctrl-C), 143 terminated "
+               "(SIGTERM).")
+    parser.add_argument("-V", "--version", action="version", version=f"chromflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{run,batch,domains,demo}")
     sub.required = True
 
-    run = sub.add_parser("run", help="process one file (localizations or TIFF)",
+    run = sub.add_parser("run", help="process one file (localizations or TIFF)", formatter_class=_HelpFormatter,
                          description="Run the whole pipeline on one file and write its outputs into --out.")
     run.add_argument("file", type=Path, help="localizations (.csv ThunderSTORM/plain, .hdf5 Picasso) or a .tif image")
     run.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if needed)")
-    run.add_argument("--config", type=Path, help="JSON settings file (PipelineSettings.to_json layout)")
-    run.add_argument("--pixel-size", type=float, metavar="NM",
-                     help="render pixel size in nm (TIFF: used only when the file records none)")
-    run.add_argument("--method", choices=("pinn", "direct", "autodiff"), help="inference method")
-    run.add_argument("--iterations", type=int, metavar="N", help="training iterations")
-    run.add_argument("--grid", type=int, metavar="N", help="grid cells along the longer side of the nucleus")
+    run.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    _add_settings_options(run, d)
     _add_device(run)
-    run.add_argument("--seed", type=int, metavar="S", help="random seed")
     run.add_argument("--euchromatin", type=Path, metavar="FILE", help="second file with a euchromatin mark")
-    run.add_argument("--euchromatin-channel", metavar="VALUE",
-                     help="value of the 'channel' column marking euchromatin (two-channel tables)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
 
-    batch = sub.add_parser("batch", help="process every matching file of a folder",
-                           description="Process a folder of files (in parallel with Dask) into --out, with a summary.csv.")
+    batch = sub.add_parser("batch", help="process every matching file of a folder", formatter_class=_HelpFormatter,
+                           description="Process a folder of files (in parallel with Dask) into --out, with a "
+                                       "summary.csv. Files that are not localization tables or images (a "
+                                       "README.txt, a LICENSE) are skipped, and listed.")
     batch.add_argument("in_dir", type=Path, metavar="DIR", help="input folder")
     batch.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     batch.add_argument("--pattern", metavar="GLOB", help="file name pattern, e.g. '*.csv' (default: all supported)")
     batch.add_argument("--recursive", "-r", action="store_true", help="also look in sub-folders")
-    batch.add_argument("--config", type=Path, help="JSON settings file")
+    batch.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     batch.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a local cluster)")
-    batch.add_argument("--workers", type=int, metavar="N", help="number of local workers")
+    batch.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="number of local workers (default: one per GPU, else one per CPU core)")
     _add_device(batch)
-    batch.add_argument("--pixel-size", type=float, metavar="NM", help="render pixel size in nm")
-    batch.add_argument("--method", choices=("pinn", "direct", "autodiff"), help="inference method")
-    batch.add_argument("--iterations", type=int, metavar="N", help="training iterations")
-    batch.add_argument("--grid", type=int, metavar="N", help="grid cells along the longer side of the nucleus")
-    batch.add_argument("--seed", type=int, metavar="S", help="random seed")
+    _add_settings_options(batch, d)
     batch.add_argument("--force", action="store_true",
                        help="accept settings that differ from those the output folder was made with "
                             "(every file is recomputed)")
@@ -89,21 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_domains_parser(sub)
 
-    demo = sub.add_parser("demo", help="run the pipeline on the bundled sample data",
+    demo = sub.add_parser("demo", help="run the pipeline on the bundled sample data", formatter_class=_HelpFormatter,
                           description="Run the pipeline on sample data with a known rate map and report the "
                                       "correlation of the recovered rate with the truth.")
-    demo.add_argument("--out", "-o", type=Path, help="output folder (default: ./chromflow-demo)")
+    demo.add_argument("--out", "-o", type=Path,
+                      help="output folder (default: chromflow-demo in the system's temporary folder)")
     demo.add_argument("--fast", action="store_true", help="small grid and the direct method (seconds)")
     _add_device(demo)
     demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return parser
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _add_domains_parser(sub):
@@ -178,18 +214,74 @@ def _cmd_domains(args) -> int:
 
 
 def _add_device(parser):
-    parser.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="CPU threads for torch (per worker in batch; default: torch's own)")
+
+
+def _add_settings_options(parser, d):
+    """The pipeline settings options of run and batch; ``d``: the resolved default settings."""
+    parser.add_argument("--pixel-size", type=float, metavar="NM",
+                        help=f"render pixel size in nm (TIFF: used only when the file records none; "
+                             f"default: {d.render.pixel_size:g})")
+    parser.add_argument("--method", choices=("pinn", "direct", "autodiff"),
+                        help=f"inference method (default: {d.inference.method})")
+    parser.add_argument("--iterations", type=int, metavar="N",
+                        help=f"training iterations (default: {d.inference.iterations})")
+    parser.add_argument("--grid", type=int, metavar="N",
+                        help=f"grid cells along the longer side of the nucleus, 16 to 2048 (default: {d.fields.grid})")
+    parser.add_argument("--seed", type=int, metavar="S", help=f"random seed (default: {d.inference.seed})")
+    parser.add_argument("--euchromatin-channel", metavar="VALUE",
+                        help="value of the 'channel' column marking euchromatin (two-channel tables)")
+    parser.add_argument("--ensemble", type=_positive_int, metavar="N",
+                        help=f"independently seeded fits; their spread is the uncertainty map "
+                             f"(default: {d.inference.ensemble})")
+    parser.add_argument("--no-uncertainty", action="store_true",
+                        help="skip the uncertainty map (faster; config inference.uncertainty = false)")
+    parser.add_argument("--columns", type=_column_mapping, metavar="x=NAME,y=NAME",
+                        help="column names of a table chromflow does not recognise, e.g. x=X_nm,y=Y_nm "
+                             "(also z, frame, photons, sigma, uncertainty, channel)")
+    parser.add_argument("--units", metavar="UNIT",
+                        help="length unit of the coordinates when the header does not say or says wrong: "
+                             "nm, um or px (default: from the header, else nm)")
+    parser.add_argument("--camera-pixel-size", type=float, metavar="NM",
+                        help="camera pixel size in nm, for coordinates in camera pixels (ThunderSTORM "
+                             "'x [px]', --units px) or a Picasso file without its .yaml")
+    parser.add_argument("--allow-several-objects", action="store_true",
+                        help="accept an image whose nucleus is one of several dense objects (cells, bacteria); "
+                             "refused by default")
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM: unwinds like a second Ctrl-C (cleanup runs)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _terminate_unwinds():
+    """SIGTERM (``kill``, a job scheduler) unwinds the command like Ctrl-C: every temporary file
+    is removed on the way out and the exit code is 143."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def _ctrl_c_cancels():
     """First Ctrl-C sets the yielded Event (the pipeline stops at its next check); a second one
-    interrupts at once. Either way no partial output is left (outputs are published last)."""
+    interrupts at once; SIGTERM interrupts at once. Either way no partial output is left
+    (outputs are published last)."""
     cancel = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield cancel
@@ -204,7 +296,8 @@ def _ctrl_c_cancels():
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
-        yield cancel
+        with _terminate_unwinds():
+            yield cancel
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -248,15 +341,32 @@ def _settings_from_args(args):
         ("inference", "seed"): getattr(args, "seed", None),
         ("fields", "euchromatin"): None if getattr(args, "euchromatin", None) is None else str(args.euchromatin),
         ("fields", "euchromatin_channel"): _channel_value(getattr(args, "euchromatin_channel", None)),
+        ("inference", "ensemble"): getattr(args, "ensemble", None),
+        ("inference", "uncertainty"): False if getattr(args, "no_uncertainty", False) else None,
+        ("render", "columns"): getattr(args, "columns", None),
+        ("render", "units"): getattr(args, "units", None),
+        ("render", "camera_pixel_size"): getattr(args, "camera_pixel_size", None),
+        ("segmentation", "allow_several_objects"): True if getattr(args, "allow_several_objects", False) else None,
     }
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(settings, section), key, value)
     # command-line values are checked like a config file's, naming the option
     try:
-        return settings.validate()
+        settings.validate()
     except InputError as exc:
         raise InputError(f"invalid option: {exc.reason}") from None
+    _check_device(settings.inference.device, remote=getattr(args, "scheduler", None) not in (None, "synchronous"))
+    return settings
+
+
+def _check_device(device, remote=False):
+    """Fail before any work (and before any file is made) when the device does not exist here."""
+    if remote:  # the cluster's workers have their own devices
+        return
+    from .pipeline import check_device
+
+    check_device(device)
 
 
 def _channel_value(text):
@@ -361,9 +471,10 @@ def _cmd_batch(args) -> int:
         return _cmd_batch_domains(args)
 
     settings = _settings_from_args(args)
-    table = run_batch(args.in_dir, args.out, pattern=args.pattern, recursive=args.recursive, settings=settings,
-                      scheduler=args.scheduler, workers=args.workers, device=args.device,
-                      progress=not args.quiet, retry_failed=args.retry_failed, force=args.force)
+    with _terminate_unwinds():
+        table = run_batch(args.in_dir, args.out, pattern=args.pattern, recursive=args.recursive, settings=settings,
+                          scheduler=args.scheduler, workers=args.workers, device=args.device,
+                          progress=not args.quiet, retry_failed=args.retry_failed, force=args.force)
     status = table["status"] if "status" in table else []
     processed = int((status == "ok").sum()) if len(table) else 0
     skipped = int((status == "skipped").sum()) if len(table) else 0
@@ -371,8 +482,9 @@ def _cmd_batch(args) -> int:
     if not args.quiet:
         print(f"chromflow: {len(table)} file(s): {processed} processed, {skipped} skipped (done before), "
               f"{failed} failed; summary in {Path(args.out) / 'summary.csv'}")
-        for _, row in table[table["status"] == "failed"].iterrows() if failed else []:
-            print(f"  failed: {row['input']}: {row['error']}", file=sys.stderr)
+    # failures are printed even with --quiet: a silent exit code 1 leaves the user guessing
+    for _, row in table[table["status"] == "failed"].iterrows() if failed else []:
+        print(f"  failed: {row['input']}: {row['error']}", file=sys.stderr)
     _batch_conditions(args, table)
     return EXIT_FAILED_FILES if failed else EXIT_OK
 
@@ -448,11 +560,20 @@ def run_demo(out_dir, fast: bool = False, device=None, progress=None, cancel=Non
             "input": folder / DEMO_INPUT, "truth": folder / DEMO_TRUTH, "out_dir": out_dir}
 
 
+def default_demo_dir() -> Path:
+    """``chromflow-demo`` in the system's temporary folder: the demo never writes into a clone."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "chromflow-demo"
+
+
 def _cmd_demo(args) -> int:
     from .training import set_threads
 
     set_threads(args.threads)
-    out = args.out if args.out is not None else Path.cwd() / "chromflow-demo"
+    out = args.out if args.out is not None else default_demo_dir()
+    if args.device is not None:
+        _check_device(args.device)
     bar = _ProgressBar(not args.quiet, desc="demo")
     try:
         with _ctrl_c_cancels() as cancel:
@@ -479,24 +600,36 @@ def main(argv=None) -> int:
     >>> main(["run", "cell.csv", "--out", "results", "--quiet"])   # doctest: +SKIP
     0
     """
-    parser = build_parser()
     try:
+        parser = build_parser()
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
         return int(exc.code or 0)
+    except KeyboardInterrupt:  # Ctrl-C while starting up
+        print("chromflow: cancelled; no outputs were written", file=sys.stderr)
+        return EXIT_CANCELLED
     commands = {"run": _cmd_run, "batch": _cmd_batch, "domains": _cmd_domains, "demo": _cmd_demo}
     try:
-        return commands[args.command](args)
-    except (CancelledError, KeyboardInterrupt):
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return commands[args.command](args)
+    except (CancelledError, KeyboardInterrupt) as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "cancelled"
         if args.command == "batch":  # finished files are kept; a rerun resumes
-            print("chromflow: cancelled; finished files are kept, rerun the same command to resume",
+            print(f"chromflow: {what}; finished files are kept, rerun the same command to resume",
                   file=sys.stderr)
         else:
-            print("chromflow: cancelled; no outputs were written", file=sys.stderr)
-        return EXIT_CANCELLED
+            print(f"chromflow: {what}; no outputs were written", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_CANCELLED
     except ChromflowError as exc:
         print(f"chromflow: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line each, ``chromflow: warning: ...`` (no source line, no file name)."""
+    text = " ".join(str(message).split())
+    print(f"chromflow: warning: {text}", file=file or sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

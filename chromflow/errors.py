@@ -13,6 +13,7 @@ __all__ = [
     "SegmentationError",
     "GridError",
     "CancelledError",
+    "OutputError",
 ]
 
 
@@ -52,3 +53,7 @@ class GridError(ChromflowError, ValueError):
 
 class CancelledError(ChromflowError):
     """Work stopped because the user asked it to."""
+
+
+class OutputError(ChromflowError):
+    """Outputs cannot be written (the output folder is a file, not writable, or the disk is full)."""

@@ -16,14 +16,21 @@ from .errors import GridError, InputError, SegmentationError
 from .image import Image
 from .io._atomic import atomic_path
 
-__all__ = ["ChromatinFields", "chromatin_fields", "MAX_TOTAL", "MIN_GRID", "MIN_NUCLEUS_PIXELS"]
+__all__ = ["ChromatinFields", "chromatin_fields", "check_channels", "MAX_TOTAL", "MIN_GRID", "MAX_GRID",
+           "MIN_NUCLEUS_PIXELS", "MIN_CHANNEL_SHARE"]
 
 #: Total chromatin is clipped to this volume fraction (some nucleoplasm always remains).
 MAX_TOTAL = 0.95
 #: Smallest grid accepted.
 MIN_GRID = 16
+#: Largest grid accepted: beyond it the resampling matrices alone take gigabytes and a fit
+#: takes hours; a grid finer than the image's pixels adds nothing anyway.
+MAX_GRID = 2048
 #: A nucleus with fewer image pixels than this cannot be resampled meaningfully.
 MIN_NUCLEUS_PIXELS = 25
+#: In two-channel mode each channel must hold at least this share of the density inside the
+#: nucleus (see :func:`check_channels`).
+MIN_CHANNEL_SHARE = 0.02
 
 
 @dataclass
@@ -261,8 +268,8 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
     if mask.shape != rho_img.shape:
         raise InputError(f"mask shape {mask.shape} differs from image shape {rho_img.shape}", source)
     mask = mask.astype(bool)
-    if int(grid) != grid or grid < MIN_GRID:
-        raise GridError(f"grid must be an integer >= {MIN_GRID}, got {grid}", source)
+    if int(grid) != grid or not MIN_GRID <= grid <= MAX_GRID:
+        raise GridError(f"grid must be an integer from {MIN_GRID} to {MAX_GRID}, got {grid}", source)
     grid = int(grid)
     if not mask.any():
         raise SegmentationError("mask has no nucleus (all False)", source)
@@ -289,6 +296,8 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
         if rho_e_img.shape != rho_img.shape:
             raise InputError(f"euchromatin shape {rho_e_img.shape} differs from image shape {rho_img.shape}", source)
     n_negative = int((rho_img < 0).sum()) + (0 if rho_e_img is None else int((rho_e_img < 0).sum()))
+    if rho_e_img is not None:
+        check_channels(rho_img, euchromatin_gain * rho_e_img, mask, source)
     rho_img = np.clip(rho_img, 0, None)            # densities cannot be negative (e.g. background-subtracted TIFF)
 
     # 1. square box around the nucleus, in pixel-edge coordinates
@@ -354,6 +363,55 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
         settings["scale"] = a
 
     return ChromatinFields(phi_h, phi_e, gmask, spacing=spacing, origin=origin, source=source, settings=settings)
+
+
+def check_channels(heterochromatin, euchromatin, mask, source=None, min_share: float = MIN_CHANNEL_SHARE) -> float:
+    """Refuse two channels when one of them is (nearly) absent inside the nucleus.
+
+    With no euchromatin inside the nucleus, ``phi_e`` is ~0 there and the rate
+    ``lambda ~ phi_h / phi_e`` is meaningless (a fit reports ~1000 with no warning); with no
+    heterochromatin the roles are likely swapped. Each channel must hold at least
+    ``min_share`` (:data:`MIN_CHANNEL_SHARE`, 2 %) of the summed density inside ``mask``.
+
+    Parameters
+    ----------
+    heterochromatin, euchromatin : ndarray
+        The two densities on the same pixels (localizations per pixel).
+    mask : ndarray of bool
+        The nucleus.
+    source : str, optional
+        File named in the error.
+    min_share : float
+
+    Returns
+    -------
+    float
+        The euchromatin share inside the nucleus.
+
+    Raises
+    ------
+    InputError
+        A channel holds less than ``min_share`` of the density inside the nucleus.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mask = np.zeros((10, 10), bool); mask[2:8, 2:8] = True
+    >>> round(check_channels(np.ones((10, 10)), np.full((10, 10), 0.25), mask), 3)
+    0.2
+    """
+    mask = np.asarray(mask, dtype=bool)
+    het = float(np.clip(np.asarray(heterochromatin, dtype=np.float64)[mask], 0, None).sum())
+    eu = float(np.clip(np.asarray(euchromatin, dtype=np.float64)[mask], 0, None).sum())
+    total = het + eu
+    share = eu / total if total > 0 else 0.0
+    for name, value in (("euchromatin", share), ("heterochromatin", 1.0 - share)):
+        if value < min_share:
+            raise InputError(f"the {name} channel holds only {100 * value:.2g}% of the density inside the nucleus "
+                             f"(need {100 * min_share:g}%): no {name} there, so the rate is undefined. Check the "
+                             "channel (--euchromatin-channel, config fields.euchromatin_channel) or the second file "
+                             "(--euchromatin): the same cell, the same field of view?", source)
+    return share
 
 
 def _scale_to_mean_checked(total, mask, target, source):

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -41,8 +42,9 @@ import numpy as np
 
 from . import __version__
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
-from .errors import ChromflowError, InputError
+from .errors import ChromflowError, InputError, OutputError
 from ._validate import check_input_file
+from .fields import MAX_GRID, MIN_GRID
 from .image import Image
 from .io._atomic import atomic_path
 
@@ -52,6 +54,8 @@ __all__ = [
     "LOCALIZATION_SUFFIXES", "IMAGE_SUFFIXES", "OUTPUT_KINDS",
     "load_input", "segment", "compute_fields", "infer", "summarize", "process", "process_file",
     "output_paths", "write_outputs", "run_file", "resolve_device",
+    "MAX_GRID", "PLAUSIBLE_NUCLEUS_AREA_UM2", "check_single_object", "check_out_dir", "sweep_stale_temporaries",
+    "check_device",
 ]
 
 LOCALIZATION_SUFFIXES = (".csv", ".txt", ".tsv", ".hdf5", ".h5")
@@ -67,6 +71,16 @@ OUTPUT_KINDS = {
     "summary": "_summary.json",
 }
 INFERENCE_METHODS = ("pinn", "direct", "autodiff")
+#: Nucleus areas (um^2) taken as plausible; outside this range the pipeline warns. Mammalian
+#: nuclei are ~50-400 um^2; set ``segmentation.nucleus_area_um2`` for other cells.
+PLAUSIBLE_NUCLEUS_AREA_UM2 = (10.0, 1000.0)
+#: The segmented nucleus must hold at least this share of the localizations found in all dense
+#: objects of the image (unless ``segmentation.allow_several_objects``).
+MIN_OBJECT_SHARE = 0.5
+#: Other dense objects count when they hold at least this share of the nucleus' localizations.
+MIN_OTHER_OBJECT = 0.1
+#: Temporary folders of :func:`write_outputs` end with this suffix.
+TEMP_SUFFIX = ".chromflow-tmp"
 RENDER_METHODS = ("gaussian", "histogram")
 
 # share of the progress bar each stage gets (inference dominates the run time)
@@ -85,39 +99,69 @@ del _acc, _name, _w
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class RenderSettings:
-    """How localizations become a density image.
+    """How localizations are read and become a density image.
+
+    Every ``None`` means "the library's default", read when the pipeline runs (see
+    :meth:`PipelineSettings.resolved`), so that defaults live in one place.
 
     Attributes
     ----------
-    pixel_size : float
-        Pixel size of the rendered density in nm. For TIFF inputs it is used only when the
-        file does not record a pixel size.
+    pixel_size : float or None
+        Pixel size of the rendered density in nm; starts at :func:`chromflow.render`'s default
+        (20 nm, read from its signature; None means the same). For TIFF inputs it is used only
+        when the file does not record a pixel size.
     method : {"gaussian", "histogram"}
         Each localization as a Gaussian blob, or counted in its pixel.
     sigma : float or None
         Gaussian width in nm; None lets :func:`chromflow.render` use each localization's
         precision (or its own default).
+    columns : dict or None
+        Column mapping for tables whose names chromflow does not recognise: standard name ->
+        name in the file, e.g. ``{"x": "X_nm", "y": "Y_nm"}`` (``read_localizations(columns=)``;
+        command line ``--columns x=X_nm,y=Y_nm``).
+    units : str or None
+        Length unit of the coordinates when the header does not say (``"nm"``, ``"um"``,
+        ``"px"``); overrides the header (command line ``--units``).
+    camera_pixel_size : float or None
+        Camera pixel size in nm, for coordinates in camera pixels (ThunderSTORM ``x [px]``,
+        ``units="px"``) or a Picasso file without its ``.yaml`` (command line
+        ``--camera-pixel-size``).
     """
 
-    pixel_size: float = 20.0
+    pixel_size: float | None = field(default_factory=lambda: _library_default("render", "pixel_size"))
     method: str = "gaussian"
     sigma: float | None = None
+    columns: dict | None = None
+    units: str | None = None
+    camera_pixel_size: float | None = None
 
 
 @dataclass
 class SegmentationSettings:
-    """Nucleus segmentation (:func:`chromflow.segment_nucleus`).
+    """Nucleus segmentation (:func:`chromflow.segment_nucleus`) and its plausibility checks.
 
     Attributes
     ----------
     threshold : float or None
         Density threshold in the image's units; None = automatic (Otsu).
     smoothing : float or None
-        Gaussian smoothing before thresholding, in nm; None = the segmenter's default.
+        Gaussian smoothing before thresholding, in nm; None = the segmenter's default (250 nm).
+    min_area_um2 : float or None
+        Smallest accepted nucleus in um^2; None = the segmenter's default (1 um^2).
+    nucleus_area_um2 : (float, float) or None
+        Plausible nucleus areas in um^2: a nucleus outside this range gives a warning. None =
+        :data:`PLAUSIBLE_NUCLEUS_AREA_UM2` (10 to 1000 um^2, mammalian nuclei).
+    allow_several_objects : bool
+        Accept an image where the segmented nucleus holds less than half of the localizations
+        found in all dense objects (several cells, bacteria...); by default such an image is
+        refused (see :func:`check_single_object`). Command line ``--allow-several-objects``.
     """
 
     threshold: float | None = None
     smoothing: float | None = None
+    min_area_um2: float | None = None
+    nucleus_area_um2: tuple | None = None
+    allow_several_objects: bool = False
 
 
 @dataclass
@@ -126,8 +170,10 @@ class FieldSettings:
 
     Attributes
     ----------
-    grid : int
-        Number of grid cells along the longer side of the nucleus box.
+    grid : int or None
+        Number of grid cells along the longer side of the nucleus box (at most
+        :data:`MAX_GRID`); starts at :func:`chromflow.chromatin_fields`' default (128, read from
+        its signature; None means the same).
     total_mean : float or None
         Mean total chromatin fraction ``phi_h + phi_e`` in the nucleus; None = default.
     split : {"density", "uniform"} or None
@@ -147,7 +193,7 @@ class FieldSettings:
         (default: every other channel) make the heterochromatin density.
     """
 
-    grid: int = 128
+    grid: int | None = field(default_factory=lambda: _library_default("chromatin_fields", "grid"))
     total_mean: float | None = None
     split: str | None = None
     split_range: tuple | None = None
@@ -174,6 +220,8 @@ class InferenceSettings:
         Backbone network name (e.g. ``"mlp"``, ``"piratenet"``); None = default.
     ensemble : int or None
         Number of independently seeded fits behind the uncertainty map; None = default.
+    uncertainty : bool or None
+        Compute the uncertainty map (False skips it: faster); None = the library's default.
     optimizer : str or None
         ``"adam"`` or ``"soap"``; None = default.
     device : str
@@ -187,9 +235,29 @@ class InferenceSettings:
     radius: float | None = None
     backbone: str | None = None
     ensemble: int | None = None
+    uncertainty: bool | None = None
     optimizer: str | None = None
     device: str = "auto"
     seed: int = 0
+
+
+def _library_default(function: str, name: str):
+    """Default of parameter ``name`` of ``chromflow.render`` or ``chromflow.chromatin_fields``.
+
+    The two settings every front end shows as a number (pixel size, grid) start at the value
+    of the function that uses them, read when the settings are made: one place for each.
+    """
+    if function == "render":
+        from .render import render as func
+    else:
+        from .fields import chromatin_fields as func
+    return _default_of(func, name)
+
+
+def _default_of(func, name):
+    """Default value of parameter ``name`` of ``func`` (``inspect.Parameter.empty`` if none)."""
+    parameter = inspect.signature(func).parameters.get(name)
+    return inspect.Parameter.empty if parameter is None else parameter.default
 
 
 def _is_number(v):
@@ -203,16 +271,30 @@ def _is_int(v):
 # section -> key -> (check, expectation in words); None passes for the Optional fields
 _CHECKS = {
     "render": {
-        "pixel_size": (lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a positive number of nm"),
+        "pixel_size": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0),
+                       "null or a positive number of nm"),
         "method": (lambda v: v in RENDER_METHODS, f"one of {', '.join(RENDER_METHODS)}"),
         "sigma": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0), "null or a positive number of nm"),
+        "columns": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(k, str) and isinstance(c, str)
+                                                                        for k, c in v.items())),
+                    "null or an object standard name -> column name, e.g. {\"x\": \"X_nm\"}"),
+        "units": (lambda v: v is None or isinstance(v, str), "null or a length unit (nm, um, px...)"),
+        "camera_pixel_size": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0),
+                              "null or a positive number of nm"),
     },
     "segmentation": {
         "threshold": (lambda v: v is None or (_is_number(v) and math.isfinite(v)), "null or a number"),
         "smoothing": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v >= 0), "null or a number of nm >= 0"),
+        "min_area_um2": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v >= 0),
+                         "null or a number of um^2 >= 0"),
+        "nucleus_area_um2": (lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2
+                                                     and all(_is_number(x) and x >= 0 for x in v) and v[0] <= v[1]),
+                             "null or two numbers of um^2 [min, max]"),
+        "allow_several_objects": (lambda v: isinstance(v, bool), "true or false"),
     },
     "fields": {
-        "grid": (lambda v: _is_int(v) and v >= 8, "an integer >= 8"),
+        "grid": (lambda v: v is None or (_is_int(v) and MIN_GRID <= v <= MAX_GRID),
+                 f"null or an integer from {MIN_GRID} to {MAX_GRID}"),
         "total_mean": (lambda v: v is None or (_is_number(v) and 0 < v < 1), "null or a number in (0, 1)"),
         "split": (lambda v: v is None or v in ("density", "uniform"), "null, density or uniform"),
         "split_range": (lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2
@@ -230,6 +312,7 @@ _CHECKS = {
         "radius": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0), "null or a positive number of grid cells"),
         "backbone": (lambda v: v is None or isinstance(v, str), "null or a backbone name"),
         "ensemble": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+        "uncertainty": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
         "optimizer": (lambda v: v is None or isinstance(v, str), "null or an optimizer name"),
         "device": (lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())),
                    "auto, cpu, cuda or cuda:N"),
@@ -279,6 +362,8 @@ class PipelineSettings:
         """Raise :class:`~chromflow.errors.InputError` on the first invalid value."""
         if isinstance(self.fields.split_range, list):  # JSON gives lists; keep one form for ==
             self.fields.split_range = tuple(self.fields.split_range)
+        if isinstance(self.segmentation.nucleus_area_um2, list):
+            self.segmentation.nucleus_area_um2 = tuple(self.segmentation.nucleus_area_um2)
         for section, checks in _CHECKS.items():
             values = getattr(self, section)
             for key, (ok, expected) in checks.items():
@@ -360,6 +445,52 @@ class PipelineSettings:
     def copy(self) -> "PipelineSettings":
         return PipelineSettings.from_dict(self.to_dict())
 
+    def resolved(self) -> "PipelineSettings":
+        """A copy in which every ``None`` is replaced by the library default it stands for.
+
+        The defaults are read now from the functions that own them (:func:`chromflow.render`,
+        :func:`chromflow.segment_nucleus`, :func:`chromflow.chromatin_fields`,
+        :data:`chromflow.inverse.DEFAULTS` and :func:`chromflow.infer_rates`), never copied,
+        so a front end (napari, ``--help``) shows the numbers a run will use. Settings that
+        mean "automatic" (``segmentation.threshold``, ``render.sigma``, ``fields.smoothing``)
+        stay ``None``.
+
+        Examples
+        --------
+        >>> PipelineSettings().resolved().fields.grid
+        128
+        """
+        from .fields import chromatin_fields
+        from .inverse import DEFAULTS, infer_rates
+        from .nucleus import DEFAULT_MIN_AREA_NM2, DEFAULT_SMOOTHING_NM
+        from .render import render
+
+        out = self.copy()
+        if out.render.pixel_size is None:
+            out.render.pixel_size = float(_default_of(render, "pixel_size"))
+        seg = out.segmentation
+        if seg.smoothing is None:
+            seg.smoothing = float(DEFAULT_SMOOTHING_NM)
+        if seg.min_area_um2 is None:
+            seg.min_area_um2 = float(DEFAULT_MIN_AREA_NM2) / 1e6
+        if seg.nucleus_area_um2 is None:
+            seg.nucleus_area_um2 = tuple(PLAUSIBLE_NUCLEUS_AREA_UM2)
+        fs = out.fields
+        for key in ("grid", "total_mean", "split", "split_range", "margin"):
+            if getattr(fs, key) is None:
+                value = _default_of(chromatin_fields, key)
+                setattr(fs, key, tuple(value) if isinstance(value, (list, tuple)) else value)
+        inf = out.inference
+        method_defaults = DEFAULTS.get(inf.method, {})
+        for key in ("iterations", "radius", "ensemble"):
+            if getattr(inf, key) is None and key in method_defaults:
+                setattr(inf, key, method_defaults[key])
+        for key in ("backbone", "optimizer", "uncertainty"):
+            if getattr(inf, key) is None and inf.method != "direct":
+                value = _default_of(infer_rates, key)
+                setattr(inf, key, None if value is inspect.Parameter.empty else value)
+        return out.validate()
+
     def fingerprint(self) -> str:
         """Stable hash (16 hex digits) of the settings that change results, plus the version.
 
@@ -367,7 +498,7 @@ class PipelineSettings:
         is included, so an upgrade recomputes cached results. Combine with a content hash of
         the input to decide whether a finished output can be reused.
         """
-        data = self.to_dict()
+        data = self.resolved().to_dict()  # None and the default it stands for are the same run
         for section, key in _NOT_IN_FINGERPRINT:
             data[section].pop(key, None)
         data["chromflow"] = __version__
@@ -427,6 +558,18 @@ def resolve_device(device: str) -> str:
     return str(_resolve_torch_device(device))
 
 
+def check_device(device: str) -> str:
+    """:func:`resolve_device`, with a missing device as an :class:`~chromflow.errors.InputError`.
+
+    Called before any work, so that ``--device cuda`` on a machine without a GPU fails at once,
+    in one line, with nothing written.
+    """
+    try:
+        return resolve_device(device)
+    except ValueError as exc:
+        raise InputError(f"{exc} (option --device, config key inference.device)") from None
+
+
 def _input_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in LOCALIZATION_SUFFIXES:
@@ -437,13 +580,36 @@ def _input_kind(path: Path) -> str:
                      f"({', '.join(LOCALIZATION_SUFFIXES)}) or an image ({', '.join(IMAGE_SUFFIXES)})", path=path)
 
 
-def _read_table(path: Path):
+#: Localizations spanning less than this (nm, the larger of the x and y extents) cannot hold a
+#: nucleus: coordinates in um (or camera pixels) read as nm.
+MIN_EXTENT_NM = 1000.0
+#: ... and more than this (nm, 1 mm) no field of view: coordinates in nm read as um or mm.
+MAX_EXTENT_NM = 1.0e6
+_UNITS_HINT = "set their unit with --units (config key render.units), e.g. --units um"
+
+
+def _read_table(path: Path, settings: PipelineSettings | None = None):
     from .io import read_localizations
 
-    locs = read_localizations(path)
+    rs = (settings or PipelineSettings()).render
+    locs = read_localizations(path, columns=rs.columns, units=rs.units, pixel_size=rs.camera_pixel_size)
     if len(locs) == 0:
         raise InputError("no localizations in the file", path=path)
+    _check_extent(locs, path)
     return locs
+
+
+def _check_extent(locs, path):
+    """Refuse coordinates whose extent no nucleus has: the usual cause is a wrong length unit."""
+    span = max(float(locs["x"].max() - locs["x"].min()), float(locs["y"].max() - locs["y"].min()))
+    if span < MIN_EXTENT_NM:
+        raise InputError(f"the localizations span only {span:.3g} nm, too small for a nucleus "
+                         f"(< {MIN_EXTENT_NM:g} nm): are the coordinates in um or camera pixels? "
+                         f"{_UNITS_HINT}, or --camera-pixel-size NM for pixels", path=path)
+    if span > MAX_EXTENT_NM:
+        raise InputError(f"the localizations span {span / 1e6:.3g} mm, more than any field of view: are the "
+                         f"coordinates in nm but labelled or read as um? {_UNITS_HINT.replace('um', 'nm')}",
+                         path=path)
 
 
 def _fov_of(image: Image):
@@ -458,7 +624,8 @@ def _render(locs, settings: PipelineSettings, fov=None, name="", source=None) ->
     from .render import render
 
     rs = settings.render
-    image = render(locs, pixel_size=rs.pixel_size, method=rs.method, sigma=rs.sigma, fov=fov)
+    options = {} if rs.pixel_size is None else {"pixel_size": rs.pixel_size}
+    image = render(locs, method=rs.method, sigma=rs.sigma, fov=fov, **options)
     image.name = name or image.name
     image.source = source if source is not None else image.source
     return image
@@ -484,17 +651,23 @@ def _read_tiff(path: Path, settings: PipelineSettings) -> Image:
         if not (missing and issubclass(w.category, UserWarning)):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if missing:
+        pixel_size = settings.render.pixel_size
+        if pixel_size is None:
+            pixel_size = settings.resolved().render.pixel_size
         warnings.warn(f"{path}: no pixel size in the file; using render.pixel_size = "
-                      f"{settings.render.pixel_size:g} nm", UserWarning, stacklevel=3)
-        image = Image(image.data, pixel_size=settings.render.pixel_size, origin=image.origin, name=image.name,
+                      f"{pixel_size:g} nm (set it with --pixel-size)", UserWarning, stacklevel=3)
+        image = Image(image.data, pixel_size=pixel_size, origin=image.origin, name=image.name,
                       source=image.source, metadata=image.metadata)
+    if np.asarray(image.data).dtype == bool:
+        raise InputError("a binary (true/false) image, not a density: this looks like a mask; give the density "
+                         "image (localizations per pixel or intensities)", path=path)
     return image
 
 
 def _load_euchromatin_file(path, density: Image, settings: PipelineSettings) -> Image:
     path = check_input_file(path, allow_empty=True)
     if _input_kind(path) == "localizations":
-        locs = _read_table(path)
+        locs = _read_table(path, settings)
         return _render(locs, settings, fov=_fov_of(density), name=f"{path.stem} euchromatin", source=str(path))
     image = _read_tiff(path, settings)
     if image.shape != density.shape or not np.isclose(image.pixel_size, density.pixel_size):
@@ -534,12 +707,12 @@ def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
     euchromatin = None
     n_locs = None
     if kind == "localizations":
-        locs = _read_table(path)
+        locs = _read_table(path, settings)
         n_locs = int(len(locs))
         if fs.euchromatin_channel is not None:
             if "channel" not in locs.columns:
-                raise InputError(f"euchromatin_channel={fs.euchromatin_channel!r} was set but the table has no "
-                                 "'channel' column", path=path)
+                raise InputError(f"a euchromatin channel ({fs.euchromatin_channel!r}; --euchromatin-channel, config "
+                                 "fields.euchromatin_channel) was set but the table has no 'channel' column", path=path)
             eu_locs = _select_channel(locs, fs.euchromatin_channel, path)
             if fs.heterochromatin_channel is not None:
                 het_locs = _select_channel(locs, fs.heterochromatin_channel, path)
@@ -571,12 +744,115 @@ def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
 
 
 def segment(density: Image, settings: PipelineSettings | None = None) -> np.ndarray:
-    """Nucleus mask of ``density`` with the segmentation settings (bool, same shape)."""
+    """Nucleus mask of ``density`` with the segmentation settings (bool, same shape).
+
+    Besides :func:`chromflow.segment_nucleus`, the mask is checked for plausibility:
+    :func:`check_single_object` refuses an image of several cells (unless
+    ``segmentation.allow_several_objects``), and a nucleus area outside
+    ``segmentation.nucleus_area_um2`` gives a warning.
+
+    Raises
+    ------
+    SegmentationError
+        No nucleus, or several objects of comparable size; the message names the settings
+        that change the outcome.
+    """
+    from .errors import SegmentationError
     from .nucleus import segment_nucleus
 
-    ss = (settings or PipelineSettings()).segmentation
+    settings = settings or PipelineSettings()
+    ss = settings.segmentation
     options = {k: v for k, v in (("threshold", ss.threshold), ("smoothing", ss.smoothing)) if v is not None}
-    return np.asarray(segment_nucleus(density, **options), dtype=bool)
+    if ss.min_area_um2 is not None:
+        options["min_area"] = ss.min_area_um2 * 1e6  # nm^2
+    try:
+        mask = np.asarray(segment_nucleus(density, **options), dtype=bool)
+    except SegmentationError as exc:
+        reason = exc.reason.replace("min_area (", "segmentation.min_area_um2 (")
+        if "constant" in reason or "empty" in reason:
+            reason += ("; if the file holds localizations, check their unit (--units, config render.units) "
+                       "and the pixel size (--pixel-size)")
+        elif "threshold" not in reason:
+            reason += ("; settings that change the segmentation: segmentation.threshold, segmentation.smoothing "
+                       "(nm), segmentation.min_area_um2 in a --config file")
+        raise SegmentationError(reason, exc.path) from None
+    if not ss.allow_several_objects:
+        check_single_object(density, mask, smoothing=ss.smoothing, threshold=ss.threshold)
+    area_um2 = float(mask.sum()) * (density.pixel_size / 1000.0) ** 2
+    low, high = ss.nucleus_area_um2 if ss.nucleus_area_um2 is not None else PLAUSIBLE_NUCLEUS_AREA_UM2
+    if not low <= area_um2 <= high:
+        where = f"{density.source}: " if density.source else ""
+        warnings.warn(f"{where}nucleus area {area_um2:.3g} um^2 is outside the plausible range {low:g}-{high:g} "
+                      "um^2; check the pixel size and units, or set segmentation.nucleus_area_um2 for these cells",
+                      UserWarning, stacklevel=2)
+    return mask
+
+
+def check_single_object(density: Image, mask, smoothing: float | None = None, threshold: float | None = None,
+                        min_share: float = MIN_OBJECT_SHARE) -> int:
+    """Refuse an image in which the segmented nucleus is one of several comparable objects.
+
+    The dense objects are the connected regions of the segmenter's detection image (the
+    density smoothed by ``smoothing`` nm, thresholded as :func:`chromflow.segment_nucleus`
+    does). Objects holding at least :data:`MIN_OTHER_OBJECT` (10 %) of the nucleus'
+    localizations count; when the nucleus holds less than ``min_share`` (half) of the
+    localizations of all counted objects, the image is not one nucleus (a field of
+    bacteria, several cells) and :class:`~chromflow.errors.SegmentationError` is raised.
+
+    Parameters
+    ----------
+    density : Image
+        The density image that was segmented.
+    mask : ndarray of bool
+        The nucleus found in it.
+    smoothing, threshold : float, optional
+        The segmentation settings used (None: the segmenter's defaults).
+    min_share : float
+        Smallest share of the localizations the nucleus must hold.
+
+    Returns
+    -------
+    int
+        Number of counted objects (1 for a lone nucleus).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from chromflow import Image
+    >>> yy, xx = np.indices((200, 200))
+    >>> cells = sum(((yy - cy) ** 2 + (xx - cx) ** 2 < 20 ** 2) for cy, cx in [(50, 50), (50, 150), (150, 100)])
+    >>> image = Image(5.0 * cells + 0.1, pixel_size=20.0)
+    >>> check_single_object(image, (yy - 50) ** 2 + (xx - 50) ** 2 < 20 ** 2)  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    SegmentationError: 3 dense objects of comparable size ...
+    """
+    from scipy import ndimage
+
+    from .errors import SegmentationError
+    from .nucleus import DEFAULT_SMOOTHING_NM, _log_otsu
+
+    data = np.asarray(density.data, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    sigma = (DEFAULT_SMOOTHING_NM if smoothing is None else float(smoothing)) / density.pixel_size
+    detect = ndimage.gaussian_filter(data, sigma) if sigma > 0 else data
+    level = _log_otsu(detect) if threshold is None else float(threshold)
+    labels, n = ndimage.label(ndimage.binary_fill_holes(detect > level) | mask)
+    if n <= 1:
+        return 1
+    mass = ndimage.sum(np.clip(data, 0, None), labels, np.arange(1, n + 1))
+    nucleus_labels = np.unique(labels[mask])
+    nucleus_labels = nucleus_labels[nucleus_labels > 0]
+    nucleus_mass = float(mass[nucleus_labels - 1].sum())
+    others = [m for i, m in enumerate(mass, start=1) if i not in nucleus_labels and m >= MIN_OTHER_OBJECT * nucleus_mass]
+    total = nucleus_mass + float(sum(others))
+    share = nucleus_mass / total if total > 0 else 1.0
+    if others and share < min_share:
+        raise SegmentationError(
+            f"{1 + len(others)} dense objects of comparable size (the segmented one holds {100 * share:.0f}% of their "
+            f"localizations): this does not look like one nucleus (several cells, or bacteria?). Crop the field "
+            "to one nucleus, or accept it with --allow-several-objects (config segmentation.allow_several_objects)",
+            density.source)
+    return 1 + len(others)
 
 
 def compute_fields(density: Image, mask, settings: PipelineSettings | None = None, euchromatin: Image | None = None):
@@ -584,7 +860,7 @@ def compute_fields(density: Image, mask, settings: PipelineSettings | None = Non
     from .fields import chromatin_fields
 
     fs = (settings or PipelineSettings()).fields
-    options = {"grid": fs.grid}
+    options = {} if fs.grid is None else {"grid": fs.grid}
     if euchromatin is not None:
         options["euchromatin"] = euchromatin
     if fs.total_mean is not None:
@@ -593,7 +869,32 @@ def compute_fields(density: Image, mask, settings: PipelineSettings | None = Non
         value = getattr(fs, key)
         if value is not None:
             options[key] = tuple(value) if key == "split_range" else value
-    return chromatin_fields(density, mask, **options)
+    with _hints(_FIELD_HINTS):
+        return chromatin_fields(density, mask, **options)
+
+
+# words of a library error -> the settings that change the outcome (so that a hint leads somewhere)
+_FIELD_HINTS = {
+    "smaller pixel size": "--pixel-size, config render.pixel_size",
+    "fewer than 4 grid cells": "--grid, config fields.grid",
+    "total_mean": "config fields.total_mean",
+}
+_INFER_HINTS = {
+    "finer grid or a smaller radius": "--grid, config fields.grid; config inference.radius",
+    "phi_e must be > 0": "use --method pinn, or smooth the fields with config fields.smoothing (nm)",
+}
+
+
+@contextlib.contextmanager
+def _hints(hints):
+    """Re-raise a chromflow error with the options and config keys that change its outcome."""
+    try:
+        yield
+    except ChromflowError as exc:
+        for words, hint in hints.items():
+            if words in exc.reason and hint not in exc.reason:
+                raise type(exc)(f"{exc.reason} ({hint})", exc.path) from None
+        raise
 
 
 def infer(fields, settings: PipelineSettings | None = None, progress: ProgressCallback = None,
@@ -612,10 +913,16 @@ def infer(fields, settings: PipelineSettings | None = None, progress: ProgressCa
     if s.optimizer is not None and s.optimizer.lower() not in OPTIMIZERS:
         raise InputError(f"setting inference.optimizer must be one of {', '.join(OPTIMIZERS)}, got {s.optimizer!r}",
                          path=getattr(fields, "source", None))
+    # None = the library's default: only what the user set is passed (one place for defaults)
     options = {k: v for k, v in (("iterations", s.iterations), ("radius", s.radius), ("backbone", s.backbone),
-                                 ("ensemble", s.ensemble), ("optimizer", s.optimizer)) if v is not None}
-    return infer_rates(fields, method=s.method, device=s.device, seed=s.seed, progress=progress,
-                       cancel=cancel, **options)
+                                 ("ensemble", s.ensemble), ("optimizer", s.optimizer),
+                                 ("uncertainty", s.uncertainty)) if v is not None}
+    if "uncertainty" in options and "uncertainty" not in inspect.signature(infer_rates).parameters:
+        raise InputError("setting inference.uncertainty (--no-uncertainty) needs a chromflow whose infer_rates "
+                         "has an uncertainty option; leave it unset", path=getattr(fields, "source", None))
+    with _hints(_INFER_HINTS):
+        return infer_rates(fields, method=s.method, device=s.device, seed=s.seed, progress=progress,
+                           cancel=cancel, **options)
 
 
 def _domain_stats(phi_h, phi_e, mask, spacing_nm):
@@ -778,6 +1085,7 @@ def process_file(path, settings: PipelineSettings | None = None, progress: Progr
                  cancel: CancelToken = None, figure: bool = True) -> PipelineRun:
     """:func:`load_input` then :func:`process`; nothing is written."""
     settings = settings or PipelineSettings()
+    check_device(settings.inference.device)
     stages = _Stages(progress, cancel)
     with stages.stage("read"):
         loaded = load_input(path, settings)
@@ -796,13 +1104,72 @@ def output_paths(path, out_dir) -> dict:
     return {kind: Path(out_dir) / f"{stem}{suffix}" for kind, suffix in OUTPUT_KINDS.items()}
 
 
+def check_out_dir(out_dir) -> Path:
+    """``out_dir`` as a Path, checked before any work: a folder (or creatable) and writable.
+
+    Raises :class:`~chromflow.errors.OutputError` when it is a file, lies under a file, or
+    cannot be written. Nothing is created.
+    """
+    out_dir = Path(out_dir)
+    probe = out_dir
+    while not probe.exists():  # the nearest existing parent decides whether it can be created
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "the output folder is a file" if probe == out_dir else f"{probe} is a file, not a folder"
+        raise OutputError(f"{what}; give a folder with --out", path=out_dir)
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {'the output folder' if probe == out_dir else probe} "
+                          "(permission denied); give another folder with --out", path=out_dir)
+    return out_dir
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def sweep_stale_temporaries(out_dir, stem: str | None = None) -> int:
+    """Remove temporary folders that killed runs left in ``out_dir``; return how many.
+
+    :func:`write_outputs` names its temporary folder ``.<stem>.<pid>.<random>.chromflow-tmp``;
+    a folder whose process is gone (``kill -9``, a power cut) is stale and removed. With
+    ``stem``, only the folders of that input are looked at. Folders of running processes,
+    and folders of another machine's process (same pid space unknown), are left alone unless
+    their process id does not exist here.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return 0
+    removed = 0
+    pattern = f".{stem}.*{TEMP_SUFFIX}" if stem is not None else f".*{TEMP_SUFFIX}"
+    for path in out_dir.glob(pattern):
+        parts = path.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue  # not a name this version writes
+        if stem is not None and parts[0] != f".{stem}":
+            continue
+        if not _pid_alive(int(parts[1])) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: CancelToken = None) -> dict:
     """Write every output of ``run`` into ``out_dir``, all or nothing.
 
     The files are first written into a hidden temporary folder inside ``out_dir``; only when
     all of them exist are they moved (``os.replace``, atomic per file) to their final names.
     On any error the temporary folder is removed (and ``out_dir`` too, if this call created
-    it and it is empty).
+    it and it is empty); an operating-system error (disk full, permission denied) becomes an
+    :class:`~chromflow.errors.OutputError`. Temporary folders of earlier, killed runs on the
+    same input are removed first (:func:`sweep_stale_temporaries`).
 
     Returns
     -------
@@ -817,12 +1184,19 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         existing = [str(p) for p in final.values() if p.exists()]
         if existing:
             raise InputError(f"outputs exist already ({', '.join(existing)}); pass overwrite=True", path=out_dir)
-    out_dir = Path(out_dir)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{Path(run.loaded.source).stem}.", suffix=".chromflow-tmp", dir=out_dir))
+    out_dir = check_out_dir(out_dir)
+    stem = Path(run.loaded.source).stem
+    created_dirs = []  # the folders this call creates, deepest last
+    probe = out_dir
+    while not probe.exists():
+        created_dirs.append(probe)
+        probe = probe.parent
     moved = []
+    tmp_dir = None
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temporaries(out_dir, stem)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{stem}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=out_dir))
         tmp = {kind: tmp_dir / p.name for kind, p in final.items()}
         result = run.result
         density = run.loaded.density
@@ -857,15 +1231,19 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         for kind, path in tmp.items():
             os.replace(path, final[kind])
             moved.append(final[kind])
-    except BaseException:
+    except BaseException as exc:
         # a failure while moving (rare: the folder vanished) -> take back what was moved
         for p in moved:
             with contextlib.suppress(OSError):
                 p.unlink()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        if created:
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        for folder in created_dirs:  # deepest first; only if still empty
             with contextlib.suppress(OSError):
-                out_dir.rmdir()
+                folder.rmdir()
+        if isinstance(exc, OSError):
+            what = exc.strerror or str(exc) or type(exc).__name__
+            raise OutputError(f"cannot write the outputs ({what}); nothing was written", path=out_dir) from None
         raise
     shutil.rmtree(tmp_dir, ignore_errors=True)
     return final
@@ -912,6 +1290,8 @@ def run_file(path, out_dir, settings: PipelineSettings | None = None, progress: 
     ('ok', 1.21)
     """
     settings = (settings or PipelineSettings()).validate()
+    check_out_dir(out_dir)  # before the work, not after it
+    check_device(settings.inference.device)
     if not overwrite:
         existing = [str(p) for p in output_paths(path, out_dir).values() if p.exists()]
         if existing:

@@ -17,12 +17,16 @@ from ._validate import check_pixel_size
 from .errors import InputError
 from .image import Image
 
-__all__ = ["render", "DEFAULT_SIGMA_NM", "MAX_PIXELS"]
+__all__ = ["render", "DEFAULT_SIGMA_NM", "MAX_PIXELS", "MAX_SIGMA_NM"]
 
 #: Blur (nm) of the Gaussian method when neither ``sigma`` nor an ``uncertainty`` column is given.
 DEFAULT_SIGMA_NM = 20.0
 #: Largest image :func:`render` makes (pixels); beyond this the pixel size is too small.
 MAX_PIXELS = 200_000_000
+#: Largest Gaussian blur (nm) accepted, as ``sigma`` or as a localization precision: SMLM
+#: precisions are 5-50 nm; a micrometre is no localization, and a kernel of 1e7 nm would need
+#: terabytes. Larger precisions are replaced by the median of the others, with a warning.
+MAX_SIGMA_NM = 1000.0
 #: Kernels are truncated at this many standard deviations (then renormalised to unit mass).
 TRUNCATE_SIGMAS = 4.0
 #: Localizations are grouped by blur; within one group sigmas differ by at most this ratio.
@@ -77,6 +81,32 @@ def _check_locs(locs, source):
     if missing:
         raise InputError(f"localization table has no {' / '.join(missing)} column "
                          f"(columns: {list(locs.columns)})", source)
+
+
+def _drop_absurd_precision(locs, source):
+    """Precisions above MAX_SIGMA_NM become NaN (render then uses the median of the others).
+
+    A few such rows are fit failures and get a warning; when most rows have them the column is
+    in the wrong unit (or not a precision) and the table is refused.
+    """
+    import warnings
+
+    values = locs["uncertainty"].to_numpy(dtype=np.float64)
+    absurd = np.isfinite(values) & (values > MAX_SIGMA_NM)
+    n = int(absurd.sum())
+    if n == 0:
+        return locs
+    valid = np.isfinite(values) & (values > 0)
+    if n * 2 > int(valid.sum()):
+        raise InputError(f"{n} of {len(values)} localization precisions exceed {MAX_SIGMA_NM:g} nm (up to "
+                         f"{values[absurd].max():.3g} nm): not a precision in nm; check the unit of the "
+                         "'uncertainty' column, or set a fixed blur with render.sigma (nm)", source)
+    warnings.warn(f"{source + ': ' if source else ''}{n} localization(s) with a precision above "
+                  f"{MAX_SIGMA_NM:g} nm (up to {values[absurd].max():.3g} nm) are rendered with the median "
+                  "precision of the others", UserWarning, stacklevel=3)
+    locs = locs.copy()
+    locs.loc[absurd, "uncertainty"] = np.nan
+    return locs
 
 
 def _snap_fov(y, x, pixel_size):
@@ -179,6 +209,11 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
         sigma = float(sigma)
         if not np.isfinite(sigma) or sigma <= 0:
             raise InputError(f"sigma must be a positive number of nm, got {sigma}", source)
+        if sigma > MAX_SIGMA_NM:
+            raise InputError(f"sigma of {sigma:g} nm is not a localization blur (at most {MAX_SIGMA_NM:g} nm); "
+                             "check its unit (nm)", source)
+    elif method == "gaussian" and "uncertainty" in getattr(locs, "columns", ()):
+        locs = _drop_absurd_precision(locs, source)
 
     if channel is not None:
         if "channel" not in locs.columns:

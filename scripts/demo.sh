@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec .venv/bin/chromflow demo --out chromflow-demo "$@"
+# outputs go to chromflow-demo/ in the system temporary folder (the command prints where), not into the clone
+exec .venv/bin/chromflow demo "$@"

@@ -283,10 +283,11 @@ def test_same_stem_in_one_folder_is_a_failed_row(inputs, tmp_path):
 # pieces
 # ------------------------------------------------------------------------------------------------
 def test_find_inputs(tmp_path):
+    content = {".csv": b"x,y\n1,2\n", ".hdf5": b"\x89HDF\r\n\x1a\n", ".tif": b"II*\x00", ".yaml": b"x"}
     for rel in ["a.csv", "b.hdf5", "b.yaml", "c.TIF", "notes.md", ".hidden.csv", "sub/d.csv",
                 ".git/e.csv", "results/a_rate.tif"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("x")
+        (tmp_path / rel).write_bytes(content.get((tmp_path / rel).suffix.lower(), b"x"))
 
     def names(**kw):
         return [p.relative_to(tmp_path).as_posix() for p in find_inputs(tmp_path, **kw)]
@@ -295,6 +296,17 @@ def test_find_inputs(tmp_path):
     assert "results/a_rate.tif" in names(recursive=True)
     assert names(pattern="*.csv", recursive=True) == ["a.csv", "sub/d.csv"]
     assert names(pattern="sub/*", recursive=True) == ["sub/d.csv"]
+    # files with a data suffix but other content are skipped, and said so
+    (tmp_path / "LICENSE.txt").write_text("MIT License\n\nCopyright (c) 2024 someone\n")
+    (tmp_path / "README.txt").write_text("Nuclei imaged on 2024-03-01, 100x objective\n")
+    (tmp_path / "fake.tif").write_text("not an image")
+    (tmp_path / "table.txt").write_text("X_pos\tY_pos\n1\t2\n")  # a table: an input, even unmapped
+    skipped = []
+    assert [p.relative_to(tmp_path).as_posix() for p in find_inputs(tmp_path)] == ["a.csv", "b.hdf5", "c.TIF",
+                                                                                  "table.txt"]
+    find_inputs(tmp_path, skipped=skipped)
+    assert sorted((p.name, why.split(" ")[0]) for p, why in skipped) == [
+        ("LICENSE.txt", "text,"), ("README.txt", "text,"), ("fake.tif", "not")]
     with pytest.raises(InputError, match="not found"):
         find_inputs(tmp_path / "nope")
     with pytest.raises(InputError, match="not a folder"):

@@ -205,3 +205,123 @@ def test_demo_fast(tmp_path, capsys):
     # the direct method on the two-channel sample recovers the rate map well
     assert corr > 0.6
     assert (out / "nucleus_two_channel_report.png").stat().st_size > 20_000
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 12: a command line that explains itself
+# ----------------------------------------------------------------------------------------------
+def test_help_shows_library_defaults_and_config_in_user_terms(capsys, monkeypatch):
+    from chromflow import inverse
+
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("grid cells along the longer side of the nucleus, 16 to 2048 (default: 128)",
+                  "training iterations (default: 800)", "inference method (default: pinn)", "(default: auto)",
+                  "random seed (default: 0)", "default: 20)", "sections render, segmentation, fields and inference",
+                  "docs/cli.md", "--ensemble N", "--no-uncertainty", "--columns x=NAME,y=NAME", "--units UNIT",
+                  "--camera-pixel-size NM", "--allow-several-objects"):
+        assert words in text, words
+    assert "PipelineSettings" not in text and "default: None" not in text
+    # the numbers come from the library at run time, not from a copy in the CLI
+    monkeypatch.setitem(inverse.DEFAULTS["pinn"], "iterations", 321)
+    assert main(["batch", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "training iterations (default: 321)" in text and "--euchromatin-channel VALUE" in text
+
+
+def test_short_version_flag(capsys):
+    assert main(["-V"]) == 0
+    assert capsys.readouterr().out.strip() == f"chromflow {chromflow.__version__}"
+
+
+def test_new_options_reach_the_settings(tmp_path, monkeypatch):
+    import chromflow.pipeline as pipeline
+
+    seen = {}
+
+    def fake_run_file(path, out_dir, settings=None, progress=None, cancel=None):
+        seen["settings"] = settings
+        raise chromflow.CancelledError("stop here")
+
+    monkeypatch.setattr(pipeline, "run_file", fake_run_file)
+    path = tmp_path / "cell.csv"
+    path.write_text("x,y\n1,2\n")
+    code = main(["run", str(path), "--out", str(tmp_path / "o"), "--ensemble", "4", "--no-uncertainty",
+                 "--columns", "x=east,y=north", "--units", "um", "--camera-pixel-size", "160",
+                 "--allow-several-objects", "--device", "cpu", "-q"])
+    assert code == EXIT_CANCELLED
+    s = seen["settings"]
+    assert (s.inference.ensemble, s.inference.uncertainty) == (4, False)
+    assert s.render.columns == {"x": "east", "y": "north"} and s.render.units == "um"
+    assert s.render.camera_pixel_size == 160.0 and s.segmentation.allow_several_objects is True
+    # unset options leave None = the library default
+    main(["run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu", "-q"])
+    s = seen["settings"]
+    assert (s.inference.ensemble, s.inference.uncertainty, s.render.columns) == (None, None, None)
+    assert s.fields.grid == 128  # chromatin_fields' default
+
+
+def test_bad_column_mapping_is_a_usage_error(tmp_path, capsys):
+    assert main(["run", "x.csv", "--out", str(tmp_path), "--columns", "x:east"]) == EXIT_ERROR
+    assert "x=X_nm,y=Y_nm" in capsys.readouterr().err
+
+
+def test_batch_euchromatin_channel_and_new_options(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_batch(in_dir, out_dir, **kwargs):
+        calls.append(kwargs)
+        return pd.DataFrame({"input": ["a.csv"], "status": ["ok"], "error": [None]})
+
+    monkeypatch.setitem(sys.modules, "chromflow.batch", types.SimpleNamespace(run_batch=fake_run_batch))
+    assert main(["batch", str(tmp_path), "--out", str(tmp_path / "o"), "--euchromatin-channel", "2",
+                 "--ensemble", "3", "--device", "cpu", "-q"]) == EXIT_OK
+    settings = calls[0]["settings"]
+    assert settings.fields.euchromatin_channel == 2 and settings.inference.ensemble == 3
+
+
+@pytest.mark.parametrize("columns, scale, fix, hint", [
+    # unknown names, in micrometres
+    (("east", "north"), 1e-3, ["--columns", "x=east,y=north", "--units", "um"], "--columns x=NAME,y=NAME"),
+    # ThunderSTORM in camera pixels of 160 nm
+    (("x [px]", "y [px]"), 1 / 160.0, ["--camera-pixel-size", "160"], "--camera-pixel-size"),
+])
+def test_tables_only_the_command_line_can_fix(cell_csv, tmp_path, capsys, columns, scale, fix, hint):
+    """Refused with a hint naming the option; read with that option: the same 22.6 um^2 nucleus."""
+    from chromflow.io import read_localizations
+
+    cell_csv, _ = cell_csv
+    locs = read_localizations(cell_csv)
+    path = tmp_path / "odd.csv"
+    pd.DataFrame({columns[0]: locs["x"] * scale, columns[1]: locs["y"] * scale}).to_csv(path, index=False)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), *FAST]) == EXIT_ERROR
+    one_error_line(capsys.readouterr().err, hint)
+    assert not out.exists()
+    assert main(["run", str(path), "--out", str(out), *fix, *FAST]) == EXIT_OK
+    assert 15 < json.loads((out / "odd_summary.json").read_text())["nucleus_area_um2"] < 30
+
+
+def test_field_of_bacteria_is_refused(realdata, tmp_path, capsys):
+    """The real ColiCoords STORM export (~10 E. coli cells) is not a nucleus."""
+    path = realdata / "colicoords" / "01_storm.csv"
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), *FAST]) == EXIT_ERROR
+    one_error_line(capsys.readouterr().err, path, "dense objects", "--allow-several-objects")
+    assert not out.exists()
+
+
+def test_demo_writes_outside_the_clone_by_default(monkeypatch, capsys):
+    import chromflow.cli as cli
+
+    seen = {}
+
+    def fake_run_demo(out_dir, **kwargs):
+        seen["out"] = out_dir
+        raise chromflow.CancelledError("stop")
+
+    monkeypatch.setattr(cli, "run_demo", fake_run_demo)
+    assert main(["demo", "--fast", "-q"]) == EXIT_CANCELLED
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(chromflow.__file__)))
+    assert seen["out"] == cli.default_demo_dir()
+    assert not os.path.abspath(seen["out"]).startswith(repo + os.sep)

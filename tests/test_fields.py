@@ -182,6 +182,8 @@ def test_bad_inputs():
         chromatin_fields(Image(mask * 2.0, PS, source="/data/flat.tif"), mask)
     with pytest.raises(GridError, match="grid"):
         chromatin_fields(image, mask, grid=8)
+    with pytest.raises(GridError, match="from 16 to 2048"):  # refused before a multi-GB allocation
+        chromatin_fields(image, mask, grid=1_000_000)
     tiny = np.zeros_like(mask)
     tiny[40:43, 40:43] = True
     with pytest.raises(GridError, match="pixels"):
@@ -196,3 +198,23 @@ def test_bad_inputs():
                    {"split": "magic"}, {"margin": -0.1}):
         with pytest.raises(InputError):
             chromatin_fields(image, mask, **kwargs)
+
+
+def test_check_channels_refuses_a_missing_channel_inside_the_nucleus():
+    from chromflow.fields import MIN_CHANNEL_SHARE, check_channels
+
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    het = np.where(mask, 5.0, 0.0)
+    eu_outside = np.where(mask, 0.0, 3.0)  # the euchromatin mark lies around the nucleus only
+    with pytest.raises(InputError, match="euchromatin channel holds only 0%") as info:
+        check_channels(het, eu_outside, mask, source="/data/two.csv")
+    assert "/data/two.csv" in str(info.value) and "--euchromatin-channel" in str(info.value)
+    with pytest.raises(InputError, match="heterochromatin channel"):
+        check_channels(np.zeros((40, 40)), het, mask)  # swapped roles
+    share = 1.5 * MIN_CHANNEL_SHARE  # just above the limit: accepted, and the share is returned
+    assert check_channels(het, het * share / (1 - share), mask) == pytest.approx(share)
+    # and chromatin_fields applies it
+    with pytest.raises(InputError, match="euchromatin channel"):
+        chromatin_fields(Image(het + 0.01 * np.indices((40, 40))[0], 20.0), mask, grid=16,
+                         euchromatin=Image(eu_outside, 20.0))

@@ -338,3 +338,68 @@ def test_failing_picasso_write_leaves_both_files(tmp_path, table, monkeypatch):
         write_localizations(table, h5, format="picasso", pixel_size=100)
     assert h5.read_bytes() == b"old h5" and info.read_text() == "Pixelsize: 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.hdf5", "keep.yaml"]
+
+
+# ----------------------------------------------------------------------------- issue 12 readers
+def test_picasso_picked_and_linked_files_keep_mean_frame(tmp_path):
+    """After picking/linking/clustering Picasso stores the mean frame (float) of the merged
+    localizations, with std_frame, n and group: accepted, under names that keep their meaning."""
+    path = tmp_path / "picked_locs.hdf5"
+    table = np.zeros(3, dtype=[("frame", "<f4"), ("std_frame", "<f4"), ("x", "<f4"), ("y", "<f4"),
+                               ("std_x", "<f4"), ("std_y", "<f4"), ("lpx", "<f4"), ("lpy", "<f4"),
+                               ("n", "<u4"), ("group", "<i4")])
+    table["frame"] = [10.5, 200.25, 3.0]
+    table["std_frame"] = [2.0, 15.5, 0.0]
+    table["x"], table["y"] = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]
+    table["std_x"], table["std_y"] = [0.1, 0.2, 0.3], [0.05, 0.05, 0.05]
+    table["lpx"], table["lpy"] = [0.1, 0.1, 0.2], [0.1, 0.3, 0.2]
+    table["n"], table["group"] = [4, 12, 1], [0, 0, 1]
+    with h5py.File(path, "w") as f:
+        f.create_dataset("locs", data=table)
+    (tmp_path / "picked_locs.yaml").write_text("Pixelsize: 100\n")
+    df = read_localizations(path)
+    assert "frame" not in df.columns  # not a camera frame any more
+    np.testing.assert_allclose(df["frame_mean"], [10.5, 200.25, 3.0])
+    np.testing.assert_allclose(df["std_frame"], [2.0, 15.5, 0.0])
+    assert df["n"].tolist() == [4, 12, 1] and df["group"].tolist() == [0, 0, 1]
+    np.testing.assert_allclose(df["x"], [100.0, 200.0, 300.0], rtol=1e-6)
+    np.testing.assert_allclose(df["std_x"], [10.0, 20.0, 30.0], rtol=1e-6)  # camera pixels -> nm
+    np.testing.assert_allclose(df["uncertainty"], [10.0, 20.0, 20.0], rtol=1e-6)
+    # a plain table with fractional frames is still refused: there a frame is a camera frame
+    _raises_with_path(_write(tmp_path / "f.csv", "x,y,frame\n1,2,1.5\n"), match="non-integer")
+
+
+def test_truncated_last_line_is_refused(tmp_path, realdata):
+    text = (realdata / "colicoords" / "01_storm.csv").read_text()
+    cut = _write(tmp_path / "cut.csv", text[: len(text) - 30])
+    err = _raises_with_path(cut, match="truncated")
+    assert "of 10 fields" in str(err) and "no line end" in str(err)
+    # a complete file without a final line end is fine
+    lines = text.rstrip("\n").splitlines()
+    whole = _write(tmp_path / "whole.csv", "\n".join(lines[:50]))
+    assert len(read_localizations(whole)) == 49
+
+
+def test_reader_hints_name_command_line_options(tmp_path):
+    err = _raises_with_path(_write(tmp_path / "odd.csv", "east,north\n1,2\n"), match="--columns x=NAME,y=NAME")
+    assert "render.columns" in str(err)
+    err = _raises_with_path(_write(tmp_path / "px.csv", '"x [px]","y [px]"\n1.5,2\n'),
+                            match="--camera-pixel-size")
+    assert "render.camera_pixel_size" in str(err)
+    # the mapping a user gives on the command line works
+    df = read_localizations(tmp_path / "odd.csv", columns={"x": "east", "y": "north"}, units="um")
+    assert (df["x"].iloc[0], df["y"].iloc[0]) == (1000.0, 2000.0)
+
+
+@pytest.mark.parametrize("text, table", [
+    ("MIT License\n\nCopyright (c) 2024 someone\n", False),
+    ("Nuclei imaged on 2024-03-01, 100x objective\n", False),
+    ("# notes\nsome words here\n", False),
+    ('"x [nm]","y [nm]"\n', True),               # header only: a (broken) table, reported as such
+    ("X_pos\tY_pos\n1\t2\n", True),               # unknown names but a row of numbers
+    ("x y\n1 2\n", True),
+    ("", True),                                    # an empty export is reported, not skipped
+])
+def test_sniff_localizations(tmp_path, text, table):
+    path = _write(tmp_path / "f.txt", text)
+    assert (localizations.sniff_localizations(path) is None) is table

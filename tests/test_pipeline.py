@@ -1,6 +1,7 @@
 """Tests of chromflow.pipeline (settings, run_file, all-or-nothing outputs) and chromflow.report."""
 from __future__ import annotations
 
+import errno
 import json
 import threading
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from chromflow import Image
-from chromflow.errors import CancelledError, ChromflowError, InputError
+from chromflow.errors import CancelledError, ChromflowError, InputError, OutputError
 from chromflow.pipeline import (OUTPUT_KINDS, PipelineSettings, _domain_stats, load_input, output_paths,
                                 process_file, run_file)
 from chromflow.report import REPORT_PANELS, make_report, nice_scale_bar_length
@@ -79,7 +80,11 @@ def test_settings_partial_config_keeps_defaults(tmp_path):
 @pytest.mark.parametrize("config, words", [
     ({"render": {"pixel_sise": 10}}, ["render.pixel_sise", "unknown"]),
     ({"rendering": {}}, ["rendering", "unknown"]),
-    ({"fields": {"grid": 3}}, ["fields.grid", ">= 8"]),
+    ({"fields": {"grid": 3}}, ["fields.grid", "from 16 to 2048"]),
+    ({"fields": {"grid": 1_000_000}}, ["fields.grid", "from 16 to 2048"]),
+    ({"segmentation": {"allow_several_objects": "yes"}}, ["segmentation.allow_several_objects"]),
+    ({"render": {"columns": ["x"]}}, ["render.columns"]),
+    ({"inference": {"uncertainty": 1}}, ["inference.uncertainty"]),
     ({"fields": {"grid": 32.5}}, ["fields.grid"]),
     ({"inference": {"method": "magic"}}, ["inference.method", "pinn"]),
     ({"inference": {"seed": True}}, ["inference.seed"]),
@@ -322,10 +327,10 @@ def test_cancel_and_write_failure_leave_nothing(simulated, tmp_path, monkeypatch
 
     def broken_save(self, path):
         open(path, "wb").write(b"partial")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(inverse.RateMapResult, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="No space left on device"):
         run_file(path, out, fast_settings())
     assert listing(out) == ["keep.txt"]
 
@@ -360,3 +365,129 @@ def test_tiff_without_pixel_size_uses_render_setting(tmp_path):
     with pytest.warns(UserWarning, match="render.pixel_size = 12.5"):
         loaded = load_input(path, s)
     assert loaded.density.pixel_size == 12.5 and loaded.kind == "image" and loaded.density.shape == (20, 30)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 12: one settings object, plausibility of the nucleus
+# ----------------------------------------------------------------------------------------------
+def _with_default(func, **defaults):
+    """``func`` with other defaults in its signature (as a library upgrade would change them)."""
+    import functools
+    import inspect
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    sig = inspect.signature(func)
+    wrapper.__signature__ = sig.replace(parameters=[p.replace(default=defaults.get(p.name, p.default))
+                                                    for p in sig.parameters.values()])
+    return wrapper
+
+
+def test_none_means_the_library_default_read_at_call_time(monkeypatch):
+    import importlib
+
+    from chromflow import inverse
+
+    chromflow_render = importlib.import_module("chromflow.render")  # the module, not cf.render
+
+    s = PipelineSettings()
+    assert (s.inference.iterations, s.inference.radius, s.inference.ensemble, s.inference.uncertainty) == (None,) * 4
+    # the two numbers every front end shows start at the defaults of the functions that use them
+    assert (s.fields.grid, s.render.pixel_size) == (128, 20.0)
+    with monkeypatch.context() as patch:
+        patch.setattr(chromflow_render, "render", _with_default(chromflow_render.render, pixel_size=33.0))
+        assert PipelineSettings().render.pixel_size == 33.0
+    r = s.resolved()
+    assert (r.fields.grid, r.render.pixel_size) == (128, 20.0)
+    assert (r.inference.iterations, r.inference.radius, r.inference.ensemble) == (
+        inverse.DEFAULTS["pinn"]["iterations"], inverse.DEFAULTS["pinn"]["radius"], inverse.DEFAULTS["pinn"]["ensemble"])
+    monkeypatch.setitem(inverse.DEFAULTS["pinn"], "iterations", 123)
+    assert PipelineSettings().resolved().inference.iterations == 123  # not a copy made at import
+    # None and the explicit default are the same run: same fingerprint
+    explicit = PipelineSettings()
+    explicit.inference.iterations = 123
+    none = PipelineSettings()
+    none.fields.grid = None  # a config file's null
+    assert explicit.fingerprint() == s.fingerprint() == none.fingerprint()
+    explicit.inference.iterations = 124
+    assert explicit.fingerprint() != s.fingerprint()
+
+
+def test_infer_passes_only_what_was_set(monkeypatch):
+    from chromflow import inverse
+    from chromflow.pipeline import infer
+
+    seen = {}
+
+    def fake_infer_rates(fields, method="pinn", device="auto", seed=0, uncertainty=True, **options):
+        seen.update(options, uncertainty=uncertainty)
+        return "result"
+
+    monkeypatch.setattr(inverse, "infer_rates", fake_infer_rates)
+    s = PipelineSettings()
+    assert infer("fields", s) == "result"
+    assert seen["uncertainty"] is True and "iterations" not in seen and "ensemble" not in seen
+    seen.clear()
+    s.inference.uncertainty, s.inference.ensemble = False, 5
+    infer("fields", s)
+    assert seen["uncertainty"] is False and seen["ensemble"] == 5
+    # an infer_rates without the option: a clear error naming the setting, not a crash
+    monkeypatch.setattr(inverse, "infer_rates", lambda fields, method="pinn", device="auto", seed=0, **kw: kw)
+    with pytest.raises(InputError, match="inference.uncertainty"):
+        infer("fields", s)
+
+
+def _discs(centres, radius=20, shape=(200, 200)):
+    yy, xx = np.indices(shape)
+    return sum(((yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2).astype(float) for cy, cx in centres)
+
+
+def test_several_objects_are_refused_unless_allowed():
+    from chromflow.errors import SegmentationError
+    from chromflow.pipeline import check_single_object, segment
+
+    cells = Image(5.0 * _discs([(50, 50), (50, 150), (150, 100)]) + 0.05, pixel_size=100.0)
+    s = PipelineSettings()
+    s.segmentation.nucleus_area_um2 = (1.0, 1000.0)
+    with pytest.raises(SegmentationError, match="3 dense objects") as info:
+        segment(cells, s)
+    assert "--allow-several-objects" in str(info.value) and "segmentation.allow_several_objects" in str(info.value)
+    s.segmentation.allow_several_objects = True
+    mask = segment(cells, s)
+    assert mask.sum() == pytest.approx(np.pi * 20 ** 2, rel=0.15)
+    # one nucleus with a small speck beside it (< 10 % of its localizations) is one object
+    lone = Image(5.0 * (_discs([(100, 100)], radius=40) + _discs([(20, 20)], radius=5)) + 0.05, pixel_size=100.0)
+    assert check_single_object(lone, _discs([(100, 100)], radius=40) > 0) == 1
+    # a big nucleus and a cut-off neighbour holding less than half: accepted, counted
+    pair = Image(5.0 * (_discs([(100, 90)], radius=45) + _discs([(100, 185)], radius=25)) + 0.05, pixel_size=100.0)
+    assert check_single_object(pair, _discs([(100, 90)], radius=45) > 0) == 2
+
+
+def test_implausible_nucleus_area_warns_with_the_setting():
+    from chromflow.pipeline import segment
+
+    small = Image(5.0 * _discs([(100, 100)], radius=30) + 0.05, pixel_size=20.0)  # ~1.1 um^2
+    with pytest.warns(UserWarning, match=r"outside the plausible range 10-1000 um\^2.*segmentation.nucleus_area_um2"):
+        segment(small, PipelineSettings())
+    s = PipelineSettings()
+    s.segmentation.nucleus_area_um2 = (0.5, 5.0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        segment(small, s)
+
+
+def test_segmentation_errors_name_settings_a_user_can_set():
+    from chromflow.errors import SegmentationError
+    from chromflow.pipeline import segment
+
+    tiny = Image(5.0 * _discs([(100, 100)], radius=8) + 0.05, pixel_size=20.0)  # 0.08 um^2 < 1 um^2
+    with pytest.raises(SegmentationError, match="segmentation.min_area_um2"):
+        segment(tiny, PipelineSettings())
+    s = PipelineSettings()
+    s.segmentation.min_area_um2 = 0.01
+    s.segmentation.nucleus_area_um2 = (0.01, 1.0)
+    assert segment(tiny, s).any()

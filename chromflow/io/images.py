@@ -7,6 +7,8 @@ the image description: a 32-bit rational resolution tag cannot hold every float 
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import re
@@ -45,6 +47,17 @@ _RESOLUTION_UNIT_NM = {2: 2.54e7, 3: 1e7}
 
 # dtypes ImageJ opens natively; others are written as plain (non-ImageJ) TIFF
 _IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _unit_nm(unit) -> float | None:
@@ -165,7 +178,8 @@ def read_image(path, pixel_size=None, ndim=None, allow_nan=False) -> Image:
     path = check_input_file(path, "a TIFF image")
     pixel_size = check_pixel_size(pixel_size, path)
     try:
-        with tifffile.TiffFile(path) as tif:
+        # a broken file is reported once, as the InputError below, not also through tifffile's logger
+        with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
             data = tif.asarray()
             page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
             ij = tif.imagej_metadata or {}

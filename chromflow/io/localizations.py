@@ -33,7 +33,8 @@ from ..errors import InputError
 from .._validate import check_input_file, check_pixel_size
 from ._atomic import atomic_path
 
-__all__ = ["read_localizations", "write_localizations", "STANDARD_COLUMNS", "LENGTH_UNITS_NM"]
+__all__ = ["read_localizations", "write_localizations", "sniff_localizations", "STANDARD_COLUMNS",
+           "LENGTH_UNITS_NM"]
 
 #: Standard columns, in the order readers put them first.
 STANDARD_COLUMNS = ("x", "y", "z", "frame", "photons", "sigma", "uncertainty", "channel")
@@ -83,6 +84,13 @@ _SUFFIX_UNIT = re.compile(r"^(?P<name>.*?)[ _](?P<unit>nm|um|\u00b5m|\u03bcm|px|
                           re.IGNORECASE)
 
 
+# Where the reader's options are set, named in error messages (API, command line, config file).
+_COLUMNS_HINT = ("map them with columns={'x': NAME, 'y': NAME} (command line: --columns x=NAME,y=NAME; "
+                 "config: render.columns)")
+_PIXEL_HINT = "pixel_size= (command line: --camera-pixel-size NM; config: render.camera_pixel_size)"
+_UNITS_HINT = "set the unit with units= (command line: --units; config: render.units)"
+
+
 # ----------------------------------------------------------------------------- helpers
 def _normalise_unit(unit: str) -> str:
     return unit.strip().strip('"').strip().lower() if unit is not None else ""
@@ -99,11 +107,11 @@ def _unit_factor(unit: str, column: str, pixel_size: float | None, path) -> floa
         return {k.lower(): v for k, v in LENGTH_UNITS_NM.items()}[u.lower()]
     if u in _PIXEL_UNITS:
         if pixel_size is None:
-            raise InputError(f"column {column!r} is in camera pixels ({unit!r}); pass pixel_size= "
-                             "(nm per camera pixel) to convert it to nm", path)
+            raise InputError(f"column {column!r} is in camera pixels ({unit!r}); give the camera pixel size "
+                             f"to convert it to nm: {_PIXEL_HINT}", path)
         return float(pixel_size)
     raise InputError(f"unknown length unit {unit!r} for column {column!r}; known units: nm, um "
-                     "(\u00b5m, micron), mm, m, px (with pixel_size=)", path)
+                     f"(\u00b5m, micron), mm, m, px (with the camera pixel size); {_UNITS_HINT}", path)
 
 
 
@@ -146,7 +154,36 @@ def _read_table(path: Path, sep: str, names: list[str]) -> pd.DataFrame:
         return pd.DataFrame(columns=names)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"cannot parse as a delimited table ({exc})", path) from None
+    if len(df):
+        _check_last_line(path, sep, len(names))
     return df
+
+
+def _check_last_line(path: Path, sep: str, n_fields: int) -> None:
+    """Refuse a file whose last line has fewer fields than the header: a truncated file.
+
+    pandas fills the missing fields with NaN and reads a number cut in the middle as a valid
+    one (``3183`` of ``31836.993``), so the row would pass silently.
+    """
+    import csv
+
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 65536))
+        tail = fh.read().decode("utf-8", errors="replace")
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return
+    last = lines[-1]
+    if sep == r"\s+":
+        fields = last.split()
+    else:
+        fields = next(csv.reader([last], delimiter=sep))
+    if len(fields) < n_fields:
+        ends = "" if tail.endswith(("\n", "\r")) else " and no line end"
+        raise InputError(f"the last line has {len(fields)} of {n_fields} fields{ends}: the file looks truncated "
+                         "(an interrupted copy or export?); export it again, or delete its last line", path)
 
 
 def _unique_names(names: list[str], path) -> list[str]:
@@ -178,7 +215,7 @@ def _finalise(df: pd.DataFrame, path, fmt: str, pixel_size, on_invalid: str) -> 
     missing = [c for c in ("x", "y") if c not in df.columns]
     if missing:
         raise InputError(f"no {' or '.join(missing)} column found; columns found: "
-                         f"{list(df.columns)} (pass columns={{'x': ..., 'y': ...}} to map them)", path)
+                         f"{list(df.columns)}; {_COLUMNS_HINT}", path)
     _coerce_numeric(df, path)
     if len(df) == 0:
         raise InputError("file has no localizations (header only)", path)
@@ -194,7 +231,8 @@ def _finalise(df: pd.DataFrame, path, fmt: str, pixel_size, on_invalid: str) -> 
                 raise InputError(f"all {n_invalid} rows have NaN/inf coordinates", path)
         else:
             raise InputError(f"{n_invalid} row(s) have NaN or infinite coordinates "
-                             f"({', '.join(coords)}); pass on_invalid='drop' to skip them", path)
+                             f"({', '.join(coords)}); remove those rows from the file (in Python: "
+                             "read_localizations(..., on_invalid='drop') skips them)", path)
 
     for col in ("x", "y", "z", "photons", "sigma", "uncertainty"):
         if col in df.columns:
@@ -205,8 +243,14 @@ def _finalise(df: pd.DataFrame, path, fmt: str, pixel_size, on_invalid: str) -> 
             raise InputError(f"column 'frame' has {int((~np.isfinite(frame)).sum())} missing or "
                              "non-finite value(s)", path)
         if not np.array_equal(frame, np.round(frame)):
-            raise InputError("column 'frame' has non-integer values", path)
-        df["frame"] = frame.astype(np.int64)
+            if fmt == "picasso" and ({"n", "std_frame"} & set(df.columns) or "group" in df.columns):
+                # Picasso "link" / "pick" / clustering: a row merges several localizations and
+                # 'frame' is their mean frame; keep it, under a name that says so
+                df = df.rename(columns={"frame": "frame_mean"})
+            else:
+                raise InputError("column 'frame' has non-integer values (a camera frame is a whole number)", path)
+        else:
+            df["frame"] = frame.astype(np.int64)
     for col in ("channel", "id"):  # labels written as 1.0, 2.0 ... by some exporters
         if col in df.columns and pd.api.types.is_float_dtype(df[col]):
             values = df[col].to_numpy()
@@ -486,8 +530,9 @@ def _read_picasso(path: Path, columns, units, pixel_size, on_invalid) -> pd.Data
     import h5py
 
     if units is not None:
-        raise InputError("units= does not apply to Picasso files: x, y, lpx, lpy, sx, sy are in "
-                         "camera pixels (converted with the pixel size) and z is in nm", path)
+        raise InputError("a length unit (units=, --units, config render.units) does not apply to Picasso files: "
+                         "x, y, lpx, lpy, sx, sy are in camera pixels (converted with the pixel size; to give it: "
+                         f"{_PIXEL_HINT}) and z is in nm", path)
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
@@ -525,8 +570,8 @@ def _read_picasso(path: Path, columns, units, pixel_size, on_invalid) -> pd.Data
         ps = file_pixel
     else:
         raise InputError(f"Picasso file without a pixel size: the metadata file {yaml_path.name} is "
-                         "missing (or has no 'Pixelsize') and the HDF5 has no /metadata; pass "
-                         "pixel_size= (nm per camera pixel)", path)
+                         "missing (or has no 'Pixelsize') and the HDF5 has no /metadata; give the camera "
+                         f"pixel size in nm: {_PIXEL_HINT}", path)
     if columns:
         rename = {}
         for std, src in columns.items():
@@ -539,7 +584,7 @@ def _read_picasso(path: Path, columns, units, pixel_size, on_invalid) -> pd.Data
     # Picasso keeps x, y and the per-axis widths/precisions in camera pixels, pixel centres at
     # integers (pixel k spans k-0.5..k+0.5), which is already chromflow's origin: only scale.
     # z is written by Picasso in nm and is left as it is.
-    for col in ("x", "y", "lpx", "lpy", "sx", "sy"):
+    for col in ("x", "y", "lpx", "lpy", "sx", "sy", "std_x", "std_y"):
         if col in df.columns:
             df[col] = df[col].astype(np.float64) * ps
     if "uncertainty" not in df.columns and {"lpx", "lpy"} <= set(df.columns):
@@ -549,6 +594,80 @@ def _read_picasso(path: Path, columns, units, pixel_size, on_invalid) -> pd.Data
     if "z" in df.columns:
         df["z"] = df["z"].astype(np.float64)
     return _finalise(df, path, "picasso", ps, on_invalid)
+
+
+# ----------------------------------------------------------------------------- sniffing
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff_localizations(path, columns=None) -> str | None:
+    """Why ``path`` is not a localization table, or None when it may be one.
+
+    Looks at the content, not only the suffix, to tell data from the other files of a data
+    folder (a ``LICENSE.txt``, a ``README.txt``): an HDF5 file must carry the HDF5 signature;
+    a text file is a table when its first line names an x and a y column (ThunderSTORM
+    ``"x [nm]"``, ``x``, ``x_nm``, ``X (um)``, or a name given in ``columns``), or when a row
+    of as many fields, mostly numbers, follows it. An empty file counts as a (broken) table,
+    so that it is reported rather than skipped. Reads at most 64 kB.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "LICENSE.txt").write_text("MIT License\n\nCopyright (c) 2024\n")
+    >>> sniff_localizations(d / "LICENSE.txt")
+    'text, not a table (no x and y columns, no rows of numbers)'
+    >>> _ = (d / "locs.csv").write_text('"x [nm]","y [nm]"\n1,2\n')
+    >>> sniff_localizations(d / "locs.csv") is None
+    True
+    """
+    path = Path(os.fspath(path))
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(65536)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if path.suffix.lower() in (".hdf5", ".h5", ".hdf"):
+        return None if raw.startswith(_HDF5_SIGNATURE) else "not an HDF5 file"
+    if not raw.strip():
+        return None  # an empty export: an input that fails, with its own message
+    if b"\x00" in raw:
+        return "binary content, not a text table"
+    lines = [line for line in raw.decode("utf-8-sig", errors="replace").splitlines() if line.strip()]
+    header = lines[0]
+    sep = _delimiter(header)
+    names = _split_header(header, sep)
+    if len(names) >= 2 and len(lines) > 1 and _numeric_row(lines[1], sep, len(names)):
+        return None  # a header, then a row of numbers under it: a table, whatever its names
+    wanted = {str(v).lower() for k, v in (columns or {}).items() if k in ("x", "y")}
+    found = set()
+    for name in names:
+        base = _parse_bracket_header(name)[0]
+        if name.lower() in wanted or base.lower() in wanted:
+            found.add(name.lower())
+            continue
+        std = _CSV_ALIAS_LOOKUP.get(_normalised(_csv_name_and_unit(name)[0])) or _CSV_ALIAS_LOOKUP.get(
+            _normalised(base))
+        if std in ("x", "y"):
+            found.add(std)
+    if len(found) >= 2:
+        return None
+    return "text, not a table (no x and y columns, no rows of numbers)"
+
+
+def _numeric_row(line: str, sep: str, n_fields: int) -> bool:
+    """True when ``line`` has ``n_fields`` fields, most of them numbers."""
+    fields = line.split() if sep == r"\s+" else line.replace('"', "").split(sep)
+    if len(fields) != n_fields:
+        return False
+    numbers = 0
+    for field in fields:
+        try:
+            float(field)
+            numbers += 1
+        except ValueError:
+            pass
+    return numbers * 2 >= n_fields
 
 
 # ----------------------------------------------------------------------------- public API
