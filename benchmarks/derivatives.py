@@ -1,10 +1,13 @@
-"""Cost of a 4th-order derivative + backward: recursive autodiff vs the mollifier layer.
+"""Cost of a 4th-order derivative + backward: Taylor-mode and recursive autodiff vs the mollifier layer.
 
 One evaluation = network on the grid -> biharmonic ``u_xxxx + 2 u_xxyy + u_yyyy`` -> loss
 (mean square) -> ``loss.backward()``.
 
-* autodiff: a coordinate network ``u(y, x)`` (chromflow.models.MLP, width 64) on the grid's
-  points, derivatives by recursive ``torch.autograd.grad(create_graph=True)`` (8 calls);
+* taylor: a coordinate network ``u(y, x)`` (chromflow.models.MLP, width 64) on the grid's
+  points, exact derivatives by forward Taylor mode (``chromflow.autodiff.taylor_derivatives``,
+  the baseline);
+* recursive: the same by nested reverse mode (``chromflow.autodiff.recursive_derivatives``,
+  6 ``torch.autograd.grad(create_graph=True)`` calls; the second baseline);
 * mollifier: the same network on the grid padded by the kernel half-width, then
   ``MollifierLayer(radius, ("biharmonic",), boundary="valid")``.
 
@@ -32,11 +35,14 @@ from pathlib import Path
 
 import torch
 
+from chromflow.autodiff import derivatives
 from chromflow.io._atomic import atomic_path
 from chromflow.models import MLP, evaluate_on_grid, grid_coordinates
 from chromflow.mollifier import MollifierLayer
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: benchmark name -> chromflow.autodiff method
+AUTODIFF = {"taylor": "taylor", "recursive": "recursive"}
 
 
 def _vm_hwm_mb() -> float:
@@ -53,23 +59,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def autodiff_step(net, coords):
-    """Biharmonic of u(coords) by recursive autograd, then backward."""
-    coords = coords.detach().requires_grad_(True)
-    u = net(coords)
-
-    def grad(f):
-        return torch.autograd.grad(f.sum(), coords, create_graph=True)[0]
-
-    du = grad(u)                         # (u_y, u_x)
-    d_x = grad(du[:, 1])                 # (u_xy, u_xx)
-    d_yy = grad(du[:, 0])[:, 0]          # u_yy
-    d_xxx = grad(d_x[:, 1])              # (u_xxy, u_xxx)
-    d_yyy = grad(d_yy)[:, 0]             # u_yyy
-    u_xxxx = grad(d_xxx[:, 1])[:, 1]
-    u_xxyy = grad(d_xxx[:, 0])[:, 0]
-    u_yyyy = grad(d_yyy)[:, 0]
-    bilap = u_xxxx + 2 * u_xxyy + u_yyyy
+def autodiff_step(net, coords, method="taylor"):
+    """Biharmonic of u(coords) by chromflow.autodiff (``"taylor"`` or ``"recursive"``), then backward."""
+    bilap = derivatives(net, coords, order=4, method=method)["biharmonic"]
     loss = bilap.square().mean()
     loss.backward()
     return float(loss.detach())
@@ -89,9 +81,9 @@ def run_case(method: str, size: int, depth: int, radius: float, repeats: int, de
     torch.manual_seed(seed)
     net = MLP(2, 1, width=64, depth=depth).to(dev)
     shape = (size, size)
-    if method == "autodiff":
+    if method in AUTODIFF:
         coords, _ = grid_coordinates(shape, device=dev)
-        step = lambda: autodiff_step(net, coords)  # noqa: E731
+        step = lambda: autodiff_step(net, coords, AUTODIFF[method])  # noqa: E731
     else:
         layer = MollifierLayer(radius, ("biharmonic",), boundary="valid").to(dev)
         coords, _ = grid_coordinates(shape, pad=layer.halo[0], device=dev)
@@ -272,32 +264,35 @@ def speed_table(args):
     print(f"4th-order derivative (biharmonic) + backward on {args.device} ({name}, {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads); MLP width 64; mollifier radius {args.radius:g} cells; "
           f"median of {args.repeats}; peak memory above the starting state\n")
-    print("| grid | depth | autodiff time (s) | mollifier time (s) | speed-up | autodiff peak (MiB) | "
-          "mollifier peak (MiB) | memory ratio |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| grid | depth | taylor (s) | recursive (s) | mollifier (s) | speed-up vs taylor | vs recursive | "
+          "taylor peak (MiB) | recursive peak (MiB) | mollifier peak (MiB) | memory ratio vs taylor | vs recursive |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for size in sizes:
         for depth in depths:
-            pair = {}
-            for method in ("autodiff", "mollifier"):
+            res = {}
+            for method in ("taylor", "recursive", "mollifier"):
                 if args.device == "cuda":
                     try:
-                        pair[method] = run_case(method, size, depth, args.radius, args.repeats, "cuda")
+                        res[method] = run_case(method, size, depth, args.radius, args.repeats, "cuda")
                     except torch.OutOfMemoryError:
-                        pair[method] = {"error": "out of memory"}
+                        res[method] = {"error": "out of memory"}
                     torch.cuda.empty_cache()
                 else:
                     extra = ["--threads", str(args.threads)] if args.threads else []
-                    pair[method] = _case_in_subprocess([method, str(size), str(depth), str(args.radius),
-                                                        str(args.repeats)] + extra)
-            a, m = pair["autodiff"], pair["mollifier"]
-            if "error" in a or "error" in m:
-                print(f"| {size} | {depth} | {a.get('error', '')} | {m.get('error', '')} | | | | |")
+                    res[method] = _case_in_subprocess([method, str(size), str(depth), str(args.radius),
+                                                       str(args.repeats)] + extra)
+            t, r, m = res["taylor"], res["recursive"], res["mollifier"]
+            if any("error" in v for v in res.values()):
+                print(f"| {size} | {depth} | {t.get('error', '')} | {r.get('error', '')} | {m.get('error', '')} "
+                      "| | | | | | | |")
                 continue
-            print(f"| {size} | {depth} | {a['time_s']:.4f} | {m['time_s']:.4f} | {a['time_s'] / m['time_s']:.1f}x | "
-                  f"{a['peak_mb']:.1f} | {m['peak_mb']:.1f} | "
-                  f"{a['peak_mb'] / max(m['peak_mb'], 0.1):.1f}x |", flush=True)
-            rows += [a, m]
+            mm = max(m["peak_mb"], 0.1)
+            print(f"| {size} | {depth} | {t['time_s']:.4f} | {r['time_s']:.4f} | {m['time_s']:.4f} | "
+                  f"{t['time_s'] / m['time_s']:.1f}x | {r['time_s'] / m['time_s']:.1f}x | {t['peak_mb']:.1f} | "
+                  f"{r['peak_mb']:.1f} | {m['peak_mb']:.1f} | {t['peak_mb'] / mm:.1f}x | {r['peak_mb'] / mm:.1f}x |",
+                  flush=True)
+            rows += [t, r, m]
     if rows:
         path = RESULTS / f"derivatives_{args.device}.csv"
         _write_csv(rows, path)

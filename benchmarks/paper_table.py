@@ -42,12 +42,18 @@ import _tasks  # noqa: E402  (benchmark-only set-ups, next to this script)
 PAPER = {"chromatin": {"autodiff": dict(time_s=3386.0, peak_mb=2750.0, corr=0.44),
                        "mollifier": dict(time_s=335.0, peak_mb=230.0, corr=0.99)}}
 
-#: --quick: small grids, one noise level, MLP only. The 4th-order autodiff case costs seconds per
-#: iteration on a CPU, so its run is capped and its total time extrapolated (labelled in "note").
+#: --quick: small grids, one noise level, MLP only, equal iteration budgets in both modes (with the
+#: Taylor-mode baseline the 4th-order autodiff case no longer needs a cap at this size).
 QUICK = dict(tasks=["langevin", "heat", "chromatin"], backbones=["mlp"], noise=[0.01],
              grid={"langevin": 128, "heat": 32, "chromatin": 32}, iterations=300,
-             autodiff_iterations={"chromatin": 20}, threads=1)
+             autodiff_iterations={}, threads=1)
 FULL_ITERATIONS = 2000
+#: --preset cpu: the full table (3 tasks x 3 backbones x 3 noise levels x 2 modes) at reduced size so
+#: that it runs in ~15-20 minutes on 2 shared CPU cores: smaller grids, width-32 backbones, per-task
+#: iteration budgets equal in both modes (never capped).
+CPU_PRESET = dict(tasks=list(_tasks.TASKS), backbones=list(_tasks.BACKBONE_OPTIONS), noise=[0.0, 0.01, 0.05],
+                  grid={"langevin": 64, "heat": 24, "chromatin": 24},
+                  iterations={"langevin": 600, "heat": 1000, "chromatin": 200}, threads=1, width=32)
 
 COLUMNS = ["task", "order", "backbone", "noise", "mode", "grid", "iterations", "corr", "rmse", "peak_mb",
            "time_s", "ms_per_iter", "time_full_s", "note"]
@@ -88,6 +94,26 @@ def _warm_up(device) -> None:
             z[None, None], z[None, None, :3, :3]).sum()).backward()
 
 
+def memory_baseline(device) -> float:
+    """Start of a peak-memory measurement: CUDA allocated bytes (peak stats reset) or RSS high-water MB."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    return _rss_mb()
+
+
+def memory_peak(device, base: float) -> float:
+    """Peak memory (MB) since :func:`memory_baseline` returned ``base``."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20 - base
+    return _rss_mb() - base
+
+
 def run_case(spec: dict) -> dict:
     """Fit one (task, noise, backbone, mode) case and measure it. Runs inside the worker process."""
     import numpy as np
@@ -106,21 +132,14 @@ def run_case(spec: dict) -> dict:
     data = _tasks.TaskData.load(spec["data"])
     _warm_up(device)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base_cuda = torch.cuda.memory_allocated(device)
-    base_rss = _rss_mb()
+    base = memory_baseline(device)
     start = time.perf_counter()
     result = _tasks.fit(data, spec["backbone"], spec["mode"], spec["iterations"], device=device, seed=spec["seed"],
                         **spec.get("options", {}))
     if cuda:
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    if cuda:
-        peak = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2**20
-    else:
-        peak = _rss_mb() - base_rss
+    peak = memory_peak(device, base)
     corr, rmse = _tasks.score(result.rate, data.truth)
     return dict(corr=corr, rmse=rmse, peak_mb=peak, time_s=elapsed, iterations=int(result.iterations),
                 final_loss=float(result.loss), device=str(device),
@@ -207,9 +226,21 @@ def paper_rows() -> list[dict]:
 # driver
 
 
+def _write_rows(rows: list[dict], out: Path) -> None:
+    import pandas as pd
+
+    from chromflow.io._atomic import atomic_path
+
+    with atomic_path(out) as tmp_path:
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path, index=False)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small grids, few iterations, one noise level, MLP only")
+    p.add_argument("--preset", choices=["cpu"], default=None,
+                   help="cpu: the full table at reduced grid / width / iterations (see CPU_PRESET)")
+    p.add_argument("--width", type=int, default=None, help="hidden width of every backbone (default 64)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--tasks", nargs="+", choices=_tasks.TASKS, default=None)
     p.add_argument("--backbones", nargs="+", choices=list(_tasks.BACKBONE_OPTIONS), default=None)
@@ -223,6 +254,7 @@ def parse_args(argv=None):
                    help="torch CPU threads per case (default: torch's own; 1 with --quick on CPU)")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per case")
     p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/paper_table_<time>.csv)")
+    p.add_argument("--table-from", default=None, metavar="CSV", help="only print the tables of an earlier run's CSV")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -232,35 +264,55 @@ def main(argv=None) -> int:
     if args.worker:
         return _worker(args.worker)
 
-    import pandas as pd
-
-    from chromflow.io._atomic import atomic_path
     from chromflow.training import resolve_device
 
+    if args.table_from:  # print the tables of an earlier (possibly cut-off) run
+        import pandas as pd
+
+        rows = [{k: (None if v != v else v) for k, v in r.items()}
+                for r in pd.read_csv(args.table_from, keep_default_na=True).to_dict("records")]
+        for r in rows:
+            r["note"] = r.get("note") or ""
+        print(markdown(rows, COLUMNS))
+        print("\n" + markdown(ratios(rows), ["task", "order", "backbone", "noise", "speedup_per_iter", "memory_ratio",
+                                            "corr_autodiff", "corr_mollifier"]))
+        return 0
     device = str(resolve_device(args.device))
+    preset = CPU_PRESET if args.preset == "cpu" else None
     tasks = args.tasks or (QUICK["tasks"] if args.quick else list(_tasks.TASKS))
     backbones = args.backbones or (QUICK["backbones"] if args.quick else list(_tasks.BACKBONE_OPTIONS))
     noises = args.noise or (QUICK["noise"] if args.quick else [0.0, 0.01, 0.05])
     iterations = args.iterations or (QUICK["iterations"] if args.quick else FULL_ITERATIONS)
+    width = args.width or (preset["width"] if preset else None)
+    if preset and not args.threads:
+        args.threads = preset["threads"]
+    budgets = {}
 
+    out = Path(args.out) if args.out else HERE / "results" / f"paper_table_{time.strftime('%Y%m%d_%H%M%S')}.csv"
     rows = []
     with tempfile.TemporaryDirectory(prefix="chromflow_paper_table_") as tmp:
         workdir = Path(tmp)
         for task in tasks:
-            grid = args.grid or (QUICK["grid"][task] if args.quick else _tasks.DEFAULTS[task]["grid"])
+            grid = args.grid or (QUICK["grid"][task] if args.quick else
+                                 preset["grid"][task] if preset else _tasks.DEFAULTS[task]["grid"])
+            task_iterations = args.iterations or (preset["iterations"][task] if preset else iterations)
+            budgets[task] = task_iterations
             for noise in noises:
                 data = _tasks.make_data(task, grid=grid, noise=noise, seed=args.seed)
                 data_path = workdir / f"{task}_{noise}.npz"
                 data.save(data_path)
                 for backbone in backbones:
                     for mode in _tasks.MODES:
-                        its, note = iterations, ""
+                        its, note = task_iterations, ""
                         cap = args.autodiff_iterations or (QUICK["autodiff_iterations"].get(task) if args.quick else None)
-                        if mode == "autodiff" and cap and cap < iterations:
+                        if mode == "autodiff" and cap and cap < task_iterations:
                             its, note = cap, f"capped at {cap} its: time_full_s extrapolated, corr not converged"
                         threads = args.threads or (QUICK["threads"] if args.quick and device == "cpu" else None)
                         spec = dict(task=task, noise=noise, backbone=backbone, mode=mode, iterations=its,
                                     device=device, seed=args.seed, data=str(data_path), threads=threads)
+                        if width:
+                            spec["options"] = ({"width": width} if task == "chromatin"
+                                               else {"backbone_options": {"width": width}})
                         print(f"[paper_table] {task} noise={noise:g} {backbone} {mode} ({its} its) ...",
                               file=sys.stderr, flush=True)
                         res = _spawn(spec, workdir, args.timeout)
@@ -272,18 +324,22 @@ def main(argv=None) -> int:
                             per_iter = res["time_s"] / max(res["iterations"], 1)
                             row.update(iterations=res["iterations"], corr=res["corr"], rmse=res["rmse"],
                                        peak_mb=res["peak_mb"], time_s=res["time_s"], ms_per_iter=1e3 * per_iter,
-                                       time_full_s=per_iter * iterations)
+                                       time_full_s=per_iter * task_iterations)
                         rows.append(row)
+                        _write_rows(rows, out)  # after every case: a cut-off run keeps what it measured
                         print(f"[paper_table]   -> {json.dumps({k: row.get(k) for k in ('corr', 'peak_mb', 'time_s', 'note')})}",
                               file=sys.stderr, flush=True)
 
-    out = Path(args.out) if args.out else HERE / "results" / f"paper_table_{time.strftime('%Y%m%d_%H%M%S')}.csv"
-    with atomic_path(out) as tmp_path:
-        pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path, index=False)
+    _write_rows(rows, out)
 
-    print(f"## Mollifier vs autodiff ({device}, {iterations} iterations{', quick' if args.quick else ''})\n")
+    capped = any(r.get("note", "").startswith("capped") for r in rows)
+    budget = ", ".join(f"{t} {n}" for t, n in budgets.items())
+    print(f"## Mollifier vs autodiff ({device}{', quick' if args.quick else ''}{', preset ' + args.preset if args.preset else ''}"
+          f"{f', width {width}' if width else ''}; iteration budget per task: {budget}; "
+          f"{'autodiff runs CAPPED where noted (not equal budgets)' if capped else 'equal in both modes'})\n")
     print(markdown(rows, COLUMNS))
-    print("\n## Autodiff / mollifier ratios (same backbone, grid, data, loss, optimiser, iterations)\n")
+    print(f"\n## Autodiff / mollifier ratios (same backbone, grid, data, loss, optimiser; "
+          f"{'iterations differ where capped' if capped else 'equal iterations'})\n")
     print(markdown(ratios(rows), ["task", "order", "backbone", "noise", "speedup_per_iter", "memory_ratio",
                                   "corr_autodiff", "corr_mollifier"]))
     print("\n## Paper's press figures (4th-order task, GPU)\n")

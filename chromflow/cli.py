@@ -215,6 +215,8 @@ def _cmd_domains(args) -> int:
 
 def _add_device(parser):
     parser.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads for torch (per worker in batch; default: torch's own)")
 
 
 def _add_settings_options(parser, d):
@@ -400,6 +402,9 @@ def _print_summary(row, out_dir, stream=None):
 # ----------------------------------------------------------------------------------------------
 def _cmd_run(args) -> int:
     from .pipeline import run_file
+    from .training import set_threads
+
+    set_threads(args.threads)
 
     settings = _settings_from_args(args)
     bar = _ProgressBar(not args.quiet, desc=args.file.name)
@@ -456,8 +461,12 @@ def _cmd_batch_domains(args) -> int:
 
 
 def _cmd_batch(args) -> int:
+    import os
+
     from .batch import run_batch
 
+    if args.threads:  # local worker processes start torch with this many threads
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     if getattr(args, "domains", False):
         return _cmd_batch_domains(args)
 
@@ -559,6 +568,9 @@ def default_demo_dir() -> Path:
 
 
 def _cmd_demo(args) -> int:
+    from .training import set_threads
+
+    set_threads(args.threads)
     out = args.out if args.out is not None else default_demo_dir()
     if args.device is not None:
         _check_device(args.device)

@@ -19,7 +19,7 @@ import torch
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["train", "TrainingHistory", "seed_everything", "resolve_device", "make_optimizer",
-           "OPTIMIZERS", "SCHEDULES"]
+           "OPTIMIZERS", "SCHEDULES", "set_threads"]
 
 OPTIMIZERS = ("adam", "soap")
 SCHEDULES = ("cosine", "exponential", None)
@@ -47,6 +47,46 @@ def seed_everything(seed: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(seed)
     return gen
+
+
+def set_threads(threads) -> int:
+    """Set the number of CPU threads torch uses for its operations; returns the previous number.
+
+    Parameters
+    ----------
+    threads : int, "all" or None
+        A positive count, ``"all"`` (every core this process may use), or None (leave torch's
+        setting alone). On a machine shared with other jobs, fewer threads than cores is
+        usually faster in wall time: see ``benchmarks/README.md`` ("Threads").
+
+    Returns
+    -------
+    int
+        The thread count before the call.
+
+    Examples
+    --------
+    >>> before = set_threads(1)
+    >>> torch.get_num_threads()
+    1
+    >>> _ = set_threads(before)
+    """
+    import os
+
+    before = torch.get_num_threads()
+    if threads is None:
+        return before
+    if isinstance(threads, str) and threads.lower() == "all":
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    else:
+        try:
+            n = int(threads)
+        except (TypeError, ValueError):
+            raise ValueError(f"threads must be a positive integer, 'all' or None, got {threads!r}") from None
+        if n < 1 or n != threads and not isinstance(threads, str):
+            raise ValueError(f"threads must be a positive integer, 'all' or None, got {threads!r}")
+    torch.set_num_threads(n)
+    return before
 
 
 def resolve_device(device="auto") -> torch.device:

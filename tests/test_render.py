@@ -229,3 +229,20 @@ def test_too_large_image_suggests_pixel_size():
     n = math.ceil(1e6 / suggested + 1) ** 2
     assert n <= 2.0e8 * 1.01
     assert suggested < 80.0
+
+
+@pytest.mark.parametrize("sigma_px, n", [(0.3, 500), (1.15, 3000), (2.6, 800)])
+def test_convolve_bin_scatter_and_convolution_y_passes_agree(sigma_px, n):
+    # the two y passes of one sigma bin (scatter per localization for sparse bins, convolution
+    # of phase histograms for dense ones) compute the same image
+    from chromflow.render import _convolve_bin
+
+    rng = np.random.default_rng(7)
+    py, px = rng.uniform(0, 40, n), rng.uniform(0, 50, n)
+    iy, ix = py.astype(np.int64), px.astype(np.int64)
+    u = min(8, math.ceil(3.0 / sigma_px))
+    half = math.ceil(4 * sigma_px + 0.5)
+    a = _convolve_bin(py, px, iy, ix, sigma_px, u, half, 40, 50, y_pass="scatter")
+    b = _convolve_bin(py, px, iy, ix, sigma_px, u, half, 40, 50, y_pass="convolve")
+    np.testing.assert_allclose(a, b, atol=1e-12)
+    assert a.sum() == pytest.approx(n, rel=1e-12)

@@ -111,3 +111,21 @@ def test_train_on_cuda():
     w = torch.nn.Parameter(torch.zeros(3, device="cuda"))
     train(lambda: (((w - target) ** 2).sum(), {}), [w], iterations=300, lr=0.05)
     assert torch.allclose(w.detach(), target, atol=1e-2)
+
+
+def test_set_threads_sets_and_restores():
+    import torch
+
+    from chromflow.training import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == before and torch.get_num_threads() == 1
+        assert set_threads(None) == 1 and torch.get_num_threads() == 1
+        set_threads("all")
+        assert torch.get_num_threads() >= 1
+        for bad in (0, -2, 1.5, "many"):
+            with pytest.raises(ValueError, match="threads"):
+                set_threads(bad)
+    finally:
+        torch.set_num_threads(before)

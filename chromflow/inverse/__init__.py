@@ -12,8 +12,9 @@ Three methods share one steady-state residual (:mod:`chromflow.physics.chromatin
   (:mod:`chromflow.inverse.fit`).
 * ``"direct"``: closed form ``lambda = (phi_h - lap(mu_d) / 2) / phi_e`` on mollified data, with
   an edge-safe treatment (:mod:`chromflow.inverse.direct`). Fast; the baseline.
-* ``"autodiff"``: the PINN with derivatives by automatic differentiation of the network
-  (no mollification): the baseline of the Mollifier-Layers paper.
+* ``"autodiff"``: the PINN with exact derivatives of the network by forward Taylor mode
+  (:mod:`chromflow.autodiff`, no mollification): the baseline of the Mollifier-Layers paper in
+  its fastest exact form.
 
 Every method (:func:`infer_rates`):
 
@@ -49,8 +50,7 @@ from .direct import direct_rates
 from .noise import NoiseModel, estimate_noise, fission
 from .result import RateMapResult, _jsonable
 
-__all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells",
-           "autodiff_derivatives"]
+__all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells"]
 
 METHODS = ("pinn", "direct", "autodiff")
 
@@ -85,25 +85,6 @@ PLAUSIBLE_RATE = (1e-2, 1e2)
 MIN_EUCHROMATIN_SHARE = 0.02
 
 
-def autodiff_derivatives(u, x, to_um, shape) -> FieldDerivatives:
-    """value, d/dy, d/dx, lap, bilap of a pointwise network output by recursive autograd."""
-
-    def grad(f):
-        (g,) = torch.autograd.grad(f.sum(), x, create_graph=True)
-        return g[:, 0], g[:, 1]
-
-    uy, ux = grad(u)
-    uyy = grad(uy)[0]
-    uxx = grad(ux)[1]
-    lap = uyy + uxx
-    ly, lx = grad(lap)
-    bilap = grad(ly)[0] + grad(lx)[1]
-    r = (lambda t: t.reshape(shape))
-    return FieldDerivatives(r(u), r(uy) * to_um, r(ux) * to_um, r(lap) * to_um ** 2, r(bilap) * to_um ** 4)
-
-
-# kept under its old name for code that imported it
-_autodiff_derivatives = autodiff_derivatives
 
 
 def _unpack(fields):

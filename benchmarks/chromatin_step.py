@@ -1,0 +1,162 @@
+"""Per-step time and peak memory of the 4th-order chromatin fit: mollifier vs Taylor-mode vs recursive autodiff.
+
+The same data (``_tasks.make_data("chromatin", grid)``), the same backbone, loss, optimiser and
+seed go through :func:`chromflow.inverse.infer_rates` three times, differing only in how the
+derivatives up to the biharmonic are taken:
+
+* ``mollifier``: ``method="pinn"`` (network on the padded grid, mollifier-kernel convolutions);
+* ``autodiff``: ``method="autodiff"``, exact derivatives by forward Taylor mode (the baseline);
+* ``autodiff_recursive``: the same under ``chromflow.autodiff.use_method("recursive")`` (nested
+  reverse-mode autograd; the second baseline).
+
+Each mode runs in its own fresh Python process (so its peak memory is its own), side by side in
+one invocation. Time per step: median of the intervals between consecutive iterations (the
+progress callback is called after every step), the first step excluded. Peak memory: on CPU the
+``ru_maxrss`` high-water mark after the run minus the reading after imports, data and a tiny
+warm-up (``paper_table._warm_up``); on CUDA ``torch.cuda.max_memory_allocated`` above the start.
+A third, allocator-independent figure: the megabytes of distinct tensor storages autograd saves
+for the backward pass in one step (``torch.autograd.graph.saved_tensors_hooks``), median over
+steps. All come from the same run.
+
+Usage::
+
+    python benchmarks/chromatin_step.py                        # 128^2, CPU, 1 thread
+    python benchmarks/chromatin_step.py --device cuda --steps 50
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import _tasks  # noqa: E402
+
+MODES = ("mollifier", "autodiff", "autodiff_recursive")
+LABEL = {"mollifier": "mollifier (pinn)", "autodiff": "autodiff, Taylor mode",
+         "autodiff_recursive": "autodiff, recursive reverse mode"}
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    import chromflow.inverse  # noqa: F401  (imports before the memory baseline)
+    from chromflow.autodiff import use_method
+    from chromflow.inverse import infer_rates
+    from paper_table import _warm_up, memory_baseline, memory_peak
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    data = _tasks.TaskData.load(spec["data"])
+    fields = _tasks.chromatin_fields(data)
+    _warm_up(device)
+    cuda = device.type == "cuda"
+    base = memory_baseline(device)
+    stamps = []
+    # bytes of the tensors autograd saves for the backward pass, per step (distinct storages):
+    # the part of the memory that grows with the derivative method, free of allocator noise
+    saved, saved_per_step = {}, []
+
+    def pack(t):
+        try:
+            key = t.untyped_storage().data_ptr()
+            saved[key] = max(saved.get(key, 0), t.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError):  # tensors without storage
+            pass
+        return t
+
+    def progress(done, total, msg):
+        if cuda:
+            torch.cuda.synchronize(device)
+        stamps.append((done, time.perf_counter()))
+        if saved:
+            saved_per_step.append(sum(saved.values()) / 2**20)
+            saved.clear()
+
+    method = "pinn" if spec["mode"] == "mollifier" else "autodiff"
+    start = time.perf_counter()
+    with use_method("recursive" if spec["mode"] == "autodiff_recursive" else "taylor"), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = infer_rates(fields, method=method, device=device, iterations=spec["steps"], seed=0,
+                             log_every=1, progress=progress, dtype=spec["dtype"], **spec["options"])
+    total = time.perf_counter() - start
+    peak = memory_peak(device, base)
+    # intervals between consecutive steps; stamps are (done, time) with done = 0, 1, ..., steps
+    steps = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(stamps, stamps[1:]) if b[0] > a[0]]
+    per_step = statistics.median(steps[1:] if len(steps) > 2 else steps)
+    corr, _ = _tasks.score(result.rate, data.truth)
+    return {"mode": spec["mode"], "ms_per_step": 1e3 * per_step, "peak_mb": peak,
+            "saved_mb": statistics.median(saved_per_step) if saved_per_step else float("nan"), "total_s": total,
+            "steps": spec["steps"], "corr_after_steps": corr}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--grid", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=8, help="optimiser steps per mode (the first is not timed)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backbone", default="mlp")
+    p.add_argument("--width", type=int, default=None, help="default: infer_rates' (32)")
+    p.add_argument("--depth", type=int, default=None, help="default: infer_rates' (3)")
+    p.add_argument("--dtype", default="float64")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--noise", type=float, default=0.01)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        spec = json.loads(Path(args.worker).read_text())
+        Path(spec["result"]).write_text(json.dumps(worker(spec)))
+        return 0
+    options = {"backbone": args.backbone}
+    if args.width:
+        options["width"] = args.width
+    if args.depth:
+        options["depth"] = args.depth
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path = Path(tmp) / "data.npz"
+        _tasks.make_data("chromatin", grid=args.grid, noise=args.noise, seed=0).save(data_path)
+        for mode in args.modes:
+            spec = dict(mode=mode, device=args.device, steps=args.steps, threads=args.threads, dtype=args.dtype,
+                        data=str(data_path), options=options, result=str(Path(tmp) / f"{mode}.json"))
+            spec_path = Path(tmp) / f"{mode}.spec.json"
+            spec_path.write_text(json.dumps(spec))
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+            proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], capture_output=True,
+                                  text=True, env=env)
+            if proc.returncode != 0:
+                rows.append({"mode": mode, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
+            else:
+                rows.append(json.loads(Path(spec["result"]).read_text()))
+            print(f"[chromatin_step] {rows[-1]}", file=sys.stderr, flush=True)
+    ref = {r["mode"]: r for r in rows if "error" not in r}
+    moll = ref.get("mollifier")
+    print(f"## 4th-order chromatin fit, {args.grid}x{args.grid}, {args.device} ({args.threads} thread(s)), "
+          f"{args.backbone} {options}, {args.dtype}, {args.steps} steps per mode\n")
+    print("| derivatives | ms / step | peak MB | saved for backward MB / step | step time / mollifier | "
+          "peak memory / mollifier | saved / mollifier |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {LABEL[r['mode']]} | {r['error']} | | | | | |")
+            continue
+        t = r["ms_per_step"] / moll["ms_per_step"] if moll else float("nan")
+        m = r["peak_mb"] / max(moll["peak_mb"], 0.1) if moll else float("nan")
+        sv = r["saved_mb"] / moll["saved_mb"] if moll else float("nan")
+        print(f"| {LABEL[r['mode']]} | {r['ms_per_step']:.1f} | {r['peak_mb']:.1f} | {r['saved_mb']:.1f} | {t:.1f}x | "
+              f"{m:.1f}x | {sv:.1f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
