@@ -44,7 +44,7 @@ from scipy import ndimage
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..errors import GridError, InputError
-from ..physics.chromatin import ChromatinModel, FieldDerivatives, steady_state_residual
+from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
 from .direct import direct_rates
 from .noise import NoiseModel, estimate_noise, fission
