@@ -23,7 +23,7 @@ from chromflow.errors import CancelledError, InputError
 
 from ._infer_widget import _guarded  # errors travel as values through superqt's generator worker
 from ._layers import image_layer_kwargs, report_error, run_synchronously
-from ._widgets import _has_localizations, _layer_choices, _refresh_on_layer_change, upsert_layer
+from ._widgets import WorkerCallbacks, _has_localizations, _layer_choices, _refresh_on_layer_change, upsert_layer
 
 __all__ = ["DomainsWidget", "domain_steps", "domain_layers", "lam_colors"]
 
@@ -133,7 +133,7 @@ def domain_layers(dom, base: str) -> list:
     ]
 
 
-class DomainsWidget(Container):
+class DomainsWidget(WorkerCallbacks, Container):
     """Classical chromatin-domain analysis of an opened localization file.
 
     Parameters
@@ -141,6 +141,9 @@ class DomainsWidget(Container):
     napari_viewer : napari.viewer.Viewer
         The viewer to work in (injected by napari).
     """
+
+    TITLE = "Chromatin domains"
+    START_PROGRESS_MAX = 100
 
     def __init__(self, napari_viewer):
         from chromflow.domains import DEFAULTS
@@ -224,13 +227,6 @@ class DomainsWidget(Container):
         self.worker.start()
         return self.worker
 
-    def cancel(self, _=None):
-        """Ask the running analysis to stop; nothing is added to the viewer."""
-        self._cancel_event.set()
-        self.status.value = "cancelling..."
-        if self.worker is not None:
-            self.worker.quit()
-
     def export(self, _=None):
         """Write the table, summary and figure of the last analysis into the export folder."""
         if self.result is None:
@@ -246,13 +242,6 @@ class DomainsWidget(Container):
         return paths
 
     # -- worker callbacks (GUI thread) -----------------------------------------------------------
-    def _on_progress(self, item):
-        done, total, message = item
-        if total > 0:
-            self.progress.max = int(total)
-            self.progress.value = min(int(done), int(total))
-        self.status.value = str(message)
-
     def _on_outcome(self, outcome):
         self._outcome_seen = True
         kind, value = outcome
@@ -282,24 +271,3 @@ class DomainsWidget(Container):
                              f"{hi:.3g} (yellow), LADs green, unrated grey. {SINGLE_CHANNEL_NOTE}{note}")
         self.progress.value = self.progress.max
         self.export_button.enabled = True
-
-    def _on_aborted(self):
-        from napari.utils.notifications import show_info
-
-        self._outcome_seen = True
-        self.status.value = "cancelled"
-        show_info("Chromatin domains: cancelled; no layers were changed")
-
-    def _on_finished(self):
-        if not self._outcome_seen:
-            self._on_aborted()
-        self.worker = None
-        self._set_running(False)
-
-    def _set_running(self, running: bool):
-        self.run_button.enabled = not running
-        self.cancel_button.enabled = running
-        if running:
-            self.progress.max, self.progress.value = 100, 0
-            self.status.value = "starting..."
-

@@ -29,7 +29,7 @@ from chromflow.pipeline import INFERENCE_METHODS, PipelineSettings
 from ._layers import (RATE_LEGEND, image_from_layer, nucleus_contours, plugin_settings,
                       report_error, robust_contrast_limits, run_synchronously, show_legend,
                       show_scale_bar)
-from ._widgets import (ScrollableContainer, _is_density_candidate, _is_labels, _layer_choices,
+from ._widgets import (ScrollableContainer, WorkerCallbacks, _is_density_candidate, _is_labels, _layer_choices,
                        _refresh_on_layer_change,
                        layer_base_name, upsert_layer)
 
@@ -194,7 +194,7 @@ def negative_rate_warning(result) -> str | None:
             f"cannot be negative, these cells are noise ({advice})")
 
 
-class InferWidget(ScrollableContainer):
+class InferWidget(WorkerCallbacks, ScrollableContainer):
     """Infer the rate map of a density image (+ a second channel, + nucleus labels).
 
     Parameters
@@ -209,6 +209,9 @@ class InferWidget(ScrollableContainer):
     in the settings (= "the library default", as in a CLI config); *iterations* and *ensemble*
     are disabled for methods that do not use them (``direct``).
     """
+
+    TITLE = "Infer rates"
+    START_PROGRESS_MAX = 1
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
@@ -422,21 +425,7 @@ class InferWidget(ScrollableContainer):
         finally:
             self._on_finished()
 
-    def cancel(self, _=None):
-        """Ask the running inference to stop; nothing is added to the viewer."""
-        self._cancel_event.set()
-        self.status.value = "cancelling..."
-        if self.worker is not None:
-            self.worker.quit()
-
     # -- worker callbacks (GUI thread) -----------------------------------------------------------
-    def _on_progress(self, item):
-        done, total, message = item
-        if total > 0:
-            self.progress.max = int(total)
-            self.progress.value = min(int(done), int(total))
-        self.status.value = str(message)
-
     def _on_outcome(self, outcome):
         self._outcome_seen = True
         kind, value = outcome
@@ -471,29 +460,6 @@ class InferWidget(ScrollableContainer):
             self.status.value = "failed"
             report_error(error, "Infer rates")
 
-    def _on_aborted(self):
-        from napari.utils.notifications import show_info
-
-        self._outcome_seen = True
-        self.status.value = "cancelled"
-        show_info("Infer rates: cancelled; no layers were changed")
-
-    def _on_finished(self):
-        # after quit() the worker emits neither "returned" nor "aborted" when the generator
-        # had already ended (the library raised CancelledError first): report the cancel here
-        if not self._outcome_seen:
-            self._on_aborted()
-        self.worker = None
-        self._set_running(False)
-
-    def _set_running(self, running: bool):
-        self.run_button.enabled = not running
-        self.cancel_button.enabled = running
-        if running:
-            self.progress.max, self.progress.value = 1, 0
-            self.status.value = "starting..."
-
-
 def _result_warnings(result) -> list:
     """Messages for the user about a finished result: negative lambda, the library's flags."""
     messages = []
@@ -524,4 +490,3 @@ def _guarded(steps):
         return ("ok", (yield from steps))
     except Exception as error:  # noqa: BLE001 - reported by the widget
         return ("error", error)
-

@@ -71,6 +71,54 @@ def _update_or_add(viewer, data, kwargs, kind):
     return getattr(viewer, f"add_{kind}")(data, **kwargs)
 
 
+class WorkerCallbacks:
+    """The run/cancel life cycle that the threaded widgets share (GUI-thread callbacks).
+
+    A widget sets ``TITLE`` (for notifications), ``START_PROGRESS_MAX`` and has ``status``,
+    ``progress``, ``run_button``, ``cancel_button``, ``worker``, ``_cancel_event`` and
+    ``_outcome_seen``; it implements ``_on_outcome``.
+    """
+
+    TITLE = "chromflow"
+    START_PROGRESS_MAX = 1
+
+    def cancel(self, _=None):
+        """Ask the running work to stop; nothing is added to the viewer."""
+        self._cancel_event.set()
+        self.status.value = "cancelling..."
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _on_progress(self, item):
+        done, total, message = item
+        if total > 0:
+            self.progress.max = int(total)
+            self.progress.value = min(int(done), int(total))
+        self.status.value = str(message)
+
+    def _on_aborted(self):
+        from napari.utils.notifications import show_info
+
+        self._outcome_seen = True
+        self.status.value = "cancelled"
+        show_info(f"{self.TITLE}: cancelled; no layers were changed")
+
+    def _on_finished(self):
+        # after quit() the worker emits neither "returned" nor "aborted" when the generator
+        # had already ended (the library raised CancelledError first): report the cancel here
+        if not self._outcome_seen:
+            self._on_aborted()
+        self.worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool):
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+        if running:
+            self.progress.max, self.progress.value = self.START_PROGRESS_MAX, 0
+            self.status.value = "starting..."
+
+
 class ScrollableContainer(Container):
     """A magicgui container that napari docks inside its scroll area.
 
