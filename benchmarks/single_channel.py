@@ -99,7 +99,6 @@ def main(argv=None):
         for name, locs in models.items():
             image = cf.render(locs, pixel_size=50.0, fov=fov)
             fields = cf.chromatin_fields(image, mask, grid=args.grid)      # the density split rule
-            t0 = time.perf_counter()
             res = cf.infer_rates(fields, method=args.method, seed=seed, device="cpu")
             r_one, _ = rate_correlation(res, truth)
             r_phi = _correlate_fields(fields, sim.phi_h, sim)

@@ -47,7 +47,7 @@ from ..errors import GridError, InputError
 from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
 from .direct import direct_rates
-from .noise import NoiseModel, estimate_noise, fission
+from .noise import estimate_noise, fission
 from .result import RateMapResult, _jsonable
 
 __all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells"]
