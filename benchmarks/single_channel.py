@@ -20,7 +20,6 @@ Usage: python benchmarks/single_channel.py [--seeds N] [--method direct|pinn] [-
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
