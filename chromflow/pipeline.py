@@ -14,7 +14,8 @@ Outputs per input file ``<stem>.<ext>`` (see :func:`output_paths`):
 ``<stem>_density.tif``     density image (localizations per pixel, or the input TIFF), nm
 ``<stem>_mask.tif``        nucleus mask (bool; ImageJ sees 0/255), same pixels as the density
 ``<stem>_rate.tif``        rate map ``lambda`` on the field grid (float32, NaN outside)
-``<stem>_uncertainty.tif`` uncertainty of ``lambda`` on the field grid
+``<stem>_uncertainty.tif`` uncertainty of ``lambda`` on the field grid (not written when
+                           the uncertainty was switched off: never an all-NaN file)
 ``<stem>_result.npz``      the full :class:`~chromflow.inverse.RateMapResult`
 ``<stem>_report.png``      the summary figure (:func:`chromflow.report.make_report`)
 ``<stem>_summary.json``    the summary row returned by :func:`run_file`
@@ -1200,6 +1201,10 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{stem}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=out_dir))
         tmp = {kind: tmp_dir / p.name for kind, p in final.items()}
         result = run.result
+        # never an all-NaN file: without an uncertainty (switched off) there is no uncertainty TIFF
+        has_uncertainty = bool(np.isfinite(np.asarray(result.uncertainty, dtype=float)).any())
+        if not has_uncertainty:
+            tmp.pop("uncertainty")
         density = run.loaded.density
         # float32: the ImageJ flavour of TIFF, which Fiji opens with its calibration
         write_image(Image(np.asarray(density.data, dtype=np.float32), pixel_size=density.pixel_size,
@@ -1210,8 +1215,9 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         origin = tuple(float(o) for o in result.origin)
         write_image(Image(np.asarray(result.rate, dtype=np.float32), pixel_size=spacing, origin=origin,
                           name="rate", metadata={"units": "Gamma_me / Gamma_ac"}), tmp["rate"])
-        write_image(Image(np.asarray(result.uncertainty, dtype=np.float32), pixel_size=spacing, origin=origin,
-                          name="uncertainty", metadata={"units": "Gamma_me / Gamma_ac"}), tmp["uncertainty"])
+        if has_uncertainty:
+            write_image(Image(np.asarray(result.uncertainty, dtype=np.float32), pixel_size=spacing, origin=origin,
+                              name="uncertainty", metadata={"units": "Gamma_me / Gamma_ac"}), tmp["uncertainty"])
         result.save(tmp["result"])
         figure = run.figure
         if figure is None:
@@ -1232,6 +1238,11 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         for kind, path in tmp.items():
             os.replace(path, final[kind])
             moved.append(final[kind])
+        if not has_uncertainty:
+            # an uncertainty map of an earlier run would no longer match this rate map
+            with contextlib.suppress(FileNotFoundError):
+                final["uncertainty"].unlink()
+            final.pop("uncertainty")
     except BaseException as exc:
         # a failure while moving (rare: the folder vanished) -> take back what was moved
         for p in moved:

@@ -491,3 +491,21 @@ def test_segmentation_errors_name_settings_a_user_can_set():
     s.segmentation.min_area_um2 = 0.01
     s.segmentation.nucleus_area_um2 = (0.01, 1.0)
     assert segment(tiny, s).any()
+
+
+def test_uncertainty_on_by_default_and_never_an_all_nan_file(simulated, tmp_path):
+    """Default runs write a finite uncertainty map; switched off, no uncertainty file at all."""
+    from chromflow.io import read_image
+
+    sim, path = simulated
+    s = fast_settings(radius=4.0)
+    s.fields.euchromatin_channel = 1
+    row = run_file(path, tmp_path / "on", s)
+    unc = read_image(output_paths(path, tmp_path / "on")["uncertainty"], allow_nan=True).data
+    assert np.isfinite(unc).any() and 0 <= row["split_half_r"] <= 1
+    s.inference.uncertainty = False
+    first = run_file(path, tmp_path / "on", s)          # rerun into the same folder: the old map goes
+    assert first["status"] == "ok"
+    paths = output_paths(path, tmp_path / "on")
+    assert not paths["uncertainty"].exists()
+    assert all(p.exists() for kind, p in paths.items() if kind != "uncertainty")
