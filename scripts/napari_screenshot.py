@@ -28,7 +28,7 @@ def main(argv=None):
     parser.add_argument("--grid", type=int, default=80)
     parser.add_argument("--method", default="pinn")
     parser.add_argument("--iterations", type=int, default=None, help="default: the library's")
-    parser.add_argument("--ensemble", type=int, default=3, help="fits behind the uncertainty")
+    parser.add_argument("--ensemble", type=int, default=1, help="fits averaged into the rate")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     os.environ.setdefault("CHROMFLOW_NAPARI_SYNC", "1")  # the GUI waits for the run
@@ -80,9 +80,9 @@ def main(argv=None):
     viewer.grid.stride = 2
     viewer.grid.shape = (1, -1)
     viewer.layers.selection.active = rate
-    n_fits = rate.metadata["chromflow_result"].settings.get("ensemble", args.ensemble)
-    viewer.canvas.overlays.text.text = (f"left: rate  lambda = Gamma_me / Gamma_ac     right: its "
-                                        f"uncertainty (s.d. over {n_fits} fits)")
+    split_r = rate.metadata["chromflow_result"].diagnostics.get("split_half_r", float("nan"))
+    viewer.canvas.overlays.text.text = (f"left: lambda = Gamma_me / Gamma_ac   right: its standard error   "
+                                        f"(split-half r {split_r:.2f})")
     window.resize(1920, 1080)
     viewer.reset_view()
     for _ in range(30):
