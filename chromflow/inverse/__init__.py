@@ -47,7 +47,7 @@ from ..errors import GridError, InputError
 from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
 from .direct import direct_rates
-from .noise import estimate_noise, fission
+from .noise import estimate_noise, fission, local_level
 from .result import RateMapResult, _jsonable
 
 __all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells"]
@@ -233,7 +233,8 @@ def _noise(phi_h, phi_e, interior, fields):
             continue
         nm = estimate_noise(phi, interior)
         models.append({**nm.as_dict(), "source": "estimated from the data (3x3 high-pass)"})
-        variances.append(nm.variance(phi))
+        # the variance of a cell follows its expected level, not its own noisy value
+        variances.append(nm.variance(local_level(phi, interior)))
         laws.append(nm.variance)
     # a floor keeps the weights finite where a channel is ~0; 1e-3 of the mean variance
     out = []

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, optimize
 
-__all__ = ["NoiseModel", "estimate_noise", "fission"]
+__all__ = ["NoiseModel", "estimate_noise", "fission", "local_level"]
 
 # the high-pass filter and the sum of its squared weights (variance gain for white noise)
 _HIGH_PASS = np.outer([1.0, -2.0, 1.0], [1.0, -2.0, 1.0])
@@ -105,9 +105,7 @@ def estimate_noise(field, region, smooth=None) -> NoiseModel:
                          "estimate the noise")
     r2 = ndimage.correlate(np.where(region, f, 0.0), _HIGH_PASS, mode="constant")[usable] ** 2 / _GAIN
     if smooth is None:
-        num = ndimage.uniform_filter(np.where(region, f, 0.0), 5, mode="constant")
-        den = ndimage.uniform_filter(region.astype(np.float64), 5, mode="constant")
-        smooth = num / np.maximum(den, 1e-12)
+        smooth = local_level(f, region)
     p = np.clip(np.asarray(smooth, dtype=np.float64)[usable], 0.0, None)
     design = np.stack([p, p * p], axis=1)
     # non-negative least squares on the squared residuals; scale columns for conditioning
@@ -117,6 +115,16 @@ def estimate_noise(field, region, smooth=None) -> NoiseModel:
     if a == 0.0 and b == 0.0:      # constant or perfectly smooth data: keep a tiny floor
         b = max(float(np.mean(r2)) / max(float(np.mean(p * p)), 1e-12), 1e-12)
     return NoiseModel(float(a), float(b), n)
+
+
+def local_level(field, region, size: int = 5) -> np.ndarray:
+    """The noise-free level a cell's variance depends on: the mean over a ``size`` x ``size``
+    window of the ``region``'s cells (a single cell's count is too noisy: a cell that happens
+    to hold no localization would get zero variance and an infinite weight)."""
+    region = np.asarray(region, bool)
+    num = ndimage.uniform_filter(np.where(region, np.asarray(field, dtype=np.float64), 0.0), size, mode="constant")
+    den = ndimage.uniform_filter(region.astype(np.float64), size, mode="constant")
+    return num / np.maximum(den, 1e-12)
 
 
 def fission(fields, variances, seed: int = 0):
