@@ -11,7 +11,6 @@ boundary, and a table of the domains that *Export* writes as ``<stem>_domains.cs
 """
 from __future__ import annotations
 
-import queue
 import threading
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from chromflow.errors import CancelledError, InputError
 
 from ._infer_widget import _guarded  # errors travel as values through superqt's generator worker
 from ._layers import image_layer_kwargs, report_error, run_synchronously
-from ._widgets import WorkerCallbacks, _has_localizations, _layer_choices, _refresh_on_layer_change, upsert_layer
+from ._widgets import (WorkerCallbacks, _has_localizations, _layer_choices, _refresh_on_layer_change,
+                       steps_in_thread, upsert_layer)
 
 __all__ = ["DomainsWidget", "domain_steps", "domain_layers", "lam_colors"]
 
@@ -43,34 +43,15 @@ def domain_steps(locs, settings: dict, cancel=None):
     from chromflow.domains import analyze_domains
 
     cancel = cancel if cancel is not None else threading.Event()
-    reports: queue.Queue = queue.Queue()
-    outcome: dict = {}
 
-    def work():
+    def work(report):
         import warnings
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # shown in the status instead
-                outcome["result"] = analyze_domains(
-                    locs, progress=lambda d, t, m="": reports.put((d, t, m)), cancel=cancel, **settings)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the generator's thread
-            outcome["error"] = error
-        finally:
-            reports.put(None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # shown in the status instead
+            return analyze_domains(locs, progress=report, cancel=cancel, **settings)
 
-    thread = threading.Thread(target=work, name="chromflow-domains", daemon=True)
-    thread.start()
-    try:
-        while (item := reports.get()) is not None:
-            yield item
-    finally:
-        if thread.is_alive():
-            cancel.set()
-        thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    return (yield from steps_in_thread(work, cancel, "chromflow-domains"))
 
 
 def lam_colors(dom, cmap: str = "plasma") -> tuple:

@@ -16,7 +16,6 @@ calling thread (tests).
 """
 from __future__ import annotations
 
-import queue
 import threading
 
 import numpy as np
@@ -30,8 +29,7 @@ from ._layers import (RATE_LEGEND, image_from_layer, nucleus_contours, plugin_se
                       report_error, robust_contrast_limits, run_synchronously, show_legend,
                       show_scale_bar)
 from ._widgets import (ScrollableContainer, WorkerCallbacks, _is_density_candidate, _is_labels, _layer_choices,
-                       _refresh_on_layer_change,
-                       layer_base_name, upsert_layer)
+                       _refresh_on_layer_change, layer_base_name, steps_in_thread, upsert_layer)
 
 __all__ = ["InferWidget", "inference_steps", "result_layers", "negative_rate_warning",
            "INFER_METHODS", "DEVICES"]
@@ -88,37 +86,17 @@ def inference_steps(image, mask, settings: PipelineSettings, euchromatin=None, c
     from chromflow.pipeline import compute_fields, infer, segment
 
     cancel = cancel if cancel is not None else threading.Event()
-    reports: queue.Queue = queue.Queue()
-    outcome: dict = {}
 
-    def work():
-        try:
-            the_mask = mask
-            if the_mask is None:
-                reports.put((0, 0, "segmenting nucleus"))
-                the_mask = segment(image, settings)
-            reports.put((0, 0, "computing chromatin fields"))
-            fields = compute_fields(image, np.asarray(the_mask, dtype=bool), settings, euchromatin)
-            outcome["result"] = infer(
-                fields, settings, progress=lambda done, total, msg="": reports.put((done, total, msg)),
-                cancel=cancel)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the generator's thread
-            outcome["error"] = error
-        finally:
-            reports.put(None)
+    def work(report):
+        the_mask = mask
+        if the_mask is None:
+            report(0, 0, "segmenting nucleus")
+            the_mask = segment(image, settings)
+        report(0, 0, "computing chromatin fields")
+        fields = compute_fields(image, np.asarray(the_mask, dtype=bool), settings, euchromatin)
+        return infer(fields, settings, progress=report, cancel=cancel)
 
-    thread = threading.Thread(target=work, name="chromflow-infer", daemon=True)
-    thread.start()
-    try:
-        while (item := reports.get()) is not None:
-            yield item
-    finally:
-        if thread.is_alive():  # closed early: worker.quit() or an exception
-            cancel.set()
-        thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    return (yield from steps_in_thread(work, cancel, "chromflow-infer"))
 
 
 def result_layers(result, base: str, source=None, settings: PipelineSettings | None = None) -> list:

@@ -6,6 +6,9 @@ can call directly. All computation is done by :mod:`chromflow`.
 """
 from __future__ import annotations
 
+import queue
+import threading
+
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label, PushButton
 
@@ -69,6 +72,40 @@ def _update_or_add(viewer, data, kwargs, kind):
             return layer
         viewer.layers.remove(layer)
     return getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+def steps_in_thread(work, cancel, name: str = "chromflow-worker"):
+    """Generator: run ``work(report)`` in a helper thread and yield what it reports.
+
+    ``report(done, total, message)`` puts progress on a queue; this generator turns it into
+    ``yield (done, total, message)``, which napari's generator workers forward to the GUI
+    thread, and returns ``work``'s result (``StopIteration.value``), re-raising its error here.
+    Closing the generator early (``worker.quit()``, an exception) sets ``cancel`` and waits for
+    the library to stop at its next check.
+    """
+    reports: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = work(lambda done, total, message="": reports.put((done, total, message)))
+        except BaseException as error:  # noqa: BLE001 - re-raised in the generator's thread
+            outcome["error"] = error
+        finally:
+            reports.put(None)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        while (item := reports.get()) is not None:
+            yield item
+    finally:
+        if thread.is_alive():
+            cancel.set()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 class WorkerCallbacks:
