@@ -20,8 +20,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
 
 from chromflow.errors import CancelledError, InputError
 
-from ._infer_widget import _guarded  # errors travel as values through superqt's generator worker
-from ._layers import image_layer_kwargs, report_error, run_synchronously
+from ._layers import image_layer_kwargs, report_error
 from ._widgets import (WorkerCallbacks, _has_localizations, _layer_choices, _refresh_on_layer_change,
                        steps_in_thread, upsert_layer)
 
@@ -186,27 +185,7 @@ class DomainsWidget(WorkerCallbacks, Container):
         self._base = layer.name.removesuffix(" density")
         self._cancel_event = threading.Event()
         steps = domain_steps(locs, self.settings(), cancel=self._cancel_event)
-        self._set_running(True)
-        self._outcome_seen = False
-        if run_synchronously():
-            guarded = _guarded(steps)
-            try:
-                while True:
-                    self._on_progress(next(guarded))
-            except StopIteration as stop:
-                self._on_outcome(stop.value)
-            finally:
-                self._on_finished()
-            return None
-        from napari.qt.threading import create_worker
-
-        self.worker = create_worker(_guarded, steps, _start_thread=False, _ignore_errors=True)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_outcome)
-        self.worker.aborted.connect(self._on_aborted)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
-        return self.worker
+        return self._start(steps)
 
     def export(self, _=None):
         """Write the table, summary and figure of the last analysis into the export folder."""

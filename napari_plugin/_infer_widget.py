@@ -26,7 +26,7 @@ from chromflow.errors import CancelledError, InputError
 from chromflow.pipeline import INFERENCE_METHODS, PipelineSettings
 
 from ._layers import (RATE_LEGEND, image_from_layer, nucleus_contours, plugin_settings,
-                      report_error, robust_contrast_limits, run_synchronously, show_legend,
+                      report_error, robust_contrast_limits, show_legend,
                       show_scale_bar)
 from ._widgets import (ScrollableContainer, WorkerCallbacks, _is_density_candidate, _is_labels, _layer_choices,
                        _refresh_on_layer_change, layer_base_name, steps_in_thread, upsert_layer)
@@ -378,30 +378,7 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
         self._run_settings = settings
         self._cancel_event = threading.Event()
         steps = inference_steps(image, mask, settings, euchromatin, cancel=self._cancel_event)
-        self._set_running(True)
-        self._outcome_seen = False
-        if run_synchronously():
-            self._run_here(steps)
-            return None
-        from napari.qt.threading import create_worker
-
-        self.worker = create_worker(_guarded, steps, _start_thread=False, _ignore_errors=True)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_outcome)
-        self.worker.aborted.connect(self._on_aborted)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
-        return self.worker
-
-    def _run_here(self, steps):
-        guarded = _guarded(steps)
-        try:
-            while True:
-                self._on_progress(next(guarded))
-        except StopIteration as stop:
-            self._on_outcome(stop.value)
-        finally:
-            self._on_finished()
+        return self._start(steps)
 
     # -- worker callbacks (GUI thread) -----------------------------------------------------------
     def _on_outcome(self, outcome):
@@ -458,13 +435,3 @@ def _result_warnings(result) -> list:
     return messages
 
 
-def _guarded(steps):
-    """Run ``steps`` to the end, returning ``("ok", result)`` or ``("error", exception)``.
-
-    Errors travel as values rather than exceptions because superqt's generator worker treats a
-    ``RuntimeError`` (which torch raises for device problems) as "worker deleted" and drops it.
-    """
-    try:
-        return ("ok", (yield from steps))
-    except Exception as error:  # noqa: BLE001 - reported by the widget
-        return ("error", error)

@@ -74,6 +74,18 @@ def _update_or_add(viewer, data, kwargs, kind):
     return getattr(viewer, f"add_{kind}")(data, **kwargs)
 
 
+def guarded_steps(steps):
+    """Run ``steps`` to the end, returning ``("ok", result)`` or ``("error", exception)``.
+
+    Errors travel as values rather than exceptions because superqt's generator worker treats a
+    ``RuntimeError`` (which torch raises for device problems) as "worker deleted" and drops it.
+    """
+    try:
+        return ("ok", (yield from steps))
+    except Exception as error:  # noqa: BLE001 - reported by the widget
+        return ("error", error)
+
+
 def steps_in_thread(work, cancel, name: str = "chromflow-worker"):
     """Generator: run ``work(report)`` in a helper thread and yield what it reports.
 
@@ -118,6 +130,33 @@ class WorkerCallbacks:
 
     TITLE = "chromflow"
     START_PROGRESS_MAX = 1
+
+    def _start(self, steps):
+        """Run the generator ``steps``: in a napari worker thread, or here when the environment
+        asks for synchronous runs (tests). Returns the worker (None when run here)."""
+        from ._layers import run_synchronously
+
+        self._set_running(True)
+        self._outcome_seen = False
+        if run_synchronously():
+            guarded = guarded_steps(steps)
+            try:
+                while True:
+                    self._on_progress(next(guarded))
+            except StopIteration as stop:
+                self._on_outcome(stop.value)
+            finally:
+                self._on_finished()
+            return None
+        from napari.qt.threading import create_worker
+
+        self.worker = create_worker(guarded_steps, steps, _start_thread=False, _ignore_errors=True)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self._on_outcome)
+        self.worker.aborted.connect(self._on_aborted)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+        return self.worker
 
     def cancel(self, _=None):
         """Ask the running work to stop; nothing is added to the viewer."""
