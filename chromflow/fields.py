@@ -170,6 +170,22 @@ def _as_array(img, what, source):
     return data
 
 
+def distance_to_outline(mask) -> np.ndarray:
+    """Distance (pixels) from each pixel centre of ``mask`` to the mask's outline (0 outside).
+
+    The distance to the nearest outside pixel centre, minus half a pixel; pixels beyond the
+    image border count as outside.
+
+    Examples
+    --------
+    >>> m = np.zeros((5, 5), bool); m[1:4, 1:4] = True
+    >>> distance_to_outline(m)[2].tolist()
+    [0.0, 0.5, 1.5, 0.5, 0.0]
+    """
+    mask = np.asarray(mask, bool)
+    return np.where(mask, ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5, 0.0)
+
+
 def _masked_smooth(values, mask, sigma):
     # normalised convolution: the outside (zeros) does not dilute the density near the edge
     if sigma <= 0:
@@ -403,8 +419,7 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
         band_nm = float(edge_band)
         if not np.isfinite(band_nm) or band_nm < 0:
             raise InputError(f"edge_band must be 'auto', None or a width >= 0 nm, got {edge_band!r}", source)
-    dist_px = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5
-    cell_dist_nm = resample(np.where(mask, dist_px, 0.0)) / np.maximum(coverage, 1e-12) * ps
+    cell_dist_nm = resample(distance_to_outline(mask)) / np.maximum(coverage, 1e-12) * ps
     edge = gmask & ((coverage < 0.999) | (cell_dist_nm < band_nm))
     settings["edge_band_nm"] = float(band_nm)
     settings["edge_cells"] = int(edge.sum())
@@ -455,7 +470,7 @@ def partial_volume_width(density, mask, pixel_size: float = 1.0, level: float = 
     """
     density = np.asarray(density, dtype=np.float64)
     mask = np.asarray(mask, bool)
-    dist = (ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5) * float(pixel_size)
+    dist = distance_to_outline(mask) * float(pixel_size)
     inside = dist[mask]
     values = density[mask]
     deepest = float(inside.max()) if inside.size else 0.0

@@ -152,8 +152,9 @@ def edge_band_cells(mask, width_nm: float, spacing_nm: float) -> np.ndarray:
         return np.zeros(mask.shape, bool)
     # distance from a cell centre to the outline: the distance to the nearest outside centre
     # minus half a cell
-    dist = (ndimage.distance_transform_edt(np.pad(mask, 1)) [1:-1, 1:-1] - 0.5) * spacing_nm
-    return mask & (dist < width_nm)
+    from ..fields import distance_to_outline
+
+    return mask & (distance_to_outline(mask) * spacing_nm < width_nm)
 
 
 def _edge_band(fields, mask, spacing, edge, source):
@@ -259,13 +260,6 @@ def _data_weights(data, variances, interior):
     return np.stack(out)
 
 
-def _smooth_on_mask(values, mask, sigma):
-    m = mask.astype(np.float64)
-    num = ndimage.gaussian_filter(np.where(mask, values, 0.0), sigma, mode="constant")
-    den = ndimage.gaussian_filter(m, sigma, mode="constant")
-    return np.where(mask, num / np.maximum(den, 1e-12), np.nan)
-
-
 def _corr(a, b, cells):
     x, y = a[cells], b[cells]
     ok = np.isfinite(x) & np.isfinite(y)
@@ -280,13 +274,15 @@ def _ring_mean(values, mask, radius):
     The error of a map grows steeply towards the nucleus edge; averaging across rings would carry
     the edge's error into the interior (measured: noise over-estimated 1.6x inside).
     """
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    from ..fields import _masked_smooth, distance_to_outline
+
+    dist = distance_to_outline(mask) + 0.5      # the outermost cells are at 1
     out = np.zeros(mask.shape)
     vals = np.where(mask, np.nan_to_num(values, nan=0.0), 0.0)
     for lo, hi in zip(_RING_EDGES[:-1], _RING_EDGES[1:]):
         ring = mask & (dist > lo) & (dist <= hi)
         if ring.any():
-            out[ring] = _smooth_on_mask(vals, ring, max(radius, 2.0))[ring]
+            out[ring] = _masked_smooth(vals, ring, max(radius, 2.0))[ring]
     return out
 
 
@@ -564,13 +560,18 @@ def _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model):
     return {"rate": lam, "residual": res, "phi_h": h.value, "phi_e": e.value}
 
 
+def _held_out_cells(interior, opts, seed):
+    """The random share ``held_out`` of the interior cells kept out of the data term (seeded)."""
+    rng = np.random.default_rng(seed)
+    return interior & (rng.random(interior.shape) < float(opts["held_out"]))
+
+
 def _refit(method, data, variances, mask, interior, spacing_um, opts, model, seed, dev, training, progress, cancel):
     """The network procedure again on other data: same start, weights, cells and number of steps."""
     from .fit import fit_fields
 
     dtype = {"float64": torch.float64, "float32": torch.float32}[str(opts["dtype"])]
-    rng = np.random.default_rng(seed)
-    held = interior & (rng.random(mask.shape) < float(opts["held_out"]))
+    held = _held_out_cells(interior, opts, seed)
     weights = _data_weights(data, variances, interior)
     out = fit_fields(method, data, weights, interior & ~held, np.zeros_like(held), mask=mask, spacing_um=spacing_um,
                      opts=opts, model=model, seed=seed, device=dev, dtype=dtype, cancel=cancel, progress=progress,
@@ -599,8 +600,7 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
     dtype = {"float64": torch.float64, "float32": torch.float32}.get(str(opts["dtype"]))
     if dtype is None:
         raise ValueError(f"dtype must be 'float64' or 'float32', got {opts['dtype']!r}")
-    rng = np.random.default_rng(seed)
-    held = interior & (rng.random(mask.shape) < float(opts["held_out"]))
+    held = _held_out_cells(interior, opts, seed)
     fit_cells = interior & ~held
     data = np.stack([phi_h, phi_e])
     weights = _data_weights(data, variances, interior)
