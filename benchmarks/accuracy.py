@@ -78,7 +78,11 @@ QUICK_CASES = ["field-nucleus-domain-50nm", "field-nucleus-smooth-50nm", "e2e-sm
 # command-line values
 # ----------------------------------------------------------------------------------------------
 def _value(text: str):
-    """``key=value`` values: JSON when it parses (numbers, true, null, lists), else the string."""
+    """``key=value`` values: JSON when it parses (numbers, true, null, lists), Python's
+    True/False/None, else the string."""
+    python = {"True": True, "False": False, "None": None}
+    if text in python:
+        return python[text]
     try:
         return json.loads(text)
     except json.JSONDecodeError:
