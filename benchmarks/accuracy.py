@@ -211,7 +211,7 @@ def run_e2e_case(case, seed, args):
         result = pl.infer(fields, settings)  # exactly what `chromflow run` does
     else:
         s = settings.inference
-        opts = {k: getattr(s, k) for k in ("iterations", "radius", "backbone", "ensemble", "optimizer")
+        opts = {k: getattr(s, k) for k in ("iterations", "radius", "backbone", "ensemble", "optimizer", "uncertainty")
                 if getattr(s, k) is not None}
         result = cf.infer_rates(fields, method=s.method, device=s.device, seed=s.seed, **opts, **extra)
     seconds = time.perf_counter() - start

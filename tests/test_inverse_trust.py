@@ -233,3 +233,16 @@ def test_fits_on_nucleus_cells_give_finite_maps_inside_nan_outside(steady, metho
         assert np.isnan(value[~r.mask]).all(), name
     # the fitted fields start at the data's level (centre + scale * network), not at zero
     assert abs(np.nanmean(r.phi_h) / steady.phi_h[steady.mask].mean() - 1) < 0.5
+
+
+def test_noise_share_is_known_noise_over_spread_and_reported(steady):
+    from chromflow.inverse import noise_share
+
+    rng = np.random.default_rng(0)
+    m = np.ones((50, 50), bool)
+    phi = np.sin(np.arange(2500) / 30.0).reshape(50, 50) + 0.1 * rng.standard_normal(m.shape)
+    assert noise_share(phi, np.full(m.shape, 0.01), m) == pytest.approx(0.1 / np.std(phi), rel=1e-9)
+    quiet = infer_rates(_noisy(steady, 0.002, 1), method="direct", radius=3, uncertainty=False)
+    noisy = infer_rates(_noisy(steady, 0.2, 1), method="direct", radius=3, uncertainty=False)
+    shares = [[r.diagnostics["noise"][c]["share"] for c in ("phi_h", "phi_e")] for r in (quiet, noisy)]
+    assert max(shares[0]) < 0.05 < 0.3 < min(shares[1]), shares
