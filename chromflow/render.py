@@ -34,6 +34,10 @@ SIGMA_BIN_RATIO = 1.25
 #: Sub-pixel positions are quantised to steps no coarser than sigma / this (at most 8 steps).
 SUBPIXEL_STEPS_PER_SIGMA = 3.0
 _MAX_SUBPIXEL = 8
+#: The cic path renders a bin on a grid f = 1, 2, 4... times finer than the pixels, with f * sigma
+#: >= this (pixels): cloud-in-cell assignment is then at least as accurate as the sub-pixel phases.
+CIC_MIN_SIGMA = 0.85
+_MAX_CIC_FACTOR = 8
 
 
 def _source(locs) -> str | None:
@@ -226,9 +230,11 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
 
     y = locs["y"].to_numpy(dtype=np.float64)
     x = locs["x"].to_numpy(dtype=np.float64)
-    bad = ~(np.isfinite(y) & np.isfinite(x))
-    if bad.any():
-        raise InputError(f"{int(bad.sum())} localizations have NaN or infinite x/y coordinates", source)
+    # one sum per axis is finite when every coordinate is (the mask is built only otherwise)
+    if not (np.isfinite(y.sum()) and np.isfinite(x.sum())):
+        bad = ~(np.isfinite(y) & np.isfinite(x))
+        if bad.any():
+            raise InputError(f"{int(bad.sum())} localizations have NaN or infinite x/y coordinates", source)
 
     if fov is None:
         y_min, x_min, y_max, x_max = _snap_fov(y, x, pixel_size)
@@ -246,39 +252,61 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
         raise InputError(f"image would be {ny} x {nx} pixels (> {MAX_PIXELS:.0e}); use a pixel size of at "
                          f"least {math.ceil(fit * 10) / 10:g} nm or a smaller fov", source)
 
-    inside = (y >= y_min) & (y < y_max) & (x >= x_min) & (x < x_max)
-    n_in = int(inside.sum())
+    # the selection (a copy of every column) is made only when some localization is outside
+    span = (float(y.min()), float(y.max()), float(x.min()), float(x.max()))
+    inside = None
+    if not (span[0] >= y_min and span[1] < y_max and span[2] >= x_min and span[3] < x_max):
+        inside = (y >= y_min) & (y < y_max) & (x >= x_min) & (x < x_max)
+        y, x = y[inside], x[inside]
+    n_in = len(y)
     if n_in == 0:
         raise InputError(f"no localization inside fov (y {y_min:g}..{y_max:g}, x {x_min:g}..{x_max:g} nm); "
-                         f"data span y {y.min():g}..{y.max():g}, x {x.min():g}..{x.max():g} nm", source)
+                         f"data span y {span[0]:g}..{span[1]:g}, x {span[2]:g}..{span[3]:g} nm", source)
     # positions in pixel units, relative to the edge of pixel 0
-    py = (y[inside] - y_min) / pixel_size
-    px = (x[inside] - x_min) / pixel_size
-    iy = np.minimum(py.astype(np.int64), ny - 1)
-    ix = np.minimum(px.astype(np.int64), nx - 1)
+    py = y - y_min
+    py /= pixel_size
+    px = x - x_min
+    px /= pixel_size
+    del y, x
 
     meta = {"method": method, "n_localizations": n_in, "units": "localizations per pixel",
             "fov": (y_min, x_min, y_max, x_max)}
     if method == "histogram":
-        data = np.bincount(iy * nx + ix, minlength=ny * nx).astype(np.float64).reshape(ny, nx)
+        index = py.astype(np.intp)
+        np.minimum(index, ny - 1, out=index)
+        index *= nx
+        ix = px.astype(np.intp)
+        np.minimum(ix, nx - 1, out=ix)
+        index += ix
+        del ix
+        data = np.bincount(index, minlength=ny * nx).astype(np.float64).reshape(ny, nx)
         meta["sigma"] = None
     else:
         if sigma is not None:
-            sig = np.full(n_in, sigma)
+            s = np.full(n_in, sigma / pixel_size)
             meta["sigma"] = sigma
         elif "uncertainty" in locs.columns:
-            sig = locs["uncertainty"].to_numpy(dtype=np.float64)[inside]
-            ok = np.isfinite(sig) & (sig > 0)
-            if not ok.all():
-                fill = float(np.median(sig[ok])) if ok.any() else DEFAULT_SIGMA_NM
+            sig = locs["uncertainty"].to_numpy(dtype=np.float64)
+            if inside is not None:
+                sig = sig[inside]
+            ok = sig > 0
+            ok &= sig < np.inf                   # NaN fails both comparisons
+            n_bad = n_in - int(np.count_nonzero(ok))
+            if n_bad:
+                fill = float(np.median(sig[ok])) if n_bad < n_in else DEFAULT_SIGMA_NM
                 sig = np.where(ok, sig, fill)
-                meta["uncertainty_filled"] = int((~ok).sum())
+                meta["uncertainty_filled"] = n_bad
+            del ok
+            s = sig / pixel_size
             meta["sigma"] = "uncertainty"
-            meta["sigma_median"] = float(np.median(sig))
         else:
-            sig = np.full(n_in, DEFAULT_SIGMA_NM)
+            s = np.full(n_in, DEFAULT_SIGMA_NM / pixel_size)
             meta["sigma"] = DEFAULT_SIGMA_NM
-        data = _render_gaussian(py, px, iy, ix, sig / pixel_size, ny, nx)
+        groups = _sigma_groups(s)
+        if meta["sigma"] == "uncertainty":
+            meta["sigma_median"] = _median_from_groups(sig, groups)
+            del sig
+        data = _render_gaussian(py, px, None, None, s, ny, nx, groups=groups)
 
     name = Path(source).stem if source else "density"
     return Image(data, pixel_size=pixel_size,
@@ -307,39 +335,95 @@ def _scatter_direct(padded, by, bx, jy, jx, s_l, half, nx_pad):
         flat += np.bincount(idx, weights=vals, minlength=flat.size)
 
 
-def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto") -> np.ndarray:
+def _sigma_groups(s):
+    """Group localizations by sigma bin: ``(bins, order, starts, ends)``.
+
+    Bin ``k`` holds the sigmas in ``[b0 * r**k, b0 * r**(k+1))``, r = :data:`SIGMA_BIN_RATIO`, so
+    bins are ordered by sigma. ``order[starts[k]:ends[k]]`` are the indices of bin ``k``
+    (``order`` is None when there is a single bin: then it is every localization, in order).
+    ``bins`` lists the non-empty bins.
+    """
+    if s[0] == s.min() and s[0] == s.max():     # a fixed sigma: one bin, no sort
+        return [0], None, np.array([0]), np.array([len(s)])
+    # float32 logarithms: bin edges need no more precision, and they take half the time
+    key = np.log(s.astype(np.float32))
+    key *= np.float32(1.0 / math.log(SIGMA_BIN_RATIO))
+    np.floor(key, out=key)
+    key -= key.min()
+    key = key.astype(np.int8 if key.max() < 127 else np.int16)
+    per_bin = np.bincount(key)
+    ends = np.cumsum(per_bin)
+    starts = ends - per_bin
+    bins = [int(k) for k in np.flatnonzero(per_bin)]
+    order = None
+    if len(bins) > 1:
+        # one stable radix sort (bin numbers fit in 8 or 16 bits) puts every bin's localizations
+        # in one contiguous slice, cheaper than a boolean selection per bin
+        order = np.argsort(key, kind="stable")
+    return bins, order, starts, ends
+
+
+def _median_from_groups(s, groups) -> float:
+    """Median of ``s`` (as ``np.median``) from its sigma bins: only the bin(s) holding the middle
+    ranks are partially sorted. Bins are ordered by sigma; each value found is checked to have
+    its rank (two counting passes), and ``np.median`` is used if a bin edge rounded otherwise."""
+    bins, order, starts, ends = groups
+    n = len(s)
+    values = []
+    for rank in sorted({(n - 1) // 2, n // 2}):
+        k = int(np.searchsorted(ends, rank, side="right"))
+        part = s if order is None else np.take(s, order[starts[k]:ends[k]])
+        value = np.partition(part, rank - starts[k])[rank - starts[k]]
+        if not (np.count_nonzero(s < value) <= rank < np.count_nonzero(s <= value)):
+            return float(np.median(s))
+        values.append(float(value))
+    return float(np.mean(values))
+
+
+def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None) -> np.ndarray:
     """Gaussian render; ``py, px`` pixel-unit positions, ``s`` sigmas in pixels (see Notes of render).
 
-    ``path`` ("auto", "direct", "convolve") forces one of the two algorithms (for tests).
-    Sigma bins are rendered in parallel threads (numpy's and scipy's loops release the GIL) and
-    summed in bin order, so the result does not depend on the number of threads.
+    ``iy, ix`` (the pixel of each localization) may be None: they are then computed per bin.
+    ``path`` ("auto", "direct", "convolve", "cic") forces one algorithm (for tests); "cic" falls
+    back to "direct" for bins too narrow for it. ``groups`` is :func:`_sigma_groups` of ``s``
+    when the caller has it already. Sigma bins are rendered in parallel threads (numpy's
+    element-wise loops and scipy's convolutions release the GIL) and summed in bin order, so the
+    result does not depend on the number of threads.
     """
-    step = math.log(SIGMA_BIN_RATIO)
-    sbin = np.floor(np.log(s) / step).astype(np.int64)
-    sbin -= int(sbin.min())
-    per_bin = np.bincount(sbin)
-    # one stable sort (a radix sort: bin numbers fit in 16 bits) puts every bin's localizations in
-    # one contiguous slice, cheaper than a boolean selection per bin over all localizations
-    order = None if np.count_nonzero(per_bin) == 1 else np.argsort(sbin.astype(np.int16), kind="stable")
-    ends = np.cumsum(per_bin)
+    bins, order, starts, ends = _sigma_groups(s) if groups is None else groups
 
     def one_bin(k):
-        sel = None if order is None else order[ends[k] - per_bin[k]:ends[k]]
-        by, bx = (py, px) if sel is None else (py[sel], px[sel])
-        jy, jx = (iy, ix) if sel is None else (iy[sel], ix[sel])
-        s_l = s if sel is None else s[sel]
+        sel = None if order is None else order[starts[k]:ends[k]]
+        by, bx, s_l = (py, px, s) if sel is None else (np.take(py, sel), np.take(px, sel), np.take(s, sel))
+        n = len(by)
         # the bin's sigma keeps the second moment of its mixture of Gaussians (exact when all equal)
-        s_b = float(np.sqrt(np.mean(s_l * s_l)))
+        s_b = float(np.sqrt(np.dot(s_l, s_l) / n))
         half = max(1, math.ceil(TRUNCATE_SIGMAS * float(s_l.max()) + 0.5))
         u = int(min(_MAX_SUBPIXEL, max(1, math.ceil(SUBPIXEL_STEPS_PER_SIGMA / s_b))))
         ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
         width = 2 * half + 1
-        # rough costs per localization: ~15 ns per scattered weight (direct); the convolve path's
-        # y pass scatters (~8 ns per weight) or convolves u^2 phase images (~1 ns per multiply-add),
-        # whichever is cheaper, and its x pass convolves u images
-        y_pass = min(8 * width, u * u * ny * nx * width / len(by))
-        direct = 15 * width * width < y_pass + u * ny_pad * nx * width / len(by)
-        if path == "direct" or (path == "auto" and direct):
+        f = _cic_factor(s_b)
+        # rough costs (ns, measured on one core): ~30 per scattered weight (direct); the convolve
+        # path's y pass scatters (~25 per weight) or convolves u^2 phase images (~1.5 per
+        # multiply-add) and its x pass convolves u images; the cic path spends ~45 per
+        # localization (3 bincounts and ~14 element-wise passes), ~12 element-wise passes over
+        # its f^2-times finer grid, and convolves f^2 + f images
+        costs = {"direct": 30 * width * width * n,
+                 "convolve": min(25 * width * n, 1.5 * u * u * ny * nx * width) + 1.5 * u * ny_pad * nx * width}
+        if f <= _MAX_CIC_FACTOR:
+            cells = (ny_pad + 2) * (nx_pad + 2)
+            costs["cic"] = 45 * n + 1.5 * (f * f * cells * (12 + width) + f * cells * width)
+        choice = min(costs, key=costs.get) if path == "auto" else path
+        if choice == "cic" and "cic" not in costs:
+            choice = "direct"
+        if choice == "cic":
+            return _cic_bin(by, bx, s_b, ny, nx)
+        if iy is None:
+            jy = np.minimum(by.astype(np.intp), ny - 1)
+            jx = np.minimum(bx.astype(np.intp), nx - 1)
+        else:
+            jy, jx = (iy, ix) if sel is None else (np.take(iy, sel), np.take(ix, sel))
+        if choice == "direct":
             padded = np.zeros((ny_pad, nx_pad))
             _scatter_direct(padded, by, bx, jy, jx, s_l, half, nx_pad)
         else:
@@ -347,7 +431,6 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto") -> np.ndarra
         padded = _fold_edges(padded, half, ny, axis=0)
         return _fold_edges(padded, half, nx, axis=1)
 
-    bins = list(np.flatnonzero(per_bin))
     workers = min(len(bins), _render_threads())
     if workers > 1:
         from concurrent.futures import ThreadPoolExecutor
@@ -362,6 +445,87 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto") -> np.ndarra
     for k in bins:
         out += one_bin(k)
     return out
+
+
+def _cic_factor(s_b: float) -> int:
+    """Grid refinement of the cic path: the smallest power of two f with f * s_b >= 1 (pixels)."""
+    return 1 if s_b >= CIC_MIN_SIGMA else 2 ** math.ceil(math.log2(CIC_MIN_SIGMA / s_b) - 1e-12)
+
+
+def _cic_bin(by, bx, s_b, ny, nx) -> np.ndarray:
+    """One sigma bin by cloud-in-cell assignment on a grid f times finer than the pixels.
+
+    Each localization's mass is split linearly between the 2 x 2 grid nodes around it (nodes at
+    the centres of the fine cells), which keeps its mass and its mean position exactly and adds
+    the variance ``t (1 - t)`` (t: its fractional position between nodes, per axis); the Gaussian
+    then applied has the bin's variance minus the bin's mean of that added variance, so that the
+    bin's second moment is kept. Per grid node only three sums are needed (count, sum of t_y, sum
+    of t_x): the y and x splits are exact per localization, and the node's own mass is split as
+    the product of its mean y and x fractions (exact with one localization per node; otherwise
+    only the y-x covariance inside one node is lost). Every weight is non-negative. Each node is
+    a point mass at a known sub-pixel phase, rendered by the phase kernels of
+    :func:`_pixel_weights` (one convolution per phase and axis).
+    """
+    f = _cic_factor(s_b)
+    n = len(by)
+    half = max(1, math.ceil(TRUNCATE_SIGMAS * s_b + 0.5))
+    pad = half + 1                                # the node below pixel 0 / above the last one
+    nyf, nxf = f * (ny + 2 * pad), f * (nx + 2 * pad)
+    # grid coordinate relative to the node centres: node t is at pixel (t + 0.5) / f
+    gy = by * f
+    gy -= 0.5
+    node = np.floor(gy)
+    gy -= node                                    # t_y in [0, 1)
+    index = node
+    index += f * pad
+    index *= nxf
+    gx = bx * f
+    gx -= 0.5
+    node = np.floor(gx)
+    gx -= node
+    index += node
+    index += f * pad
+    index = index.astype(np.intp)
+    del node
+    # bin's mean added variance per axis (grid units^2): mean of t (1 - t)
+    sum_ty, sum_tx = float(gy.sum()), float(gx.sum())
+    var_y = (sum_ty - float(np.dot(gy, gy))) / n
+    var_x = (sum_tx - float(np.dot(gx, gx))) / n
+    size = nyf * nxf
+    count = np.bincount(index, minlength=size).astype(np.float64).reshape(nyf, nxf)
+    ty = np.bincount(index, weights=gy, minlength=size).reshape(nyf, nxf)
+    tx = np.bincount(index, weights=gx, minlength=size).reshape(nyf, nxf)
+    del index, gy, gx
+    # node weights: (lower, upper) in y times (lower, upper) in x; sums to count exactly
+    np.divide(tx, np.maximum(count, 1.0), out=tx)  # mean x fraction per node
+    w11 = ty * tx
+    count -= ty                                   # mass on the lower y node
+    w01 = count * tx
+    grid = count
+    grid -= w01                                   # lower y, lower x
+    grid[:, 1:] += w01[:, :-1]
+    ty -= w11                                     # upper y, lower x
+    ty[:, 1:] += w11[:, :-1]
+    grid[1:] += ty[:-1]
+    del w01, w11, ty, tx
+    # phase kernels: node phase a sits at (a + 0.5) / f - 0.5 pixel from its pixel's centre
+    centres = (np.arange(f) + 0.5) / f - 0.5
+    sy = math.sqrt(max(s_b * s_b - var_y / (f * f), 1e-12))
+    sx = math.sqrt(max(s_b * s_b - var_x / (f * f), 1e-12))
+    wy = _pixel_weights(centres, np.full(f, sy), half)
+    wx = _pixel_weights(centres, np.full(f, sx), half)
+    nyp, nxp = ny + 2 * pad, nx + 2 * pad
+    rows = grid.reshape(nyp, f, nxf)
+    cols = ndimage.convolve1d(rows[:, 0], wy[0], axis=0, mode="constant", cval=0.0)
+    for a in range(1, f):
+        cols += ndimage.convolve1d(rows[:, a], wy[a], axis=0, mode="constant", cval=0.0)
+    del grid, rows
+    cols = cols.reshape(nyp, nxp, f)
+    padded = ndimage.convolve1d(cols[:, :, 0], wx[0], axis=1, mode="constant", cval=0.0)
+    for c in range(1, f):
+        padded += ndimage.convolve1d(cols[:, :, c], wx[c], axis=1, mode="constant", cval=0.0)
+    padded = _fold_edges(padded, pad, ny, axis=0)
+    return _fold_edges(padded, pad, nx, axis=1)
 
 
 def _render_threads() -> int:
