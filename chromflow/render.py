@@ -96,6 +96,8 @@ def _drop_absurd_precision(locs, source):
     import warnings
 
     values = locs["uncertainty"].to_numpy(dtype=np.float64)
+    if len(values) == 0 or values.max() <= MAX_SIGMA_NM:     # one pass; NaN / inf fail the test
+        return locs
     absurd = np.isfinite(values) & (values > MAX_SIGMA_NM)
     n = int(absurd.sum())
     if n == 0:
@@ -113,12 +115,13 @@ def _drop_absurd_precision(locs, source):
     return locs
 
 
-def _snap_fov(y, x, pixel_size):
-    # outward to whole pixels; +1 pixel at the top so that a point exactly on the max is inside
-    y_min = math.floor(y.min() / pixel_size) * pixel_size
-    x_min = math.floor(x.min() / pixel_size) * pixel_size
-    y_max = (math.floor(y.max() / pixel_size) + 1) * pixel_size
-    x_max = (math.floor(x.max() / pixel_size) + 1) * pixel_size
+def _snap_fov(span, pixel_size):
+    # span = (y min, y max, x min, x max) of the data, snapped outward to whole pixels; +1 pixel
+    # at the top so that a point exactly on the max is inside
+    y_min = math.floor(span[0] / pixel_size) * pixel_size
+    x_min = math.floor(span[2] / pixel_size) * pixel_size
+    y_max = (math.floor(span[1] / pixel_size) + 1) * pixel_size
+    x_max = (math.floor(span[3] / pixel_size) + 1) * pixel_size
     return y_min, x_min, y_max, x_max
 
 
@@ -230,14 +233,18 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
 
     y = locs["y"].to_numpy(dtype=np.float64)
     x = locs["x"].to_numpy(dtype=np.float64)
-    # one sum per axis is finite when every coordinate is (the mask is built only otherwise)
-    if not (np.isfinite(y.sum()) and np.isfinite(x.sum())):
+    # sum, min and max per axis (y and x in two threads); the sums are finite when every
+    # coordinate is, and the mask of bad ones is built only otherwise
+    (y_sum, *y_span), (x_sum, *x_span) = _in_threads(lambda v: (float(v.sum()), float(v.min()), float(v.max())),
+                                                     [y, x])
+    if not (np.isfinite(y_sum) and np.isfinite(x_sum)):
         bad = ~(np.isfinite(y) & np.isfinite(x))
         if bad.any():
             raise InputError(f"{int(bad.sum())} localizations have NaN or infinite x/y coordinates", source)
+    span = (*y_span, *x_span)
 
     if fov is None:
-        y_min, x_min, y_max, x_max = _snap_fov(y, x, pixel_size)
+        y_min, x_min, y_max, x_max = _snap_fov(span, pixel_size)
     else:
         try:
             y_min, x_min, y_max, x_max = (float(v) for v in fov)
@@ -253,7 +260,6 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
                          f"least {math.ceil(fit * 10) / 10:g} nm or a smaller fov", source)
 
     # the selection (a copy of every column) is made only when some localization is outside
-    span = (float(y.min()), float(y.max()), float(x.min()), float(x.max()))
     inside = None
     if not (span[0] >= y_min and span[1] < y_max and span[2] >= x_min and span[3] < x_max):
         inside = (y >= y_min) & (y < y_max) & (x >= x_min) & (x < x_max)
@@ -262,11 +268,13 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
     if n_in == 0:
         raise InputError(f"no localization inside fov (y {y_min:g}..{y_max:g}, x {x_min:g}..{x_max:g} nm); "
                          f"data span y {span[0]:g}..{span[1]:g}, x {span[2]:g}..{span[3]:g} nm", source)
-    # positions in pixel units, relative to the edge of pixel 0
-    py = y - y_min
-    py /= pixel_size
-    px = x - x_min
-    px /= pixel_size
+    # positions in pixel units, relative to the edge of pixel 0 (y and x in two threads)
+    def to_pixels(values, low):
+        values = values - low
+        values /= pixel_size
+        return values
+
+    py, px = _in_threads(lambda args: to_pixels(*args), [(y, y_min), (x, x_min)])
     del y, x
 
     meta = {"method": method, "n_localizations": n_in, "units": "localizations per pixel",
@@ -289,15 +297,15 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
             sig = locs["uncertainty"].to_numpy(dtype=np.float64)
             if inside is not None:
                 sig = sig[inside]
-            ok = sig > 0
-            ok &= sig < np.inf                   # NaN fails both comparisons
-            n_bad = n_in - int(np.count_nonzero(ok))
-            if n_bad:
+            s = sig / pixel_size
+            # all valid when the sum is finite and the minimum positive (the mask only otherwise)
+            if not (np.isfinite(s.sum()) and s.min() > 0):
+                ok = np.isfinite(sig) & (sig > 0)
+                n_bad = n_in - int(np.count_nonzero(ok))
                 fill = float(np.median(sig[ok])) if n_bad < n_in else DEFAULT_SIGMA_NM
                 sig = np.where(ok, sig, fill)
+                s = sig / pixel_size
                 meta["uncertainty_filled"] = n_bad
-            del ok
-            s = sig / pixel_size
             meta["sigma"] = "uncertainty"
         else:
             s = np.full(n_in, DEFAULT_SIGMA_NM / pixel_size)
@@ -335,45 +343,96 @@ def _scatter_direct(padded, by, bx, jy, jx, s_l, half, nx_pad):
         flat += np.bincount(idx, weights=vals, minlength=flat.size)
 
 
-def _sigma_groups(s):
-    """Group localizations by sigma bin: ``(bins, order, starts, ends)``.
+class _SigmaGroups:
+    """Localizations grouped by sigma bin (see :func:`_sigma_groups`).
 
-    Bin ``k`` holds the sigmas in ``[b0 * r**k, b0 * r**(k+1))``, r = :data:`SIGMA_BIN_RATIO`, so
-    bins are ordered by sigma. ``order[starts[k]:ends[k]]`` are the indices of bin ``k``
-    (``order`` is None when there is a single bin: then it is every localization, in order).
-    ``bins`` lists the non-empty bins.
+    ``bins``: the non-empty bins, in increasing sigma; ``starts[k]:ends[k]``: the ranks of bin
+    ``k`` among all localizations sorted by bin; ``indices(k)``: the indices of bin ``k``,
+    increasing (None when there is a single bin: every localization, in order).
     """
+
+    def __init__(self, bins, starts, ends, chunks=()):
+        self.bins, self.starts, self.ends = bins, starts, ends
+        self._chunks = chunks           # (offset, order, per-bin starts, per-bin ends) per chunk
+
+    def indices(self, k):
+        if not self._chunks:
+            return None
+        parts = [order[lo[k]:hi[k]] + offset if offset else order[lo[k]:hi[k]]
+                 for offset, order, lo, hi in self._chunks]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _sigma_groups(s) -> _SigmaGroups:
+    """Group localizations by sigma bin: bin ``k`` holds the sigmas in ``[b0 r^k, b0 r^(k+1))``,
+    r = :data:`SIGMA_BIN_RATIO`, so bins are ordered by sigma.
+
+    The localizations are cut into one contiguous chunk per thread; each chunk is binned and
+    sorted by bin (a stable radix sort) in its own thread, and a bin's indices are its slices
+    of the chunks' orders, concatenated in chunk order (increasing, whatever the thread count).
+    """
+    n = len(s)
     if s[0] == s.min() and s[0] == s.max():     # a fixed sigma: one bin, no sort
-        return [0], None, np.array([0]), np.array([len(s)])
-    # float32 logarithms: bin edges need no more precision, and they take half the time
-    key = np.log(s.astype(np.float32))
-    key *= np.float32(1.0 / math.log(SIGMA_BIN_RATIO))
-    np.floor(key, out=key)
-    key -= key.min()
-    key = key.astype(np.int8 if key.max() < 127 else np.int16)
-    per_bin = np.bincount(key)
+        return _SigmaGroups([0], np.array([0]), np.array([n]))
+    bounds = np.linspace(0, n, _render_threads() + 1).astype(np.intp)
+    edges = list(zip(bounds[:-1], bounds[1:]))
+    scale = np.float32(1.0 / math.log(SIGMA_BIN_RATIO))
+
+    def log_bin(lo_hi):
+        # float32 logarithms: bin edges need no more precision, and they take half the time
+        key = np.log(s[lo_hi[0]:lo_hi[1]].astype(np.float32))
+        key *= scale
+        np.floor(key, out=key)
+        return key
+
+    keys = _in_threads(log_bin, edges)
+    low = min(float(k.min()) for k in keys)
+    n_bins = int(max(float(k.max()) for k in keys) - low) + 1
+    dtype = np.int8 if n_bins < 128 else np.int16
+
+    def sort_chunk(i):
+        key = keys[i]
+        key -= low
+        key = key.astype(dtype)
+        per_bin = np.bincount(key, minlength=n_bins)
+        hi = np.cumsum(per_bin)
+        # a stable sort puts each bin's localizations in one contiguous, increasing slice
+        return edges[i][0], np.argsort(key, kind="stable"), hi - per_bin, hi, per_bin
+
+    chunks = _in_threads(sort_chunk, range(len(edges)))
+    per_bin = sum(c[4] for c in chunks)
     ends = np.cumsum(per_bin)
     starts = ends - per_bin
     bins = [int(k) for k in np.flatnonzero(per_bin)]
-    order = None
-    if len(bins) > 1:
-        # one stable radix sort (bin numbers fit in 8 or 16 bits) puts every bin's localizations
-        # in one contiguous slice, cheaper than a boolean selection per bin
-        order = np.argsort(key, kind="stable")
-    return bins, order, starts, ends
+    if len(bins) == 1:                          # one bin: every localization, in order
+        return _SigmaGroups(bins, starts, ends)
+    return _SigmaGroups(bins, starts, ends, [c[:4] for c in chunks])
+
+
+def _in_threads(fn, items) -> list:
+    """``[fn(item) for item in items]``, run in up to :func:`_render_threads` threads (numpy's
+    loops release the GIL); results in the order of ``items``."""
+    items = list(items)
+    workers = min(len(items), _render_threads())
+    if workers <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def _median_from_groups(s, groups) -> float:
     """Median of ``s`` (as ``np.median``) from its sigma bins: only the bin(s) holding the middle
     ranks are partially sorted. Bins are ordered by sigma; each value found is checked to have
     its rank (two counting passes), and ``np.median`` is used if a bin edge rounded otherwise."""
-    bins, order, starts, ends = groups
     n = len(s)
     values = []
     for rank in sorted({(n - 1) // 2, n // 2}):
-        k = int(np.searchsorted(ends, rank, side="right"))
-        part = s if order is None else np.take(s, order[starts[k]:ends[k]])
-        value = np.partition(part, rank - starts[k])[rank - starts[k]]
+        k = int(np.searchsorted(groups.ends, rank, side="right"))
+        sel = groups.indices(k)
+        part = s if sel is None else np.take(s, sel)
+        value = np.partition(part, rank - groups.starts[k])[rank - groups.starts[k]]
         if not (np.count_nonzero(s < value) <= rank < np.count_nonzero(s <= value)):
             return float(np.median(s))
         values.append(float(value))
@@ -390,10 +449,11 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
     element-wise loops and scipy's convolutions release the GIL) and summed in bin order, so the
     result does not depend on the number of threads.
     """
-    bins, order, starts, ends = _sigma_groups(s) if groups is None else groups
+    groups = _sigma_groups(s) if groups is None else groups
+    bins, starts, ends = groups.bins, groups.starts, groups.ends
 
     def one_bin(k):
-        sel = None if order is None else order[starts[k]:ends[k]]
+        sel = groups.indices(k)
         by, bx, s_l = (py, px, s) if sel is None else (np.take(py, sel), np.take(px, sel), np.take(s, sel))
         n = len(by)
         # the bin's sigma keeps the second moment of its mixture of Gaussians (exact when all equal)
@@ -436,10 +496,12 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers) as pool:
-            images = pool.map(one_bin, bins)
+            # the largest bins start first (so the threads finish together); the images are
+            # summed in bin order: deterministic whatever the scheduling
+            futures = {k: pool.submit(one_bin, k) for k in sorted(bins, key=lambda k: starts[k] - ends[k])}
             out = np.zeros((ny, nx))
-            for img in images:  # in bin order: deterministic whatever the scheduling
-                out += img
+            for k in bins:
+                out += futures[k].result()
         return out
     out = np.zeros((ny, nx))
     for k in bins:
@@ -471,20 +533,19 @@ def _cic_bin(by, bx, s_b, ny, nx) -> np.ndarray:
     half = max(1, math.ceil(TRUNCATE_SIGMAS * s_b + 0.5))
     pad = half + 1                                # the node below pixel 0 / above the last one
     nyf, nxf = f * (ny + 2 * pad), f * (nx + 2 * pad)
-    # grid coordinate relative to the node centres: node t is at pixel (t + 0.5) / f
-    gy = by * f
-    gy -= 0.5
-    node = np.floor(gy)
-    gy -= node                                    # t_y in [0, 1)
-    index = node
-    index += f * pad
-    index *= nxf
-    gx = bx * f
-    gx -= 0.5
-    node = np.floor(gx)
-    gx -= node
+    # grid coordinate relative to the node centres (node t is at pixel (t + 0.5) / f), plus 1 so
+    # that it is >= 0 and modf splits it into node + 1 and the fraction t in [0, 1) in one pass
+    gy = np.add(by, 0.5) if f == 1 else np.multiply(by, f)
+    if f > 1:
+        gy += 0.5
+    gy, node = np.modf(gy, out=(gy, np.empty_like(gy)))
+    index = np.multiply(node, nxf, out=node)
+    gx = np.add(bx, 0.5) if f == 1 else np.multiply(bx, f)
+    if f > 1:
+        gx += 0.5
+    gx, node = np.modf(gx, out=(gx, np.empty_like(gx)))
     index += node
-    index += f * pad
+    index += (f * pad - 1) * (nxf + 1)            # node + 1 -> padded node
     index = index.astype(np.intp)
     del node
     # bin's mean added variance per axis (grid units^2): mean of t (1 - t)
