@@ -311,10 +311,12 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
             s = np.full(n_in, DEFAULT_SIGMA_NM / pixel_size)
             meta["sigma"] = DEFAULT_SIGMA_NM
         groups = _sigma_groups(s)
-        if meta["sigma"] == "uncertainty":
-            meta["sigma_median"] = _median_from_groups(sig, groups)
-            del sig
-        data = _render_gaussian(py, px, None, None, s, ny, nx, groups=groups)
+        tasks = [lambda: _render_gaussian(py, px, None, None, s, ny, nx, groups=groups)]
+        if meta["sigma"] == "uncertainty":     # the median is found while the bins render
+            tasks.append(lambda: _median_from_groups(sig, groups))
+        data, *median = _in_threads(lambda task: task(), tasks)
+        if median:
+            meta["sigma_median"] = median[0]
 
     name = Path(source).stem if source else "density"
     return Image(data, pixel_size=pixel_size,
