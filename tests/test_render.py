@@ -331,3 +331,31 @@ def test_render_per_localization_sigma_auto_matches_exact_and_is_thread_independ
     ref = _reference_gaussian(y, x, unc, fov, 20.0)
     inner = (slice(6, -6), slice(6, -6))                     # the reference has no mirrored borders
     assert np.abs(two.data - ref)[inner].sum() / ref[inner].sum() < 0.015
+
+
+def test_cic_node_sums_agree_with_per_localization_weights():
+    # the two ways of accumulating cloud-in-cell node masses: four weights per localization
+    # (exact), or three sums per node; they agree exactly with one localization per node, and
+    # otherwise still in every row and column sum (only the covariance inside a node differs)
+    from chromflow.render import _cic_nodes
+
+    rng = np.random.default_rng(15)
+    shape = (30, 40)
+    lone = rng.permutation(29 * 40)[:300]                  # distinct lower-left nodes
+    ty, tx = rng.random(300), rng.random(300)
+    lone = lone + (lone % 40 == 39)                          # keep the x + 1 node on the row
+    lone = np.unique(lone)
+    ty, tx = ty[:len(lone)], tx[:len(lone)]
+    a = _cic_nodes(lone, ty, tx, shape, per_localization=True)
+    b = _cic_nodes(lone, ty, tx, shape, per_localization=False)
+    np.testing.assert_allclose(a, b, atol=1e-12)
+    crowded = rng.integers(0, 29 * 40, 5000)
+    crowded = crowded - (crowded % 40 == 39)
+    ty, tx = rng.random(5000), rng.random(5000)
+    a = _cic_nodes(crowded, ty, tx, shape, per_localization=True)
+    b = _cic_nodes(crowded, ty, tx, shape, per_localization=False)
+    assert a.sum() == pytest.approx(5000, rel=1e-12) and b.sum() == pytest.approx(5000, rel=1e-12)
+    np.testing.assert_allclose(a.sum(axis=0), b.sum(axis=0), atol=1e-9)
+    np.testing.assert_allclose(a.sum(axis=1), b.sum(axis=1), atol=1e-9)
+    assert np.abs(a - b).max() > 1e-3                       # the covariance does differ
+    assert a.min() >= 0 and b.min() >= -1e-12
