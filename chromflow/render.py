@@ -38,6 +38,8 @@ _MAX_SUBPIXEL = 8
 #: >= this (pixels): cloud-in-cell assignment is then at least as accurate as the sub-pixel phases.
 CIC_MIN_SIGMA = 0.85
 _MAX_CIC_FACTOR = 8
+# localizations per chunk of the cloud-in-cell sums (chunks run in parallel threads)
+_CIC_CHUNK = 1 << 20
 
 
 def _source(locs) -> str | None:
@@ -189,9 +191,9 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
       its mass and mean position exactly; every node is then spread by the pixel-integrated
       Gaussian of its sub-pixel phase (separable convolutions). The Gaussian's variance is the
       bin's mean square sigma minus the bin's mean variance added by the split, so the bin's
-      second moment is kept. Only three sums per grid node are accumulated (count, sum of the y
-      and x fractions): the y and x splits are exact per localization, the node's split between
-      them is the product of its mean fractions (exact with one localization per node).
+      second moment is kept. Where localizations outnumber grid nodes, only three sums per node
+      are accumulated (count, sum of the y and x fractions): the y and x splits stay exact per
+      localization, the node's split between them is the product of its mean fractions.
     * *sub-pixel phases* (``u`` phases per axis, ``u = min(8, ceil(3 * pixel_size / sigma))``):
       positions are moved to the centre of their phase (by at most ``pixel_size / (2u)``), and
       each phase is convolved separably with its pixel-integrated kernel.
@@ -568,27 +570,40 @@ def _cic_bin(by, bx, s_b, ny, nx) -> np.ndarray:
     half = max(1, math.ceil(TRUNCATE_SIGMAS * s_b + 0.5))
     pad = half + 1                                # the node below pixel 0 / above the last one
     nyf, nxf = f * (ny + 2 * pad), f * (nx + 2 * pad)
-    # grid coordinate relative to the node centres (node t is at pixel (t + 0.5) / f), plus 1 so
-    # that it is >= 0 and modf splits it into node + 1 and the fraction t in [0, 1) in one pass
-    gy = np.add(by, 0.5) if f == 1 else np.multiply(by, f)
-    if f > 1:
-        gy += 0.5
-    gy, node = np.modf(gy, out=(gy, np.empty_like(gy)))
-    index = np.multiply(node, nxf, out=node)
-    gx = np.add(bx, 0.5) if f == 1 else np.multiply(bx, f)
-    if f > 1:
-        gx += 0.5
-    gx, node = np.modf(gx, out=(gx, np.empty_like(gx)))
-    index += node
-    index += (f * pad - 1) * (nxf + 1)            # node + 1 -> padded node
-    index = index.astype(np.intp)
-    del node
-    # bin's mean added variance per axis (grid units^2): mean of t (1 - t)
-    sum_ty, sum_tx = float(gy.sum()), float(gx.sum())
-    var_y = (sum_ty - float(np.dot(gy, gy))) / n
-    var_x = (sum_tx - float(np.dot(gx, gx))) / n
-    grid = _cic_nodes(index, gy, gx, (nyf, nxf))
-    del index, gy, gx
+    shape = (nyf, nxf)
+    per_localization = n < 0.8 * nyf * nxf
+
+    def chunk(lo_hi):
+        lo, hi = lo_hi
+        # grid coordinate relative to the node centres (node t is at pixel (t + 0.5) / f), plus 1
+        # so that it is >= 0 and modf splits it into node + 1 and the fraction t in [0, 1)
+        gy = np.add(by[lo:hi], 0.5) if f == 1 else np.multiply(by[lo:hi], f)
+        if f > 1:
+            gy += 0.5
+        gy, node = np.modf(gy, out=(gy, np.empty_like(gy)))
+        index = np.multiply(node, nxf, out=node)
+        gx = np.add(bx[lo:hi], 0.5) if f == 1 else np.multiply(bx[lo:hi], f)
+        if f > 1:
+            gx += 0.5
+        gx, node = np.modf(gx, out=(gx, np.empty_like(gx)))
+        index += node
+        index += (f * pad - 1) * (nxf + 1)        # node + 1 -> padded node
+        index = index.astype(np.intp)
+        del node
+        # sums of t (1 - t) per axis: the variance the split adds
+        added = (float(gy.sum()) - float(np.dot(gy, gy)), float(gx.sum()) - float(np.dot(gx, gx)))
+        return added, _cic_sums(index, gy, gx, shape, per_localization)
+
+    # chunks of fixed size (in parallel threads), their sums added in chunk order
+    parts = _in_threads(chunk, _chunk_edges(n, _CIC_CHUNK))
+    sums = parts[0][1]
+    for _, more in parts[1:]:
+        for total, part in zip(sums, more):
+            total += part
+    var_y = sum(p[0][0] for p in parts) / n       # bin's mean added variance, grid units^2
+    var_x = sum(p[0][1] for p in parts) / n
+    grid = _cic_grid(sums, shape, per_localization)
+    del parts, sums
 
     # phase kernels: node phase a sits at (a + 0.5) / f - 0.5 pixel from its pixel's centre
     centres = (np.arange(f) + 0.5) / f - 0.5
@@ -622,10 +637,15 @@ def _cic_nodes(index, ty, tx, shape, per_localization=None) -> np.ndarray:
     localization per node); cheaper when there are more localizations than nodes, the default
     choice (None) then. Every weight is non-negative; the masses sum to the count exactly.
     """
-    nyf, nxf = shape
-    size, n = nyf * nxf, len(index)
     if per_localization is None:
-        per_localization = n < 0.8 * size
+        per_localization = len(index) < 0.8 * shape[0] * shape[1]
+    return _cic_grid(_cic_sums(index, ty, tx, shape, per_localization), shape, per_localization)
+
+
+def _cic_sums(index, ty, tx, shape, per_localization) -> list:
+    """The accumulated part of :func:`_cic_nodes` (additive over localizations): the node
+    masses, or the count and the sums of ``ty`` and ``tx`` per node."""
+    size, n = shape[0] * shape[1], len(index)
     if per_localization:
         terms = np.empty(4 * n)
         w00, w01, w10, w11 = terms[:n], terms[n:2 * n], terms[2 * n:3 * n], terms[3 * n:]
@@ -637,12 +657,19 @@ def _cic_nodes(index, ty, tx, shape, per_localization=None) -> np.ndarray:
         nodes = np.empty(4 * n, dtype=np.intp)
         nodes[:n] = index
         np.add(index, 1, out=nodes[n:2 * n])
-        np.add(index, nxf, out=nodes[2 * n:3 * n])
-        np.add(index, nxf + 1, out=nodes[3 * n:])
-        return np.bincount(nodes, weights=terms, minlength=size).reshape(nyf, nxf)
-    count = np.bincount(index, minlength=size).astype(np.float64).reshape(nyf, nxf)
-    sum_y = np.bincount(index, weights=ty, minlength=size).reshape(nyf, nxf)
-    mean_x = np.bincount(index, weights=tx, minlength=size).reshape(nyf, nxf)
+        np.add(index, shape[1], out=nodes[2 * n:3 * n])
+        np.add(index, shape[1] + 1, out=nodes[3 * n:])
+        return [np.bincount(nodes, weights=terms, minlength=size)]
+    return [np.bincount(index, minlength=size).astype(np.float64),
+            np.bincount(index, weights=ty, minlength=size),
+            np.bincount(index, weights=tx, minlength=size)]
+
+
+def _cic_grid(sums, shape, per_localization) -> np.ndarray:
+    """Node masses from the sums of :func:`_cic_sums`."""
+    if per_localization:
+        return sums[0].reshape(shape)
+    count, sum_y, mean_x = (a.reshape(shape) for a in sums)
     np.divide(mean_x, np.maximum(count, 1.0), out=mean_x)
     w11 = sum_y * mean_x
     count -= sum_y                                # mass on the lower y node
@@ -654,6 +681,12 @@ def _cic_nodes(index, ty, tx, shape, per_localization=None) -> np.ndarray:
     sum_y[:, 1:] += w11[:, :-1]
     grid[1:] += sum_y[:-1]
     return grid
+
+
+def _chunk_edges(n: int, size: int) -> list:
+    """``(lo, hi)`` of consecutive chunks of at most ``size`` items (depends only on n)."""
+    bounds = list(range(0, n, size)) + [n]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _render_threads() -> int:

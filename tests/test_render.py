@@ -327,6 +327,14 @@ def test_render_per_localization_sigma_auto_matches_exact_and_is_thread_independ
     monkeypatch.setattr(render_module, "_render_threads", lambda: 1)
     one = render(locs, pixel_size=20.0, fov=fov)
     np.testing.assert_array_equal(one.data, two.data)
+    # cloud-in-cell sums in chunks (run in parallel threads): the same image up to rounding,
+    # and again the same bits for any thread count
+    monkeypatch.setattr(render_module, "_CIC_CHUNK", 1000)
+    one_chunked = render(locs, pixel_size=20.0, fov=fov)
+    monkeypatch.setattr(render_module, "_render_threads", lambda: 2)
+    two_chunked = render(locs, pixel_size=20.0, fov=fov)
+    np.testing.assert_array_equal(one_chunked.data, two_chunked.data)
+    np.testing.assert_allclose(one_chunked.data, one.data, rtol=0, atol=1e-12)
     assert two.metadata["sigma_median"] == np.median(unc)
     ref = _reference_gaussian(y, x, unc, fov, 20.0)
     inner = (slice(6, -6), slice(6, -6))                     # the reference has no mirrored borders
