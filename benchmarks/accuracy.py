@@ -78,7 +78,11 @@ QUICK_CASES = ["field-nucleus-domain-50nm", "field-nucleus-smooth-50nm", "e2e-sm
 # command-line values
 # ----------------------------------------------------------------------------------------------
 def _value(text: str):
-    """``key=value`` values: JSON when it parses (numbers, true, null, lists), else the string."""
+    """``key=value`` values: JSON when it parses (numbers, true, null, lists), Python's
+    True/False/None, else the string."""
+    python = {"True": True, "False": False, "None": None}
+    if text in python:
+        return python[text]
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -207,7 +211,7 @@ def run_e2e_case(case, seed, args):
         result = pl.infer(fields, settings)  # exactly what `chromflow run` does
     else:
         s = settings.inference
-        opts = {k: getattr(s, k) for k in ("iterations", "radius", "backbone", "ensemble", "optimizer")
+        opts = {k: getattr(s, k) for k in ("iterations", "radius", "backbone", "ensemble", "optimizer", "uncertainty")
                 if getattr(s, k) is not None}
         result = cf.infer_rates(fields, method=s.method, device=s.device, seed=s.seed, **opts, **extra)
     seconds = time.perf_counter() - start

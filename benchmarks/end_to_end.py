@@ -12,6 +12,7 @@ Usage::
     python benchmarks/end_to_end.py                       # 1e6 localizations, seeds 0-1, pinn + direct
     python benchmarks/end_to_end.py --quick               # one seed, 3e5 localizations
     python benchmarks/end_to_end.py --device cuda --counts 3e5 1e6 3e6
+    python benchmarks/end_to_end.py --methods pinn --uncertainty off   # without the uncertainty refits
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from chromflow.cli import rate_correlation
 from chromflow.pipeline import PipelineSettings, run_file
 
 
-def one_case(seed, count, method, device, grid, workdir, iterations=None):
+def one_case(seed, count, method, device, grid, workdir, iterations=None, uncertainty=None):
     sim = cf.simulate.simulate_nucleus(grid=grid, seed=seed, n_localizations=int(count))
     path = Path(workdir) / f"nucleus_s{seed}_n{int(count)}.csv"
     if not path.exists():
@@ -37,7 +38,8 @@ def one_case(seed, count, method, device, grid, workdir, iterations=None):
     settings = PipelineSettings.from_dict({
         "render": {"pixel_size": 50.0},
         "fields": {"grid": 128, "euchromatin_channel": 1},
-        "inference": {"method": method, "device": device, "seed": seed, "iterations": iterations},
+        "inference": {"method": method, "device": device, "seed": seed, "iterations": iterations,
+                      **({} if uncertainty is None else {"uncertainty": uncertainty})},
     })
     out = Path(workdir) / f"out_{method}_s{seed}_n{int(count)}"
     start = time.perf_counter()
@@ -46,6 +48,7 @@ def one_case(seed, count, method, device, grid, workdir, iterations=None):
     result = cf.RateMapResult.load(next(out.glob("*_result.*")))
     corr, n = rate_correlation(result, truth)
     return {"seed": seed, "localizations": int(count), "method": method, "device": row.get("device", device),
+            "uncertainty": "default (on)" if uncertainty is None else str(uncertainty),
             "corr": corr, "cells": n, "wall_s": wall,
             **{k: v for k, v in row.items() if str(k).startswith("time_")}}
 
@@ -59,6 +62,8 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--grid", type=int, default=128, help="simulation grid (cells per side)")
     parser.add_argument("--iterations", type=int, default=None, help="PINN iterations (default: infer_rates')")
+    parser.add_argument("--uncertainty", choices=("default", "off"), default="default",
+                        help="the pipeline's default (on: fission and bootstrap refits) or off")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -68,11 +73,12 @@ def main(argv=None):
         for seed in args.seeds:
             for count in args.counts:
                 for method in args.methods:
-                    row = one_case(seed, count, method, args.device, args.grid, workdir, args.iterations)
+                    unc = {"default": None, "off": False}[args.uncertainty]
+                    row = one_case(seed, count, method, args.device, args.grid, workdir, args.iterations, unc)
                     print(f"[end_to_end] {row}", flush=True)
                     rows.append(row)
     table = pd.DataFrame(rows)
-    cols = ["seed", "localizations", "method", "device", "corr", "wall_s"] + \
+    cols = ["seed", "localizations", "method", "device", "uncertainty", "corr", "wall_s"] + \
         [c for c in table.columns if c.startswith("time_")]
     print("\n## End to end: localization file -> rate map (128x128 fields)\n")
     print(table[cols].to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else table[cols].to_string(index=False))

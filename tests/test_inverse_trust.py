@@ -198,3 +198,51 @@ def test_pinn_stops_on_held_out_cells_and_reports_it(steady):
     assert np.isclose(min(held), tr["held_out_misfit"])
     # the data term ran on the fit cells only: the held-out misfit is measured, not fitted
     assert r.settings["held_out"] == 0.1
+
+
+def test_network_is_needed_only_within_the_kernel_halo_of_the_nucleus():
+    """The mollified fit evaluates its network on the nucleus widened by the kernel halo only:
+    the layer's values on the nucleus must not depend on the field anywhere else."""
+    import torch
+
+    from chromflow.inverse.direct import mollifier_layer
+    from chromflow.inverse.fit import _within_halo
+
+    mask = nucleus_mask((40, 40), 12, 15, seed=2)
+    layer = mollifier_layer(3.0)
+    pad = layer.halo[0]
+    needed = torch.as_tensor(_within_halo(mask, pad))
+    rng = np.random.default_rng(0)
+    g = torch.as_tensor(rng.standard_normal((1, 40 + 2 * pad, 40 + 2 * pad)))
+    other = torch.where(needed, g, torch.as_tensor(rng.standard_normal(g.shape)) * 100)
+    a, b = layer(g), layer(other)
+    inside = torch.as_tensor(mask)
+    for key in a:
+        assert torch.equal(a[key][0][inside], b[key][0][inside]), key
+        assert not torch.equal(a[key][0], b[key][0]), key  # the outside did change the rest
+    assert needed.sum() < needed.numel()
+
+
+@pytest.mark.parametrize("method,backbone", [("pinn", "mlp"), ("pinn", "grid"), ("autodiff", "mlp")])
+def test_fits_on_nucleus_cells_give_finite_maps_inside_nan_outside(steady, method, backbone):
+    r = infer_rates(_noisy(steady, 0.03, 1), method=method, backbone=backbone, iterations=6, uncertainty=False,
+                    device="cpu")
+    for name in ("rate", "phi_h", "phi_e", "residual"):
+        value = getattr(r, name)
+        assert np.isfinite(value[r.mask]).all(), name
+        assert np.isnan(value[~r.mask]).all(), name
+    # the fitted fields start at the data's level (centre + scale * network), not at zero
+    assert abs(np.nanmean(r.phi_h) / steady.phi_h[steady.mask].mean() - 1) < 0.5
+
+
+def test_noise_share_is_known_noise_over_spread_and_reported(steady):
+    from chromflow.inverse import noise_share
+
+    rng = np.random.default_rng(0)
+    m = np.ones((50, 50), bool)
+    phi = np.sin(np.arange(2500) / 30.0).reshape(50, 50) + 0.1 * rng.standard_normal(m.shape)
+    assert noise_share(phi, np.full(m.shape, 0.01), m) == pytest.approx(0.1 / np.std(phi), rel=1e-9)
+    quiet = infer_rates(_noisy(steady, 0.002, 1), method="direct", radius=3, uncertainty=False)
+    noisy = infer_rates(_noisy(steady, 0.2, 1), method="direct", radius=3, uncertainty=False)
+    shares = [[r.diagnostics["noise"][c]["share"] for c in ("phi_h", "phi_e")] for r in (quiet, noisy)]
+    assert max(shares[0]) < 0.05 < 0.3 < min(shares[1]), shares

@@ -99,3 +99,16 @@ def test_fourier_features_fit_oscillation_better_than_plain_mlp():
         errors[name] = float(((net(x) - y) ** 2).mean())
     assert errors["fourier"] < 1e-3
     assert errors["fourier"] < 0.2 * errors["mlp"]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-14), (torch.float32, 1e-6)])
+def test_tanh_by_sigmoid_matches_torch_tanh_and_its_gradient(dtype, tol):
+    from chromflow.models.backbones import Tanh
+
+    x = torch.linspace(-12, 12, 2001, dtype=dtype, requires_grad=True)
+    y = Tanh()(x)
+    assert torch.allclose(y, torch.tanh(x.detach()), atol=tol, rtol=0)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(g, 1 - torch.tanh(x.detach()) ** 2, atol=tol, rtol=0)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(Tanh(), (x[::97].detach().clone().requires_grad_(),))

@@ -245,6 +245,19 @@ def _noise(phi_h, phi_e, interior, fields):
     return out, models, laws
 
 
+def noise_share(phi, variance, interior) -> float:
+    """Noise over signal of one channel: the RMS noise over the spread of the data, interior cells.
+
+    Measured: 0.03 for fields with "3 %" noise (3 % of the spread); 0.45-0.66 for fields
+    rendered from 3e5-2e6 localizations on 50 nm cells (counting noise). Reported per channel
+    in ``result.diagnostics["noise"][channel]["share"]``.
+    """
+    if not interior.any():
+        return float("nan")
+    spread = float(np.std(phi[interior]))
+    return float(np.sqrt(np.mean(variance[interior])) / max(spread, 1e-30))
+
+
 #: the data term never trusts a cell more than noise of this share of the field's spread: with
 #: noise-free or smoothed fields the estimated variance tends to 0 and the data term would drown
 #: the physics (measured: correlation 0.68 instead of 0.9 on noise-free fields)
@@ -489,6 +502,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     _check_euchromatin(phi_h, phi_e, interior, source)
     check_cancel(cancel, "rate inference")
     variances, noise_models, noise_laws = _noise(phi_h, phi_e, interior, fields)
+    for model_info, phi, var in zip(noise_models, (phi_h, phi_e), variances):
+        model_info["share"] = noise_share(phi, var, interior)
     diagnostics = {"noise": {"phi_h": noise_models[0], "phi_e": noise_models[1]}, "edge_cells": int(edge.sum())}
     split = (getattr(fields, "settings", None) or {}).get("split")
     if split is not None:

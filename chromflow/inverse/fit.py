@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .._progress import check_cancel, report
 from ..physics.chromatin import ChromatinModel, FieldDerivatives, steady_state_residual
 from ..training import make_optimizer, seed_everything
-from .direct import layer_derivatives, mollifier_layer
+from .direct import mollifier_layer
 
 __all__ = ["FieldNet", "GridFields", "FitOutput", "fit_fields", "inverse_softplus", "StopSignal"]
 
@@ -98,7 +98,8 @@ class GridFields(torch.nn.Module):
 
 @dataclass
 class FitOutput:
-    """One fit: rate, residual, fitted fields (numpy, float64), the loss history and the state."""
+    """One fit: rate, residual, fitted fields (numpy, float64, NaN outside the nucleus), the loss
+    history and the state."""
 
     rate: np.ndarray
     residual: np.ndarray
@@ -162,9 +163,12 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     shape = data.shape[1:]
     iterations = int(opts["iterations"] if iterations is None else iterations)
     t = (lambda a: torch.as_tensor(a, dtype=dtype, device=device))
-    d = t(data)
-    w = t(weights)
-    m_fit, m_hold, m_res = t(fit_cells), t(held_out), t(mask)
+    # everything pointwise (data term, residual) runs on the nucleus cells only, as vectors
+    cells = np.flatnonzero(mask)
+    on_cells = (lambda a: np.asarray(a).reshape(*np.shape(a)[:-2], -1)[..., cells])
+    d = t(on_cells(data))
+    w = t(on_cells(weights))
+    m_fit, m_hold = t(on_cells(fit_cells)), t(on_cells(held_out))
     n_fit = max(float(fit_cells.sum()), 1.0)
     n_hold = float(held_out.sum())
     n_res = float(mask.sum())
@@ -176,6 +180,7 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     # residual scale: the size of each reaction term, so w_r is O(1) whatever the data
     r_scale = 2.0 * float(data[0][region].mean())
     param = opts["backbone"]
+    cells_t = torch.as_tensor(cells, device=device)
 
     # seeding and drawing the start are one step: fits run in parallel threads share torch's
     # global generator
@@ -185,24 +190,41 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
             layer = mollifier_layer(opts["radius"], opts["kernel"], "valid").to(device)
             pad = layer.halo[0]
             full = tuple(n + 2 * pad for n in shape)
+
+            def on_nucleus(dd):
+                # the layer's (2, ny, nx) outputs, gathered on the nucleus cells in one call
+                stacked = torch.stack([dd[k] for k in _LAYER_ORDERS]).reshape(len(_LAYER_ORDERS) * 2, -1)
+                v = stacked.index_select(1, cells_t).unbind(0)
+                return (_derivatives_um(v[0::2], spacing_um), _derivatives_um(v[1::2], spacing_um))
+
             if param == "grid":
                 start = np.stack([_padded_start(data[c], region, pad) for c in range(2)])
                 net = GridFields(start, shape, pad, centre, scale, lam0).to(device=device, dtype=dtype)
 
                 def fields_and_rate():
                     g, lam = net()
-                    out = layer(g)
-                    return layer_derivatives(out, 0, spacing_um), layer_derivatives(out, 1, spacing_um), lam
+                    h, e = on_nucleus(layer(g))
+                    return h, e, lam.reshape(-1).index_select(0, cells_t)
             else:
                 net = _network(param, opts, centre, scale, lam0, build_backbone).to(device=device, dtype=dtype)
                 coords, _ = grid_coordinates(shape, pad=pad, device=device, dtype=dtype)
+                # the network is evaluated only where its values reach the nucleus: the mask
+                # widened by the kernel's halo (about half of a typical grid); elsewhere the
+                # padded grid holds a constant (finite) start value the loss never sees
+                needed_np = np.flatnonzero(_within_halo(mask, pad))
+                needed = torch.as_tensor(needed_np, device=device)
+                coords = coords.index_select(0, needed)
+                iy, ix = np.divmod(cells, shape[1])
+                rate_rows = torch.as_tensor(np.searchsorted(needed_np, (iy + pad) * full[1] + ix + pad), device=device)
+                background = torch.as_tensor([centre[0], centre[1]], dtype=dtype, device=device)
+                n_full = full[0] * full[1]
 
                 def fields_and_rate():
-                    # (N, 3) -> (3, ny, nx): a contiguous copy, so the convolutions get packed memory
-                    out = net(coords).T.contiguous().reshape(3, *full)
-                    dd = layer(out[:2])
-                    lam = out[2, pad:pad + shape[0], pad:pad + shape[1]]
-                    return layer_derivatives(dd, 0, spacing_um), layer_derivatives(dd, 1, spacing_um), lam
+                    raw = net(coords)
+                    # (M, 2) fields on the needed cells -> (2, ny, nx), contiguous for the convolutions
+                    g = background.expand(n_full, 2).index_copy(0, needed, raw[:, :2]).T.contiguous()
+                    h, e = on_nucleus(layer(g.reshape(2, *full)))
+                    return h, e, raw[:, 2].index_select(0, rate_rows)
         else:
             if param == "grid":
                 raise ValueError("backbone='grid' needs the mollifier (method='pinn'): a grid has no autograd derivatives")
@@ -211,19 +233,20 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
             net = _network(param, opts, centre, scale, lam0, build_backbone).to(device=device, dtype=dtype)
             coords, half = grid_coordinates(shape, pad=0, device=device, dtype=dtype)
             to_um = 1.0 / (half * spacing_um)
+            # pointwise derivatives: the network is evaluated on the nucleus cells only
+            coords = coords.index_select(0, cells_t)
 
             def fields_and_rate():
                 # exact derivatives of the backbone's raw outputs (forward Taylor mode, the fastest
                 # exact baseline); the fields are centre + scale * raw, the rate softplus(raw + offset)
-                d = derivatives(net.backbone, coords, order=4, channels=(0, 1))
-                raw = d["u"]
+                dv = derivatives(net.backbone, coords, order=4, channels=(0, 1))
+                raw = dv["u"]
                 sc = net.scale.to(raw.dtype)
-                r = (lambda t: t.reshape(shape))
-                out = [FieldDerivatives(r(net.centre.to(raw.dtype)[c] + sc[c] * raw[:, c]),
-                                        r(d[(1, 0)][:, c] * sc[c]) * to_um, r(d[(0, 1)][:, c] * sc[c]) * to_um,
-                                        r(d["lap"][:, c] * sc[c]) * to_um ** 2,
-                                        r(d["biharmonic"][:, c] * sc[c]) * to_um ** 4) for c in range(2)]
-                return out[0], out[1], r(F.softplus(raw[:, 2] + net.lam_offset))
+                out = [FieldDerivatives(net.centre.to(raw.dtype)[c] + sc[c] * raw[:, c],
+                                        dv[(1, 0)][:, c] * sc[c] * to_um, dv[(0, 1)][:, c] * sc[c] * to_um,
+                                        dv["lap"][:, c] * sc[c] * to_um ** 2,
+                                        dv["biharmonic"][:, c] * sc[c] * to_um ** 4) for c in range(2)]
+                return out[0], out[1], F.softplus(raw[:, 2] + net.lam_offset)
 
     if init_state is not None:
         net.load_state_dict(init_state)
@@ -254,7 +277,7 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         mis = misfit(h, e)
         data_loss = (mis * m_fit).sum() / n_fit
         res = steady_state_residual(h, e, lam, model) / r_scale
-        res_loss = (res ** 2 * m_res).sum() / n_res
+        res_loss = (res ** 2).sum() / n_res
         total = data_loss + opts["residual_weight"] * res_loss
         if not torch.isfinite(total):
             raise FloatingPointError(f"{message}: loss became {float(total)} at iteration {it}; lower the "
@@ -266,7 +289,7 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         losses["residual"].append(float(res_loss.detach()))
         at_check = it % check_every == 0 or it == iterations - 1
         if keep_checkpoints and at_check:
-            checkpoints[it] = lam.detach().to("cpu", torch.float64).numpy().copy()
+            checkpoints[it] = _on_grid(lam.detach(), cells, shape)
         if n_hold and at_check:
             held = float((mis.detach() * m_hold).sum() / n_hold)
             losses["held_out"].append(held)
@@ -288,12 +311,38 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     with torch.no_grad() if method == "pinn" else contextlib.nullcontext():
         h, e, lam = fields_and_rate()
         res = steady_state_residual(h, e, lam, model)
-    as_np = (lambda x: x.detach().to("cpu", torch.float64).numpy().copy())
+    as_np = (lambda x: _on_grid(x.detach(), cells, shape))
     return FitOutput(rate=as_np(lam), residual=as_np(res), phi_h=as_np(h.value), phi_e=as_np(e.value),
                      losses=losses, best_iteration=int(best[2]), iterations_run=iterations_run,
                      stop_reason=stop_reason, held_out_misfit=float(best[0]),
                      state={k: v.detach().clone() for k, v in net.state_dict().items()},
                      checkpoints=checkpoints)
+
+
+#: the layer outputs a fit needs, in the order of :class:`FieldDerivatives`
+_LAYER_ORDERS = ("u", (1, 0), (0, 1), "lap", "biharmonic")
+
+
+def _derivatives_um(values, spacing_um: float) -> FieldDerivatives:
+    """(value, d/dy, d/dx, lap, biharmonic) per cell -> FieldDerivatives with um units."""
+    s = spacing_um
+    return FieldDerivatives(values[0], values[1] / s, values[2] / s, values[3] / s ** 2, values[4] / s ** 4)
+
+
+def _on_grid(values: torch.Tensor, cells: np.ndarray, shape) -> np.ndarray:
+    """Per-nucleus-cell values -> float64 grid, NaN outside the nucleus."""
+    out = np.full(int(np.prod(shape)), np.nan)
+    out[cells] = values.to("cpu", torch.float64).numpy()
+    return out.reshape(shape)
+
+
+def _within_halo(mask, pad: int) -> np.ndarray:
+    """Cells of the ``pad``-padded grid within ``pad`` cells (square) of ``mask``: the cells a
+    ``valid`` mollifier of halo ``pad`` reads to give values on the mask."""
+    from scipy import ndimage
+
+    padded = np.pad(np.asarray(mask, dtype=bool), pad)
+    return ndimage.binary_dilation(padded, np.ones((2 * pad + 1,) * 2, dtype=bool)) if pad else padded
 
 
 def _network(param, opts, centre, scale, lam0, build_backbone):
