@@ -479,6 +479,7 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
     """
     groups = _sigma_groups(s) if groups is None else groups
     bins, starts, ends = groups.bins, groups.starts, groups.ends
+    workers = min(len(bins), _render_threads())
 
     def one_bin(k):
         sel = groups.indices(k)
@@ -514,7 +515,8 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         if choice == "cic" and "cic" not in costs:
             choice = "direct"
         if choice == "cic":
-            return _cic_bin(by, bx, s_b, ny, nx)
+            # threads inside a bin only when the bins do not already keep them busy
+            return _cic_bin(by, bx, s_b, ny, nx, threads=workers <= 1)
         if s_l is None:                           # the exact largest sigma sets the kernel size
             s_l = np.take(s, sel)
             half = max(1, math.ceil(TRUNCATE_SIGMAS * float(s_l.max()) + 0.5))
@@ -532,7 +534,6 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         padded = _fold_edges(padded, half, ny, axis=0)
         return _fold_edges(padded, half, nx, axis=1)
 
-    workers = min(len(bins), _render_threads())
     if workers > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -556,7 +557,7 @@ def _cic_factor(s_b: float) -> int:
     return 1 if s_b >= CIC_MIN_SIGMA else 2 ** math.ceil(math.log2(CIC_MIN_SIGMA / s_b) - 1e-12)
 
 
-def _cic_bin(by, bx, s_b, ny, nx) -> np.ndarray:
+def _cic_bin(by, bx, s_b, ny, nx, threads: bool = True) -> np.ndarray:
     """One sigma bin by cloud-in-cell assignment on a grid f times finer than the pixels.
 
     Each localization's mass is split linearly between the 2 x 2 grid nodes around it (nodes at
@@ -565,7 +566,9 @@ def _cic_bin(by, bx, s_b, ny, nx) -> np.ndarray:
     then applied has the bin's variance minus the bin's mean of that added variance, so that the
     bin's second moment is kept. The node masses come from :func:`_cic_nodes`. Each node is a
     point mass at a known sub-pixel phase, rendered by the phase kernels of
-    :func:`_pixel_weights` (one convolution per phase and axis).
+    :func:`_pixel_weights` (one convolution per phase and axis). The localizations are
+    processed in chunks of fixed size, in parallel threads when ``threads`` (the result is the
+    same either way).
     """
     f = _cic_factor(s_b)
     n = len(by)
@@ -597,7 +600,8 @@ def _cic_bin(by, bx, s_b, ny, nx) -> np.ndarray:
         return added, _cic_sums(index, gy, gx, shape, per_localization)
 
     # chunks of fixed size (in parallel threads), their sums added in chunk order
-    parts = _in_threads(chunk, _chunk_edges(n, _CIC_CHUNK))
+    edges = _chunk_edges(n, _CIC_CHUNK)
+    parts = _in_threads(chunk, edges) if threads else [chunk(e) for e in edges]
     sums = parts[0][1]
     for _, more in parts[1:]:
         for total, part in zip(sums, more):

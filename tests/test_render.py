@@ -335,6 +335,11 @@ def test_render_per_localization_sigma_auto_matches_exact_and_is_thread_independ
     two_chunked = render(locs, pixel_size=20.0, fov=fov)
     np.testing.assert_array_equal(one_chunked.data, two_chunked.data)
     np.testing.assert_allclose(one_chunked.data, one.data, rtol=0, atol=1e-12)
+    # one bin (a fixed sigma): its chunks run in parallel threads, same bits again
+    fixed_two = render(locs, pixel_size=20.0, sigma=20.0, fov=fov)
+    monkeypatch.setattr(render_module, "_render_threads", lambda: 1)
+    fixed_one = render(locs, pixel_size=20.0, sigma=20.0, fov=fov)
+    np.testing.assert_array_equal(fixed_one.data, fixed_two.data)
     assert two.metadata["sigma_median"] == np.median(unc)
     ref = _reference_gaussian(y, x, unc, fov, 20.0)
     inner = (slice(6, -6), slice(6, -6))                     # the reference has no mirrored borders
