@@ -246,3 +246,21 @@ def test_noise_share_is_known_noise_over_spread_and_reported(steady):
     noisy = infer_rates(_noisy(steady, 0.2, 1), method="direct", radius=3, uncertainty=False)
     shares = [[r.diagnostics["noise"][c]["share"] for c in ("phi_h", "phi_e")] for r in (quiet, noisy)]
     assert max(shares[0]) < 0.05 < 0.3 < min(shares[1]), shares
+
+
+def test_total_uncertainty_adds_the_inflated_bias_and_the_model_error_floor():
+    from chromflow.inverse import _total_uncertainty
+
+    mask = np.zeros((30, 30), bool)
+    mask[3:27, 3:27] = True
+    truth = np.where(mask, 1.0, np.nan)
+    noise_var = np.where(mask, 0.04, 0.0)
+    # a bootstrap refit that is off by exactly 0.3 everywhere: excess = 0.09 - 0.04
+    boot = truth + 0.3
+    sd, slope, share = _total_uncertainty(truth, noise_var, boot, truth, mask, mask, 3.0, inflation=2.0,
+                                          floor=1.5)
+    expected = np.sqrt(0.04 + 2.0 ** 2 * 0.05 + 1.5 ** 2 * 0.04)
+    assert np.allclose(sd[mask], expected)
+    assert share == pytest.approx(1 - 0.04 / expected ** 2)
+    no_floor, _, _ = _total_uncertainty(truth, noise_var, boot, truth, mask, mask, 3.0, inflation=2.0)
+    assert np.allclose(no_floor[mask], np.sqrt(0.04 + 4 * 0.05))
