@@ -191,8 +191,10 @@ class Jet:
         return Jet(torch.cat([j.value for j in jets], dim=dim), torch.cat([j.coeffs for j in jets], dim=dim))
 
 
-def _tanh_derivs(x, K):
-    t = torch.tanh(x)
+def _tanh_derivs(x, K, t=None):
+    # t: tanh(x) as the network's own module computes it (chromflow's Tanh goes through the
+    # sigmoid on CPU), so the jet differentiates exactly the function the network evaluates
+    t = torch.tanh(x) if t is None else t
     d1 = 1 - t * t
     out = [t, d1]
     if K >= 2:
@@ -228,7 +230,7 @@ def _activation(module, jet: Jet) -> Jet:
 
     K = jet.order
     if isinstance(module, nn.Tanh):
-        return jet.map(_tanh_derivs(jet.value, K))
+        return jet.map(_tanh_derivs(jet.value, K, module(jet.value)))
     if isinstance(module, _Sine):
         return jet.map(_sin_derivs(jet.value, K))
     if isinstance(module, (nn.GELU, nn.SiLU, nn.Softplus)):

@@ -134,7 +134,9 @@ def test_langevin_fit_recovers_forcing(one_thread, mode):
 
 def test_heat_fit_recovers_conductivity(one_thread):
     data = _tasks.make_data("heat", grid=16, noise=0.0, seed=0)
-    result = _tasks.fit(data, "mlp", "mollifier", iterations=400, seed=0)
+    # 400 steps sat at the edge (corr 0.806 with torch.tanh, 0.785 with the sigmoid form: the
+    # same function to 3e-16, another rounding path); at 600 both are past 0.95
+    result = _tasks.fit(data, "mlp", "mollifier", iterations=600, seed=0)
     corr, _ = _tasks.score(result.rate, data.truth)
     assert np.all(result.rate > 0)  # the conductivity is kept positive
     assert corr > 0.8, corr
