@@ -240,6 +240,8 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=["cpu"], default=None,
                    help="cpu: the full table at reduced grid / width / iterations (see CPU_PRESET)")
     p.add_argument("--width", type=int, default=None, help="hidden width of every backbone (default 64)")
+    p.add_argument("--fourier-scale", type=float, default=None,
+                   help="Fourier-embedding scale of PirateNet and the Fourier MLP (default 1; see heat_piratenet.py)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--tasks", nargs="+", choices=_tasks.TASKS, default=None)
     p.add_argument("--backbones", nargs="+", choices=list(_tasks.BACKBONE_OPTIONS), default=None)
@@ -309,9 +311,11 @@ def main(argv=None) -> int:
                         threads = args.threads or (QUICK["threads"] if args.quick and device == "cpu" else None)
                         spec = dict(task=task, noise=noise, backbone=backbone, mode=mode, iterations=its,
                                     device=device, seed=args.seed, data=str(data_path), threads=threads)
-                        if width:
-                            spec["options"] = ({"width": width} if task == "chromatin"
-                                               else {"backbone_options": {"width": width}})
+                        net = {"width": width} if width else {}
+                        if args.fourier_scale is not None and backbone in ("piratenet", "fourier"):
+                            net["fourier_scale"] = args.fourier_scale
+                        if net:
+                            spec["options"] = net if task == "chromatin" else {"backbone_options": net}
                         print(f"[paper_table] {task} noise={noise:g} {backbone} {mode} ({its} its) ...",
                               file=sys.stderr, flush=True)
                         res = _spawn(spec, workdir, args.timeout)
@@ -334,7 +338,8 @@ def main(argv=None) -> int:
     capped = any(r.get("note", "").startswith("capped") for r in rows)
     budget = ", ".join(f"{t} {n}" for t, n in budgets.items())
     print(f"## Mollifier vs autodiff ({device}{', quick' if args.quick else ''}{', preset ' + args.preset if args.preset else ''}"
-          f"{f', width {width}' if width else ''}; iteration budget per task: {budget}; "
+          f"{f', width {width}' if width else ''}"
+          f"{f', Fourier scale {args.fourier_scale:g}' if args.fourier_scale is not None else ''}; iteration budget per task: {budget}; "
           f"{'autodiff runs CAPPED where noted (not equal budgets)' if capped else 'equal in both modes'})\n")
     print(markdown(rows, COLUMNS))
     print(f"\n## Autodiff / mollifier ratios (same backbone, grid, data, loss, optimiser; "
