@@ -37,11 +37,15 @@ def mollifier_layer(radius, kernel: str = "bump", boundary: str = "valid", mask=
     return MollifierLayer(radius, orders=ORDERS, ndim=2, kernel=kernel, boundary=boundary, mask=mask)
 
 
+def derivatives_um(values, spacing_um: float) -> FieldDerivatives:
+    """Layer outputs in the order of :data:`ORDERS` (per cell) -> FieldDerivatives, cells -> um."""
+    s = spacing_um
+    return FieldDerivatives(values[0], values[1] / s, values[2] / s, values[3] / s ** 2, values[4] / s ** 4)
+
+
 def layer_derivatives(out: dict, index: int, spacing_um: float) -> FieldDerivatives:
     """Channel ``index`` of a mollifier layer's output, derivatives converted from cells to um."""
-    s = spacing_um
-    return FieldDerivatives(out["u"][index], out[(1, 0)][index] / s, out[(0, 1)][index] / s,
-                            out["lap"][index] / s ** 2, out["biharmonic"][index] / s ** 4)
+    return derivatives_um([out[k][index] for k in ORDERS], spacing_um)
 
 
 def local_linear_smooth(values, mask, weights_1d, out_mask=None) -> np.ndarray:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .._progress import check_cancel, report
 from ..physics.chromatin import ChromatinModel, FieldDerivatives, steady_state_residual
 from ..training import make_optimizer, seed_everything
-from .direct import mollifier_layer
+from .direct import ORDERS, derivatives_um, mollifier_layer
 
 __all__ = ["FieldNet", "GridFields", "FitOutput", "fit_fields", "inverse_softplus", "StopSignal"]
 
@@ -193,9 +193,9 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
 
             def on_nucleus(dd):
                 # the layer's (2, ny, nx) outputs, gathered on the nucleus cells in one call
-                stacked = torch.stack([dd[k] for k in _LAYER_ORDERS]).reshape(len(_LAYER_ORDERS) * 2, -1)
+                stacked = torch.stack([dd[k] for k in ORDERS]).reshape(len(ORDERS) * 2, -1)
                 v = stacked.index_select(1, cells_t).unbind(0)
-                return (_derivatives_um(v[0::2], spacing_um), _derivatives_um(v[1::2], spacing_um))
+                return derivatives_um(v[0::2], spacing_um), derivatives_um(v[1::2], spacing_um)
 
             if param == "grid":
                 start = np.stack([_padded_start(data[c], region, pad) for c in range(2)])
@@ -317,16 +317,6 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
                      stop_reason=stop_reason, held_out_misfit=float(best[0]),
                      state={k: v.detach().clone() for k, v in net.state_dict().items()},
                      checkpoints=checkpoints)
-
-
-#: the layer outputs a fit needs, in the order of :class:`FieldDerivatives`
-_LAYER_ORDERS = ("u", (1, 0), (0, 1), "lap", "biharmonic")
-
-
-def _derivatives_um(values, spacing_um: float) -> FieldDerivatives:
-    """(value, d/dy, d/dx, lap, biharmonic) per cell -> FieldDerivatives with um units."""
-    s = spacing_um
-    return FieldDerivatives(values[0], values[1] / s, values[2] / s, values[3] / s ** 2, values[4] / s ** 4)
 
 
 def _on_grid(values: torch.Tensor, cells: np.ndarray, shape) -> np.ndarray:
