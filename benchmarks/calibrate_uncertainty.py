@@ -50,7 +50,7 @@ def error_model_table(directory, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.5, 2.
     rows = []
     for f in factors:
         for g in floors:
-            cov = [float(np.mean(err <= Z90 * np.sqrt((1 + g * g) * nv + f * f * ex)))
+            cov = [float(np.mean(err <= Z90 * np.sqrt(inv.uncertainty_variance(nv, ex, f, g))))
                    for err, nv, ex in cases.values()]
             inside = sum(0.80 <= c <= 0.95 for c in cov)
             rows.append((inside, -max(abs(c - 0.875) for c in cov), f, g, cov))
@@ -76,9 +76,9 @@ def main(argv=None):
     total = inv._total_uncertainty
 
     def keep_parts(rate, noise_var, boot_rate, boot_truth, mask, interior, radius, inflation, floor=0.0):
-        err2 = inv._ring_mean((boot_rate - boot_truth) ** 2, mask, radius)
         if not parts:  # the case's own map comes first; the oracle baselines' runs follow
-            parts.update(noise_var=noise_var, excess=np.clip(err2 - noise_var, 0.0, None), inflation=inflation)
+            parts.update(noise_var=noise_var, inflation=inflation,
+                         excess=inv.bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius))
         return total(rate, noise_var, boot_rate, boot_truth, mask, interior, radius, inflation, floor)
 
     row_of = A._row
@@ -91,7 +91,7 @@ def main(argv=None):
             err = np.abs(result.rate - truth)[ok]
             cov = []
             for f in FACTORS:
-                sd = np.sqrt(parts["noise_var"] + f * f * parts["excess"])[ok]
+                sd = np.sqrt(inv.uncertainty_variance(parts["noise_var"], parts["excess"], f))[ok]
                 cov.append(float(np.mean(err <= Z90 * sd)))
             if save is not None:
                 np.savez_compressed(save / f"{case}_s{seed}.npz", rate=result.rate, truth=truth, cells=ok,

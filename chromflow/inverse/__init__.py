@@ -248,9 +248,10 @@ def _noise(phi_h, phi_e, interior, fields):
         laws.append(nm.variance)
     # a floor keeps the weights finite where a channel is ~0; 1e-3 of the mean variance
     out = []
-    for v in variances:
+    for v, phi, info in zip(variances, (phi_h, phi_e), models):
         mean = float(np.mean(v[interior])) if interior.any() else 1.0
         out.append(np.maximum(v, 1e-3 * mean + 1e-30))
+        info["share"] = noise_share(phi, out[-1], interior)
     return out, models, laws
 
 
@@ -348,14 +349,25 @@ def _total_uncertainty(rate, noise_var, boot_rate, boot_truth, mask, interior, r
     of ``benchmarks/_heldout.py``), plus ``floor**2`` times the noise part
     (:data:`MODEL_ERROR_FLOOR`): error that follows the noise but that fission does not show.
     """
-    err2 = _ring_mean((boot_rate - boot_truth) ** 2, mask, radius)
+    excess = bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius)
     x, y = boot_truth[interior], boot_rate[interior]
     ok = np.isfinite(x) & np.isfinite(y)
     slope = float(np.cov(x[ok], y[ok])[0, 1] / np.var(x[ok], ddof=1)) if ok.sum() > 2 and np.var(x[ok]) > 0 else 1.0
-    bias2 = inflation ** 2 * np.clip(err2 - noise_var, 0.0, None) + floor ** 2 * noise_var
-    total = noise_var + bias2
+    total = uncertainty_variance(noise_var, excess, inflation, floor)
+    bias2 = total - noise_var
     share = float(np.nanmean(bias2[interior]) / max(float(np.nanmean(total[interior])), 1e-300))
     return np.sqrt(total), slope, share
+
+
+def bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius):
+    """The bootstrap refit's squared error beyond the noise part, averaged within rings."""
+    err2 = _ring_mean((boot_rate - boot_truth) ** 2, mask, radius)
+    return np.clip(err2 - noise_var, 0.0, None)
+
+
+def uncertainty_variance(noise_var, excess, inflation, floor=0.0):
+    """The error model: ``(1 + floor^2) noise_var + inflation^2 excess`` (variance per cell)."""
+    return (1.0 + floor ** 2) * noise_var + inflation ** 2 * excess
 
 
 #: distances (cells) from the outline that bound the rings of :func:`_fission_uncertainty`
@@ -512,8 +524,6 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     _check_euchromatin(phi_h, phi_e, interior, source)
     check_cancel(cancel, "rate inference")
     variances, noise_models, noise_laws = _noise(phi_h, phi_e, interior, fields)
-    for model_info, phi, var in zip(noise_models, (phi_h, phi_e), variances):
-        model_info["share"] = noise_share(phi, var, interior)
     diagnostics = {"noise": {"phi_h": noise_models[0], "phi_e": noise_models[1]}, "edge_cells": int(edge.sum())}
     split = (getattr(fields, "settings", None) or {}).get("split")
     if split is not None:
