@@ -535,15 +535,13 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         return _fold_edges(padded, half, nx, axis=1)
 
     if workers > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers) as pool:
-            # the largest bins start first (so the threads finish together); the images are
-            # summed in bin order: deterministic whatever the scheduling
-            futures = {k: pool.submit(one_bin, k) for k in sorted(bins, key=lambda k: starts[k] - ends[k])}
-            out = np.zeros((ny, nx))
-            for k in bins:
-                out += futures[k].result()
+        # the largest bins start first (so the threads finish together); the images are
+        # summed in bin order: deterministic whatever the scheduling
+        largest_first = sorted(bins, key=lambda k: starts[k] - ends[k])
+        images = dict(zip(largest_first, _in_threads(one_bin, largest_first)))
+        out = np.zeros((ny, nx))
+        for k in bins:
+            out += images[k]
         return out
     out = np.zeros((ny, nx))
     for k in bins:
