@@ -264,3 +264,18 @@ def test_total_uncertainty_adds_the_inflated_bias_and_the_model_error_floor():
     assert share == pytest.approx(1 - 0.04 / expected ** 2)
     no_floor, _, _ = _total_uncertainty(truth, noise_var, boot, truth, mask, mask, 3.0, inflation=2.0)
     assert np.allclose(no_floor[mask], np.sqrt(0.04 + 4 * 0.05))
+
+
+def test_network_uncertainty_carries_the_model_error_floor(steady):
+    from chromflow.inverse import MODEL_ERROR_FLOOR
+
+    f = _noisy(steady, 0.05, 3)
+    noise_only = infer_rates(f, iterations=6, uncertainty="noise", device="cpu")
+    full = infer_rates(f, iterations=6, uncertainty=True, device="cpu")
+    m = full.mask
+    floor = MODEL_ERROR_FLOOR["pinn"]
+    assert full.diagnostics["uncertainty"]["model_error_floor"] == floor > 0
+    # same seed, same fits: the full map is at least sqrt(1 + floor^2) times the noise part
+    ratio = full.uncertainty[m] / noise_only.uncertainty[m]
+    assert ratio.min() >= np.sqrt(1 + floor ** 2) * (1 - 1e-6)
+    assert np.allclose(full.rate[m], noise_only.rate[m])

@@ -129,3 +129,23 @@ def test_set_threads_sets_and_restores():
                 set_threads(bad)
     finally:
         torch.set_num_threads(before)
+
+
+def test_adam_is_fused_unless_the_caller_asks_for_foreach():
+    from chromflow.training import make_optimizer
+
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2, dtype=torch.float64))]
+    fused = make_optimizer("adam", iter(params), 0.1)   # a generator, as nn.Module.parameters() gives
+    assert fused.defaults["fused"] is True and len(fused.param_groups[0]["params"]) == 2
+    looped = make_optimizer("adam", params, 0.1, foreach=True)
+    assert looped.defaults["foreach"] is True and not looped.defaults["fused"]
+    # the fused update is the same Adam step: both move the parameters identically
+    a = [torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))]
+    b = [torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))]
+    opts = [make_optimizer("adam", a, 0.1), make_optimizer("adam", b, 0.1, foreach=False)]
+    for _ in range(5):
+        for p, opt in zip((a[0], b[0]), opts):
+            opt.zero_grad()
+            (p ** 2).sum().backward()
+            opt.step()
+    assert torch.allclose(a[0], b[0], rtol=1e-12, atol=1e-14)
