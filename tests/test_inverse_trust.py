@@ -279,3 +279,48 @@ def test_network_uncertainty_carries_the_model_error_floor(steady):
     ratio = full.uncertainty[m] / noise_only.uncertainty[m]
     assert ratio.min() >= np.sqrt(1 + floor ** 2) * (1 - 1e-6)
     assert np.allclose(full.rate[m], noise_only.rate[m])
+
+
+# ------------------------------------------------------------------ rate channel and closed form
+def test_closed_form_weight_known_answers():
+    from chromflow.inverse import closed_form_weight
+
+    rng = np.random.default_rng(5)
+    shape = (80, 80)
+    cells = np.ones(shape, bool)
+    truth = ndimage.gaussian_filter(rng.standard_normal(shape), 3)
+    truth /= truth.std()
+    draw = (lambda sd: sd * rng.standard_normal(shape))
+    # a biased, noise-free rate channel against a nearly exact closed form: take the closed form
+    smooth = ndimage.gaussian_filter(truth, 4)
+    closed = truth + draw(0.01)
+    assert closed_form_weight(smooth, closed, smooth, closed + draw(0.01), cells) > 0.99
+    # an unbiased rate channel against a closed form that only adds noise: keep the channel
+    rate = truth + draw(0.05)
+    noisy = truth + draw(1.0)
+    assert closed_form_weight(rate, noisy, rate + draw(0.05), noisy + draw(1.0), cells) < 0.02
+    # two unbiased readings with independent noise of equal variance: their mean (k = 1/2)
+    a, b = truth + draw(0.3), truth + draw(0.3)
+    assert closed_form_weight(a, b, a + draw(0.3), b + draw(0.3), cells) == pytest.approx(0.5, abs=0.05)
+    # too few cells: no mixing
+    few = np.zeros(shape, bool)
+    few[0, :5] = True
+    assert closed_form_weight(a, b, a, b, few) == 0.0
+
+
+def test_network_map_mixes_in_the_closed_form_where_it_is_the_better_reading(steady):
+    """Low noise: the fitted fields resolve more of the rate than the rate channel, so the
+    reported map takes the closed form in and tracks the truth better; the residual reported is
+    the reported map's."""
+    f = _noisy(steady, 0.01, 4)
+    channel = infer_rates(f, iterations=300, uncertainty=False, device="cpu", seed=0)
+    mixed = infer_rates(f, iterations=300, uncertainty="noise", device="cpu", seed=0)
+    m = steady.mask
+    k = mixed.diagnostics["training"]["closed_form_weight"]
+    assert channel.diagnostics["training"]["closed_form_weight"] == 0.0     # no fission refit, no mixing
+    assert 0.3 < k <= 1.0
+    # measured 0.981 against 0.976
+    assert _corr(mixed.rate, steady.rate, m) > _corr(channel.rate, steady.rate, m) + 0.003
+    # the reported residual belongs to the reported rate: R changes by 2 (rate' - rate) phi_e
+    expected = channel.residual + 2 * (mixed.rate - channel.rate) * channel.phi_e
+    assert np.allclose(mixed.residual[m], expected[m], rtol=1e-3, atol=1e-3 * np.abs(expected[m]).max())

@@ -50,7 +50,8 @@ from .direct import direct_rates
 from .noise import estimate_noise, fission, local_level
 from .result import RateMapResult, _jsonable
 
-__all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells"]
+__all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells",
+           "closed_form_weight"]
 
 METHODS = ("pinn", "direct", "autodiff")
 
@@ -322,6 +323,61 @@ def _fission_uncertainty(rate, plus, mask, interior, radius):
     return _ring_mean((plus - rate) ** 2, mask, radius), split_r
 
 
+def closed_form_weight(rate, closed, plus_rate, plus_closed, cells) -> float:
+    """Weight ``k`` of the closed-form map in ``rate + k (closed - rate)``, from one fission refit.
+
+    A network fit gives two readings of ``lambda``: its rate channel ``rate`` and the rate its
+    fitted fields imply, ``closed = (u_h - lap(mu_d) / 2) / u_e = rate - R / (2 u_e)``. The
+    rate channel is the smoother (a coordinate network's spectral bias holds it back on
+    domain-scale detail); the closed form follows the fields, which carry that detail but
+    also their noise. With ``r = lambda + b + n_r`` and ``c = lambda + n_c``, the ``k`` that
+    minimises the mean squared error is::
+
+        k = (b^2 + var(n_r) - cov(n_r, n_c)) / (b^2 + var(n_c - n_r))
+
+    The noise terms come from the fission refit (``plus_rate - rate`` and ``plus_closed -
+    closed`` are draws of ``n_r`` and ``n_c``), and ``b^2`` is the mean squared difference of
+    the two maps beyond its noise part. Averages run over ``cells``; ``k`` is clipped to
+    ``[0, 1]``.
+
+    Parameters
+    ----------
+    rate, closed : ndarray (ny, nx)
+        The fit's rate channel and closed-form rate.
+    plus_rate, plus_closed : ndarray (ny, nx)
+        The same from the fission refit at the same step.
+    cells : ndarray (ny, nx) bool
+        Cells to average over (the nucleus).
+
+    Returns
+    -------
+    float
+        ``k`` in [0, 1]; 0 when there are too few finite cells.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> truth = rng.standard_normal((40, 40))
+    >>> smooth = 0.5 * truth                       # a biased, noise-free rate channel
+    >>> closed = truth + 0.01 * rng.standard_normal((40, 40))
+    >>> plus_closed = closed + 0.01 * rng.standard_normal((40, 40))
+    >>> cells = np.ones((40, 40), bool)
+    >>> round(closed_form_weight(smooth, closed, smooth, plus_closed, cells), 2)
+    1.0
+    """
+    diff = closed - rate
+    n_r, n_c = plus_rate - rate, plus_closed - closed
+    ok = cells & np.isfinite(diff) & np.isfinite(n_r) & np.isfinite(n_c)
+    if ok.sum() < 10:
+        return 0.0
+    var_d = float(np.mean((n_c - n_r)[ok] ** 2))
+    bias2 = max(float(np.mean(diff[ok] ** 2)) - var_d, 0.0)
+    num = bias2 + float(np.mean(n_r[ok] ** 2)) - float(np.mean((n_r * n_c)[ok]))
+    den = bias2 + var_d
+    return float(np.clip(num / den, 0.0, 1.0)) if den > 0 else 0.0
+
+
 def _bootstrap_data(rate, fit_h, fit_e, mask, spacing_um, model, noise_laws, seed):
     """Data simulated from the fitted map: the steady state of ``rate`` with the fitted total
     chromatin, plus noise drawn from the noise model (a parametric bootstrap)."""
@@ -542,8 +598,17 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         rate, res, hf, ef, training = fit["rate"], fit["residual"], fit["phi_h"], fit["phi_e"], {}
         history, device_used = {}, "cpu"
     else:
-        rate, res, hf, ef, history, training, plus = _network_fits(
+        rate, closed, res, hf, ef, history, training, plus = _network_fits(
             method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev, progress, cancel)
+        weight = 0.0
+        if plus is not None:
+            # the rate channel and the closed form of the fitted fields, mixed by their
+            # expected error (needs the fission refit; without it the rate channel)
+            weight = closed_form_weight(rate, closed, plus[0], plus[1], mask)
+            mixed = rate + weight * (closed - rate)
+            res = res + 2.0 * (mixed - rate) * ef     # the residual of the reported map
+            rate, plus = mixed, plus[0] + weight * (plus[1] - plus[0])
+        training["closed_form_weight"] = weight
         device_used = str(dev)
     unc = np.full(mask.shape, np.nan)
     split_r = float("nan")
@@ -558,8 +623,9 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
             boot = _direct(bh, be, mask, interior, spacing_um, opts, model)["rate"]
             report(progress, 2, 2, "uncertainty: bootstrap refit")
         else:
-            boot = _refit(method, np.stack([bh, be]), variances, mask, interior, spacing_um, opts, model, seed, dev,
-                          training, progress, cancel)
+            boot_rate, boot_closed = _refit(method, np.stack([bh, be]), variances, mask, interior, spacing_um, opts,
+                                            model, seed, dev, training, progress, cancel)
+            boot = boot_rate + training["closed_form_weight"] * (boot_closed - boot_rate)
         unc, slope, bias_share = _total_uncertainty(rate, noise_var, boot, truth, mask, interior,
                                                     float(opts["radius"]), BIAS_INFLATION[method],
                                                     MODEL_ERROR_FLOOR[method])
@@ -616,7 +682,7 @@ def _refit(method, data, variances, mask, interior, spacing_um, opts, model, see
                      message=f"{method} uncertainty: bootstrap refit")
     bar = _bootstrap_span(opts)[2]
     report(progress, bar, bar, f"{method} uncertainty: bootstrap refit")
-    return out.rate
+    return out.rate, out.closed
 
 
 def _bar_total(opts):
@@ -677,6 +743,7 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                 fitted = side.result()
     first = members[0]
     rate = np.mean([m.rate for m in members], axis=0)
+    closed = np.mean([m.closed for m in members], axis=0)
     if companion is not None:
         plus = fitted.checkpoints.get(first.best_iteration)
         if plus is None:           # the companion stopped before that step: its last state
@@ -689,4 +756,4 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                 "stop_reason": first.stop_reason, "held_out_cells": int(held.sum()),
                 "held_out_misfit": first.held_out_misfit,
                 "final_data_misfit": first.losses["data"][-1] if first.losses["data"] else float("nan")}
-    return rate, res, first.phi_h, first.phi_e, first.losses, training, plus
+    return rate, closed, res, first.phi_h, first.phi_e, first.losses, training, plus

@@ -110,8 +110,12 @@ class FitOutput:
     iterations_run: int
     stop_reason: str
     held_out_misfit: float
+    #: the rate the fitted fields imply in closed form, ``(u_h - lap(mu_d) / 2) / u_e`` =
+    #: ``rate - residual / (2 u_e)``: the same fit read through its fields instead of its rate
+    #: channel (see :func:`chromflow.inverse.combine_rate_maps`)
+    closed: np.ndarray = field(repr=False, default=None)
     state: dict = field(repr=False, default_factory=dict)
-    #: iteration -> rate map at that check (only with ``keep_checkpoints``)
+    #: iteration -> ``(rate, closed)`` maps at that check (only with ``keep_checkpoints``)
     checkpoints: dict = field(repr=False, default_factory=dict)
 
 
@@ -289,7 +293,8 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         losses["residual"].append(float(res_loss.detach()))
         at_check = it % check_every == 0 or it == iterations - 1
         if keep_checkpoints and at_check:
-            checkpoints[it] = _on_grid(lam.detach(), cells, shape)
+            checkpoints[it] = (_on_grid(lam.detach(), cells, shape),
+                               _on_grid(_closed_form(lam, e, res * r_scale).detach(), cells, shape))
         if n_hold and at_check:
             held = float((mis.detach() * m_hold).sum() / n_hold)
             losses["held_out"].append(held)
@@ -313,10 +318,16 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         res = steady_state_residual(h, e, lam, model)
     as_np = (lambda x: _on_grid(x.detach(), cells, shape))
     return FitOutput(rate=as_np(lam), residual=as_np(res), phi_h=as_np(h.value), phi_e=as_np(e.value),
-                     losses=losses, best_iteration=int(best[2]), iterations_run=iterations_run,
+                     closed=as_np(_closed_form(lam, e, res)), losses=losses, best_iteration=int(best[2]), iterations_run=iterations_run,
                      stop_reason=stop_reason, held_out_misfit=float(best[0]),
                      state={k: v.detach().clone() for k, v in net.state_dict().items()},
                      checkpoints=checkpoints)
+
+
+def _closed_form(lam, e, residual):
+    """``(u_h - lap(mu_d) / 2) / u_e`` from the fitted rate, fields and residual (physical units):
+    ``R = lap(mu_d) + 2 (lambda u_e - u_h)`` gives it as ``lambda - R / (2 u_e)``."""
+    return lam - residual / (2.0 * e.value.clamp_min(1e-6))
 
 
 def _on_grid(values: torch.Tensor, cells: np.ndarray, shape) -> np.ndarray:
