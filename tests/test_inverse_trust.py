@@ -324,3 +324,19 @@ def test_network_map_mixes_in_the_closed_form_where_it_is_the_better_reading(ste
     # the reported residual belongs to the reported rate: R changes by 2 (rate' - rate) phi_e
     expected = channel.residual + 2 * (mixed.rate - channel.rate) * channel.phi_e
     assert np.allclose(mixed.residual[m], expected[m], rtol=1e-3, atol=1e-3 * np.abs(expected[m]).max())
+
+
+def test_network_size_follows_the_noise_share_unless_given(steady):
+    from chromflow.inverse import LOW_NOISE_SHARE, NETWORK_SIZE, network_size
+
+    assert network_size([0.03, 0.1])[:2] == NETWORK_SIZE["low noise"]
+    assert network_size([0.03, LOW_NOISE_SHARE + 0.01])[:2] == NETWORK_SIZE["default"]
+    assert network_size([np.nan, 0.1])[:2] == NETWORK_SIZE["default"]        # no interior: no claim
+    assert network_size([0.03, 0.03], "fourier")[:2] == NETWORK_SIZE["default"]
+    quiet = infer_rates(_noisy(steady, 0.002, 1), iterations=2, uncertainty=False, device="cpu")
+    noisy = infer_rates(_noisy(steady, 0.2, 1), iterations=2, uncertainty=False, device="cpu")
+    assert (quiet.settings["width"], quiet.settings["depth"]) == NETWORK_SIZE["low noise"]
+    assert (noisy.settings["width"], noisy.settings["depth"]) == NETWORK_SIZE["default"]
+    assert "noise share" in quiet.settings["network_size"]
+    given = infer_rates(_noisy(steady, 0.002, 1), iterations=2, uncertainty=False, device="cpu", width=16)
+    assert (given.settings["width"], given.settings["depth"]) == (16, NETWORK_SIZE["low noise"][1])
