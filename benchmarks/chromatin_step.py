@@ -86,8 +86,11 @@ def worker(spec: dict) -> dict:
     start = time.perf_counter()
     with use_method("recursive" if spec["mode"] == "autodiff_recursive" else "taylor"), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        # one fit: the uncertainty's refits (a fission companion in a second thread, a bootstrap
+        # refit) would share the timed core and add their own memory to both modes
         result = infer_rates(fields, method=method, device=device, iterations=spec["steps"], seed=0,
-                             log_every=1, progress=progress, dtype=spec["dtype"], **spec["options"])
+                             log_every=1, progress=progress, dtype=spec["dtype"],
+                             **{"uncertainty": False, **spec["options"]})
     total = time.perf_counter() - start
     peak = memory_peak(device, base)
     # intervals between consecutive steps; stamps are (done, time) with done = 0, 1, ..., steps
@@ -96,7 +99,8 @@ def worker(spec: dict) -> dict:
     corr, _ = _tasks.score(result.rate, data.truth)
     return {"mode": spec["mode"], "ms_per_step": 1e3 * per_step, "peak_mb": peak,
             "saved_mb": statistics.median(saved_per_step) if saved_per_step else float("nan"), "total_s": total,
-            "steps": spec["steps"], "corr_after_steps": corr}
+            "steps": spec["steps"], "corr_after_steps": corr,
+            "network": f"{result.settings.get('width')}x{result.settings.get('depth')}"}
 
 
 def main(argv=None) -> int:
@@ -141,8 +145,9 @@ def main(argv=None) -> int:
             print(f"[chromatin_step] {rows[-1]}", file=sys.stderr, flush=True)
     ref = {r["mode"]: r for r in rows if "error" not in r}
     moll = ref.get("mollifier")
+    networks = sorted({r["network"] for r in rows if "network" in r})
     print(f"## 4th-order chromatin fit, {args.grid}x{args.grid}, {args.device} ({args.threads} thread(s)), "
-          f"{args.backbone} {options}, {args.dtype}, {args.steps} steps per mode\n")
+          f"{args.backbone} {'/'.join(networks)} {options}, {args.dtype}, {args.steps} steps per mode\n")
     print("| derivatives | ms / step | peak MB | saved for backward MB / step | step time / mollifier | "
           "peak memory / mollifier | saved / mollifier |")
     print("|---|---:|---:|---:|---:|---:|---:|")
