@@ -52,7 +52,8 @@ FULL_ITERATIONS = 2000
 #: iteration budgets equal in both modes (never capped).
 CPU_PRESET = dict(tasks=list(_tasks.TASKS), backbones=list(_tasks.BACKBONE_OPTIONS), noise=[0.0, 0.01, 0.05],
                   grid={"langevin": 64, "heat": 24, "chromatin": 24},
-                  iterations={"langevin": 600, "heat": 1000, "chromatin": 200}, threads=1, width=32)
+                  iterations={"langevin": 600, "heat": 1000, "chromatin": 200}, threads=1, width=32,
+                  chromatin_depth=3)
 
 COLUMNS = ["task", "order", "backbone", "noise", "mode", "grid", "iterations", "corr", "rmse", "peak_mb",
            "time_s", "ms_per_iter", "time_full_s", "note"]
@@ -312,6 +313,10 @@ def main(argv=None) -> int:
                         spec = dict(task=task, noise=noise, backbone=backbone, mode=mode, iterations=its,
                                     device=device, seed=args.seed, data=str(data_path), threads=threads)
                         net = {"width": width} if width else {}
+                        if preset and task == "chromatin":
+                            # infer_rates sizes its MLP from the noise ("auto"); the CPU table
+                            # keeps the 32 x 3 it was measured with
+                            net["depth"] = preset["chromatin_depth"]
                         if args.fourier_scale is not None and backbone in ("piratenet", "fourier"):
                             net["fourier_scale"] = args.fourier_scale
                         if net:
