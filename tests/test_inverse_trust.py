@@ -319,6 +319,7 @@ def test_network_map_mixes_in_the_closed_form_where_it_is_the_better_reading(ste
     k = mixed.diagnostics["training"]["closed_form_weight"]
     assert channel.diagnostics["training"]["closed_form_weight"] == 0.0     # no fission refit, no mixing
     assert 0.3 < k <= 1.0
+    assert mixed.summary()["closed_form_weight"] == k and mixed.summary()["network"] == "48x4"
     # measured 0.981 against 0.976
     assert _corr(mixed.rate, steady.rate, m) > _corr(channel.rate, steady.rate, m) + 0.003
     # the reported residual belongs to the reported rate: R changes by 2 (rate' - rate) phi_e

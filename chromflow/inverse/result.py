@@ -115,7 +115,9 @@ class RateMapResult:
         ``nucleus_area_um2``, ``n_pixels``, ``edge_fraction`` (share of the nucleus in the
         partial-volume band), ``split_half_r`` (quality score: correlation of the maps of two
         independent halves of the data; NaN when not computed), ``flags`` (warnings, ``"; "``
-        separated, empty when none), ``method``, ``time_s``, ``device``.
+        separated, empty when none), ``method``, ``network`` (the networks' ``width x depth``,
+        empty for ``direct``), ``closed_form_weight`` (the networks' share of the closed-form
+        reading in the map, NaN for ``direct``; docs/inference.md), ``time_s``, ``device``.
         """
         m = self.mask
         lam = self.rate[m]
@@ -140,6 +142,10 @@ class RateMapResult:
             "split_half_r": float(self.diagnostics.get("split_half_r", float("nan"))),
             "flags": "; ".join(self.diagnostics.get("flags", [])),
             "method": self.method,
+            "network": (f"{self.settings['width']}x{self.settings['depth']}"
+                        if self.method != "direct" and "width" in (self.settings or {}) else ""),
+            "closed_form_weight": float((self.diagnostics.get("training") or {}).get("closed_form_weight",
+                                                                                     float("nan"))),
             "time_s": float(self.timing),
             "device": self.device,
         }
