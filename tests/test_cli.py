@@ -125,7 +125,7 @@ def test_bad_config_key_names_file_and_key(cell_csv, tmp_path, capsys):
     one_error_line(capsys.readouterr().err, "fields.grid")
 
 
-def test_ctrl_c_cancels_cleanly(cell_csv, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_cancels_cleanly(cell_csv, tmp_path, monkeypatch, capsys, terminal_sigint):
     """A SIGINT during the run stops it at the next check: exit 130 and no outputs."""
     cell_csv, _ = cell_csv
     import chromflow.pipeline as pipeline

@@ -356,7 +356,7 @@ def test_batch_quiet_still_prints_failures(cell, tmp_path, capsys):
     assert len(failed) == 1 and failed[0].startswith("  failed: flat.csv: ") and "Traceback" not in captured.err
 
 
-def test_batch_workers_start_with_ctrl_c_ignored():
+def test_batch_workers_start_with_ctrl_c_ignored(terminal_sigint):
     """Workers started inside the guard ignore SIGINT (no traceback per worker on Ctrl-C); the
     main process gets its own handler back afterwards."""
     from chromflow.batch import _workers_ignore_ctrl_c
@@ -371,7 +371,7 @@ def test_batch_workers_start_with_ctrl_c_ignored():
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_batch_prints_no_dask_traceback(cell, tmp_path):
+def test_ctrl_c_during_batch_prints_no_dask_traceback(cell, tmp_path, terminal_sigint):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a local cluster works."""
     import time
 

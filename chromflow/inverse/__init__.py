@@ -785,9 +785,9 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
     rate = np.mean([m.rate for m in members], axis=0)
     closed = np.mean([m.closed for m in members], axis=0)
     if companion is not None:
-        plus = fitted.checkpoints.get(first.best_iteration)
-        if plus is None:           # the companion stopped before that step: its last state
-            plus = fitted.checkpoints[max(fitted.checkpoints)]
+        # the companion read at the main fit's step; if it stopped before, its last state
+        at = first.best_iteration if first.best_iteration in fitted.checkpoints else max(fitted.checkpoints)
+        plus = fitted.checkpoint_maps(at)
     report(progress, n_members * iters, bar, f"{method} fits done")
     res = first.residual
     if n_members > 1:

@@ -115,8 +115,15 @@ class FitOutput:
     #: channel (see :func:`chromflow.inverse.combine_rate_maps`)
     closed: np.ndarray = field(repr=False, default=None)
     state: dict = field(repr=False, default_factory=dict)
-    #: iteration -> ``(rate, closed)`` maps at that check (only with ``keep_checkpoints``)
+    #: iteration -> ``(2, n)`` tensor of ``rate`` and ``closed`` on the nucleus cells at that check
+    #: (only with ``keep_checkpoints``); :meth:`checkpoint_maps` turns one into grids
     checkpoints: dict = field(repr=False, default_factory=dict)
+    cells: np.ndarray = field(repr=False, default=None)
+
+    def checkpoint_maps(self, iteration: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rate, closed)`` grids (NaN outside the nucleus) kept at a check."""
+        values = self.checkpoints[iteration]
+        return _on_grid(values[0], self.cells, self.rate.shape), _on_grid(values[1], self.cells, self.rate.shape)
 
 
 def _padded_start(phi, region, pad):
@@ -293,8 +300,8 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         losses["residual"].append(float(res_loss.detach()))
         at_check = it % check_every == 0 or it == iterations - 1
         if keep_checkpoints and at_check:
-            checkpoints[it] = (_on_grid(lam.detach(), cells, shape),
-                               _on_grid(_closed_form(lam, e, res * r_scale).detach(), cells, shape))
+            # on the nucleus cells, in the fit's dtype (a grid is made only for the one read)
+            checkpoints[it] = torch.stack([lam, _closed_form(lam, e, res * r_scale)]).detach().to("cpu")
         if n_hold and at_check:
             held = float((mis.detach() * m_hold).sum() / n_hold)
             losses["held_out"].append(held)
@@ -321,7 +328,7 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
                      closed=as_np(_closed_form(lam, e, res)), losses=losses, best_iteration=int(best[2]), iterations_run=iterations_run,
                      stop_reason=stop_reason, held_out_misfit=float(best[0]),
                      state={k: v.detach().clone() for k, v in net.state_dict().items()},
-                     checkpoints=checkpoints)
+                     checkpoints=checkpoints, cells=cells)
 
 
 def _closed_form(lam, e, residual):
