@@ -204,7 +204,7 @@ def run_e2e_case(case, seed, args):
     start = time.perf_counter()
     loaded = pl.load_input(path, settings)
     mask = pl.segment(loaded.density, settings)
-    fields = pl.compute_fields(loaded.density, mask, settings, loaded.euchromatin)
+    fields = pl.compute_fields(loaded.density, mask, settings, loaded.euchromatin, loaded.half)
     prep = time.perf_counter() - start
     start = time.perf_counter()
     if not extra:

@@ -46,7 +46,7 @@ def run_one(path, grid, pixel, method, seed, uncertainty):
     start = time.perf_counter()
     loaded = pl.load_input(path, s)
     mask = pl.segment(loaded.density, s)
-    fields = pl.compute_fields(loaded.density, mask, s, loaded.euchromatin)
+    fields = pl.compute_fields(loaded.density, mask, s, loaded.euchromatin, loaded.half)
     result = cf.infer_rates(fields, method=s.inference.method, seed=seed,
                             **({} if uncertainty else {"uncertainty": False}))
     return fields, result, time.perf_counter() - start

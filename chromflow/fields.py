@@ -81,6 +81,10 @@ class ChromatinFields:
     source: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     edge: np.ndarray | None = None
+    #: ``(phi_h, phi_e)`` of one half of the localizations on the same grid (made by
+    #: :func:`chromflow.pipeline.compute_fields`; not saved): the split-half refit of
+    #: :func:`chromflow.infer_rates` fits it instead of a white-noise data-fission draw
+    half: tuple | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.phi_h = np.asarray(self.phi_h, dtype=np.float64)

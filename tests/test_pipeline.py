@@ -514,3 +514,60 @@ def test_uncertainty_on_by_default_and_never_an_all_nan_file(simulated, tmp_path
     paths = output_paths(path, tmp_path / "on")
     assert not paths["uncertainty"].exists()
     assert all(p.exists() for kind, p in paths.items() if kind != "uncertainty")
+
+
+# ------------------------------------------------------------------------------------------------
+# split halves of the localizations
+# ------------------------------------------------------------------------------------------------
+def test_half_of_frames_takes_whole_alternate_blocks():
+    import pandas as pd
+
+    from chromflow.pipeline import HALF_FRAME_BLOCK, MIN_HALF_BLOCKS, half_of_frames
+
+    locs = pd.DataFrame({"frame": np.arange(7, 2007), "x": 0.0, "y": 0.0})
+    half = half_of_frames(locs)
+    blocks = (half["frame"].to_numpy() - 7) // HALF_FRAME_BLOCK
+    assert len(half) == 1000 and set(blocks % 2) == {0}
+    assert half_of_frames(locs.drop(columns="frame")) is None
+    few = locs[locs["frame"] < 7 + (MIN_HALF_BLOCKS - 1) * HALF_FRAME_BLOCK]
+    assert half_of_frames(few) is None                      # too few blocks to sample the acquisition
+
+
+def test_split_half_refit_uses_the_localization_halves(simulated):
+    """A table with frames: the pipeline makes the fields of one half of the localizations, and
+    the uncertainty's refit fits that half; given as the half ``X + Z`` of a white fission draw,
+    the result is exactly the one of data fission with that draw."""
+    from types import SimpleNamespace
+
+    from chromflow import infer_rates
+    from chromflow.inverse.noise import fission
+    from chromflow.pipeline import compute_fields, segment
+
+    sim, path = simulated
+    s = fast_settings(radius=4.0)
+    s.fields.euchromatin_channel = 1
+    loaded = load_input(path, s)
+    assert loaded.half is not None and loaded.half[0].shape == loaded.density.shape
+    mask = segment(loaded.density, s)
+    fields = compute_fields(loaded.density, mask, s, loaded.euchromatin, loaded.half)
+    assert fields.settings["half"].startswith("alternate blocks") and fields.half[0].shape == fields.phi_h.shape
+    m = fields.mask
+    # the half holds about half the localizations, on the same scale
+    assert abs(fields.half[0][m].mean() / fields.phi_h[m].mean() - 1) < 0.05
+    r = infer_rates(fields, method="direct", radius=4.0)
+    assert r.diagnostics["split_half"] == "localization halves"
+    without = compute_fields(loaded.density, mask, s, loaded.euchromatin)
+    assert without.half is None
+    white = infer_rates(without, method="direct", radius=4.0)
+    assert white.diagnostics["split_half"].startswith("data fission")
+    assert not np.allclose(r.uncertainty[m], white.uncertainty[m])
+    # known answer: the half X + Z of the draw fission would make gives fission's result
+    variances = [np.full(m.shape, 1e-4), np.full(m.shape, 1e-4)]
+    f = SimpleNamespace(phi_h=without.phi_h, phi_e=without.phi_e, mask=m, spacing=without.spacing,
+                        origin=without.origin, source=None, variance_h=variances[0], variance_e=variances[1])
+    (hp, ep), _ = fission([f.phi_h, f.phi_e], variances, 0 + 10_000)
+    drawn = infer_rates(f, method="direct", radius=4.0, seed=0)
+    f.half = (hp, ep)
+    given = infer_rates(f, method="direct", radius=4.0, seed=0)
+    assert given.diagnostics["split_half"] == "localization halves"
+    np.testing.assert_allclose(given.uncertainty[m], drawn.uncertainty[m], rtol=1e-12)

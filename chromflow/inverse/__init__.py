@@ -22,9 +22,11 @@ Every method (:func:`infer_rates`):
    :func:`chromflow.chromatin_fields` from the density's edge profile) and gives it no weight in
    the data term;
 2. estimates the noise of each channel from the data (:mod:`chromflow.inverse.noise`);
-3. fits, then (``uncertainty=True``, the default) refits two independent pseudo-halves of the
-   data made by *data fission*: the correlation of their two maps is the quality score
-   ``split_half_r``, and their spread the noise part of the ``uncertainty`` map;
+3. fits, then (``uncertainty=True``, the default) refits one of two independent halves of the
+   data: the fields of one half of the localizations (``fields.half``, made by the pipeline
+   from alternate blocks of frames) or, without them, a pseudo-half made by *data fission*.
+   The correlation of the two half maps is the quality score ``split_half_r``, their spread
+   the noise part of the ``uncertainty`` map;
 4. flags what should not be trusted (negative or absurd rates, little euchromatin,
    irreproducible maps) in ``result.diagnostics["flags"]``.
 
@@ -413,6 +415,23 @@ def closed_form_weight(rate, closed, plus_rate, plus_closed, cells) -> float:
     return float(np.clip(num / den, 0.0, 1.0)) if den > 0 else 0.0
 
 
+def _half_data(fields, phi_h, phi_e, mask, variances, seed):
+    """The data of the split-half refit and where it came from.
+
+    With ``fields.half`` (fields of one half of the localizations, split by blocks of frames),
+    the half itself: ``A = X + (A - B) / 2`` is ``X`` plus the real counting noise, with its
+    over-dispersion and its correlation between neighbouring cells. Otherwise data fission:
+    ``X + Z``, ``Z`` white Gaussian noise drawn from the noise model.
+    """
+    half = getattr(fields, "half", None)
+    if half is not None:
+        hp, ep = (np.where(mask, np.asarray(a, dtype=np.float64), 0.0) for a in half)
+        if hp.shape == phi_h.shape and np.isfinite(hp[mask]).all() and np.isfinite(ep[mask]).all():
+            return (hp, ep), "localization halves"
+    (hp, ep), _ = fission([phi_h, phi_e], variances, seed)
+    return (hp, ep), "data fission (white noise from the noise model)"
+
+
 def _bootstrap_data(rate, fit_h, fit_e, mask, spacing_um, model, noise_laws, seed):
     """Data simulated from the fitted map: the steady state of ``rate`` with the fitted total
     chromatin, plus noise drawn from the noise model (a parametric bootstrap)."""
@@ -495,8 +514,9 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     fields : ChromatinFields
         ``phi_h``, ``phi_e`` (volume fractions on a ``(ny, nx)`` grid), ``mask`` (nucleus),
         ``spacing`` (nm per cell), ``origin`` (nm), ``source``; optional ``edge`` (bool, the
-        partial-volume band, see :func:`chromflow.chromatin_fields`) and ``variance_h``,
-        ``variance_e`` (per-cell noise variances; estimated from the data when absent).
+        partial-volume band, see :func:`chromflow.chromatin_fields`), ``variance_h``,
+        ``variance_e`` (per-cell noise variances; estimated from the data when absent) and
+        ``half`` (``(phi_h, phi_e)`` of one half of the localizations, for the split-half refit).
     method : {"pinn", "direct", "autodiff"}
         Mollified physics-informed network (default), closed form on mollified data
         derivatives, or the network with autograd derivatives (the paper's baseline).
@@ -517,8 +537,9 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     ensemble : int, optional
         Number of fits with different seeds averaged into ``rate`` (default 1).
     uncertainty : bool, optional
-        Refit two data-fission halves for the ``uncertainty`` map and the ``split_half_r``
-        quality score (default True; about triples the time of a fit).
+        Refit a half of the data (``fields.half``, else a data-fission draw) and a parametric
+        bootstrap for the ``uncertainty`` map and the ``split_half_r`` quality score (default
+        True; about twice the time of a fit on 2 cores).
     progress, cancel
         The chromflow progress/cancel protocol.
     model : ChromatinModel
@@ -631,15 +652,19 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         fit = _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model)
         plus = None
         if opts["uncertainty"] != "none":
-            (hp, ep), _ = fission([phi_h, phi_e], variances, seed + 10_000)
+            (hp, ep), diagnostics["split_half"] = _half_data(fields, phi_h, phi_e, mask, variances, seed + 10_000)
             plus = _direct(hp, ep, mask, interior, spacing_um, opts, model)["rate"]
         steps = 2 if opts["uncertainty"] == "full" else 1
         report(progress, 1, steps, "direct rate estimate")
         rate, res, hf, ef, training = fit["rate"], fit["residual"], fit["phi_h"], fit["phi_e"], {}
         history, device_used = {}, "cpu"
     else:
+        half = None
+        if opts["uncertainty"] != "none":
+            half, diagnostics["split_half"] = _half_data(fields, phi_h, phi_e, mask, variances, seed + 10_000)
         rate, closed, res, hf, ef, history, training, plus = _network_fits(
-            method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev, progress, cancel)
+            method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev, progress, cancel,
+            half)
         weight = 0.0
         if plus is not None:
             # the rate channel and the closed form of the fitted fields, mixed by their
@@ -737,7 +762,7 @@ def _bootstrap_span(opts):
 
 
 def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev,
-                  progress, cancel):
+                  progress, cancel, half=None):
     from .fit import StopSignal, fit_fields
 
     dtype = {"float64": torch.float64, "float32": torch.float32}.get(str(opts["dtype"]))
@@ -754,11 +779,11 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                   progress=progress, cancel=cancel)
     no_hold = np.zeros_like(held)
     companion = None
-    if opts["uncertainty"] != "none":
-        # the same procedure on the data plus a fission draw: same start (seed), same weights
-        # and cells; read at the step the main fit chose, so the two differ only through the
-        # data. It runs beside the first fit (a second core, or the GPU's idle time).
-        (hp, ep), _ = fission([phi_h, phi_e], variances, seed + 10_000)
+    if half is not None:
+        # the same procedure on the split-half data (:func:`_half_data`): same start (seed),
+        # same weights and cells; read at the step the main fit chose, so the two differ only
+        # through the data. It runs beside the first fit (a second core, or the GPU's idle time).
+        hp, ep = half
         companion = dict(data=np.stack([hp, ep]), held_out=no_hold, seed=seed, keep_checkpoints=True,
                          message=f"{method} fit (data fission)")
     stop = StopSignal()
