@@ -341,3 +341,33 @@ def test_network_size_follows_the_noise_share_unless_given(steady):
     assert "noise share" in quiet.settings["network_size"]
     given = infer_rates(_noisy(steady, 0.002, 1), iterations=2, uncertainty=False, device="cpu", width=16)
     assert (given.settings["width"], given.settings["depth"]) == (16, NETWORK_SIZE["low noise"][1])
+
+
+# ------------------------------------------------------------------ stopping on the other half
+def test_validated_step_is_the_factor_times_the_half_step_on_a_check():
+    from chromflow.inverse.fit import VALIDATION_STEP_FACTOR, _validated_step
+
+    assert VALIDATION_STEP_FACTOR == 2.0
+    assert _validated_step(30, 1000, 10) == 60
+    assert _validated_step(35, 1000, 10) == 70
+    assert _validated_step(600, 1000, 10) == 999          # within the budget
+
+
+def test_split_half_refit_chooses_the_step_of_both_fits(steady):
+    """With the uncertainty on, the refit of one half leads: its misfit to the other half picks
+    the step, the main fit (which follows) is returned at that step, and the refit's map is
+    read there too."""
+    from chromflow.inverse.fit import VALIDATION_STEP_FACTOR
+
+    f = _noisy(steady, 0.05, 5)
+    r = infer_rates(f, iterations=300, check_every=10, patience=3, uncertainty="noise", device="cpu", seed=0)
+    tr = r.diagnostics["training"]
+    assert tr["stopping"] == "misfit to the other half" and tr["stop_reason"].startswith("split half")
+    step = tr["best_iteration"]
+    assert step % 10 == 0 or step == 299
+    assert np.isfinite(tr["other_half_misfit"]) and tr["other_half_misfit"] > 0
+    # the main fit ran to the chosen step and not (much) beyond: it follows the leader
+    assert step < tr["iterations_run"] <= step + 2
+    assert step >= VALIDATION_STEP_FACTOR * 10 or step == 299
+    off = infer_rates(f, iterations=300, check_every=10, patience=3, uncertainty=False, device="cpu", seed=0)
+    assert off.diagnostics["training"]["stopping"] == "held-out cells"

@@ -784,23 +784,36 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
         # same weights and cells; read at the step the main fit chose, so the two differ only
         # through the data. It runs beside the first fit (a second core, or the GPU's idle time).
         hp, ep = half
+        # the refit also chooses the step of both fits from its misfit to the other half
+        # (2 X - half), whose noise is independent of the half's: an honest check even where the
+        # noise of neighbouring cells correlates (held-out cells of the same data are not)
         companion = dict(data=np.stack([hp, ep]), held_out=no_hold, seed=seed, keep_checkpoints=True,
-                         message=f"{method} fit (data fission)")
+                         message=f"{method} fit (split half)",
+                         validate=np.stack([2.0 * phi_h - hp, 2.0 * phi_e - ep]))
     stop = StopSignal()
     members, plus = [], None
     with _parallel_threads(dev, 2 if companion else 1):
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             side = None
             if companion is not None:
-                side = pool.submit(fit_fields, method, companion["data"], weights, fit_cells, companion["held_out"],
-                                   seed=companion["seed"], keep_checkpoints=True, stop_event=stop,
-                                   message=companion["message"], **{**common, "progress": None})
+                def lead():
+                    try:
+                        return fit_fields(method, companion["data"], weights, fit_cells, companion["held_out"],
+                                          seed=companion["seed"], keep_checkpoints=True, stop_event=stop,
+                                          validate=companion["validate"], follow=False,
+                                          message=companion["message"], **{**common, "progress": None})
+                    finally:
+                        if stop.stop_at is None:      # failed or cancelled: let the main fit end
+                            stop.set(-1)
+
+                side = pool.submit(lead)
             try:
                 for k in range(n_members):
                     members.append(fit_fields(method, data, weights, fit_cells, held, seed=seed + k,
                                               progress_span=(k * iters, iters, bar),
                                               message=f"{method} fit {k + 1}/{n_members}",
-                                              stop_event=stop if k == 0 else None, **common))
+                                              stop_event=stop if k == 0 else None,
+                                              follow=(companion is not None) if k == 0 else None, **common))
             finally:
                 if stop.stop_at is None:       # failed or cancelled: let the companion end
                     stop.set(-1)
@@ -821,4 +834,10 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                 "stop_reason": first.stop_reason, "held_out_cells": int(held.sum()),
                 "held_out_misfit": first.held_out_misfit,
                 "final_data_misfit": first.losses["data"][-1] if first.losses["data"] else float("nan")}
+    if companion is not None:
+        # the step came from the split-half refit's misfit to the other half
+        training.update(stop_reason=f"split half: {fitted.stop_reason}", stopping="misfit to the other half",
+                        other_half_misfit=fitted.held_out_misfit)
+    else:
+        training["stopping"] = "held-out cells"
     return rate, closed, res, first.phi_h, first.phi_e, first.losses, training, plus

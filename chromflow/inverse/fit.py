@@ -39,13 +39,22 @@ _INIT_LOCK = threading.Lock()
 
 
 class StopSignal:
-    """Tells a companion fit where to stop: at the step the main fit chose (``stop_at``)."""
+    """Tells a following fit where to stop: at the step the leading fit chose (``stop_at``)."""
 
     def __init__(self):
-        self.stop_at = None          # set once, by the main fit (an int assignment is atomic)
+        self.stop_at = None          # set once, by the leading fit (an int assignment is atomic)
+        self.done = threading.Event()
 
     def set(self, iteration: int):
         self.stop_at = int(iteration)
+        self.done.set()
+
+
+#: with ``validate`` (a fit to one half of the data, checked against the other half) the step
+#: chosen for the full data is this many times the half's best step: a half holds twice the
+#: noise variance, so it starts to fit noise earlier. Chosen on the held-out simulator's
+#: rendered tuning cases (seeds 100-101) among 1, 1.5, 2 and 3 (docs/inference.md, "Stopping")
+VALIDATION_STEP_FACTOR = 2.0
 
 
 def inverse_softplus(y: float) -> float:
@@ -137,7 +146,7 @@ def _padded_start(phi, region, pad):
 def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opts, model: ChromatinModel,
                seed: int, device, dtype, progress=None, cancel=None, progress_span=(0, 1, 1),
                init_state=None, iterations=None, message="pinn fit", keep_checkpoints=False,
-               stop_event=None) -> FitOutput:
+               stop_event=None, validate=None, follow=None) -> FitOutput:
     """Fit fields and rate to ``data`` (see the module docstring).
 
     Parameters
@@ -166,8 +175,15 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         Keep the rate map at every check (``FitOutput.checkpoints``), so that a companion fit
         run at the same time can be read at the step another fit chose.
     stop_event : StopSignal, optional
-        A fit with held-out cells sets it to its chosen step when it ends; a fit without them
-        stops once it has passed that step (a companion run at the same time).
+        Shared by two fits run at the same time: the leading one sets it to its chosen step;
+        the following one stops once it has passed that step.
+    validate : (2, ny, nx) ndarray, optional
+        The other half of a split of the data (noise independent of ``data``'s): the step is
+        :data:`VALIDATION_STEP_FACTOR` times the step of the least noise-weighted misfit to it
+        on the fit cells (instead of the held-out cells' choice); the fit runs on to that step.
+    follow : bool, optional
+        Follow ``stop_event`` (default: when there are no held-out cells). A follower keeps its
+        state at every check, waits for the leader and returns its state at the leader's step.
     """
     from ..models import build_backbone, grid_coordinates
 
@@ -265,6 +281,10 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     def misfit(h, e):
         return (torch.stack([h.value, e.value]) - d) ** 2 * w
 
+    follows = stop_event is not None and (not n_hold if follow is None else bool(follow))
+    v = None if validate is None else t(on_cells(validate))
+    chosen = None                 # with ``validate``: the step the full data will use
+
     params = [p for p in net.parameters() if p.requires_grad]
     opt = make_optimizer(opts["optimizer"], params, opts["lr"])
     check_every = max(int(opts["check_every"]), 1)
@@ -273,11 +293,13 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     losses = {"total": [], "data": [], "residual": [], "held_out": []}
     best = (math.inf, None, 0)
     since_best, stop_reason, it = 0, "iterations", 0
-    checkpoints = {}
+    checkpoints, states, held_at = {}, {}, {}
     for it in range(iterations):
         check_cancel(cancel, message)
-        if stop_event is not None and not n_hold and stop_event.stop_at is not None and it > stop_event.stop_at:
+        if follows and stop_event.stop_at is not None and it > stop_event.stop_at:
             stop_reason = "stopped with its companion fit"
+            break
+        if chosen is not None and it > chosen:
             break
         frac = it / max(iterations, 1)
         lr = opts["lr"] * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -303,20 +325,50 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
             # on the nucleus cells, in the fit's dtype (a grid is made only for the one read)
             checkpoints[it] = torch.stack([lam, _closed_form(lam, e, res * r_scale)]).detach().to("cpu")
         if n_hold and at_check:
-            held = float((mis.detach() * m_hold).sum() / n_hold)
-            losses["held_out"].append(held)
-            if held < best[0]:
-                best = (held, {k: v.detach().clone() for k, v in net.state_dict().items()}, it)
+            held_at[it] = float((mis.detach() * m_hold).sum() / n_hold)
+            losses["held_out"].append(held_at[it])
+        if (follows or v is not None) and at_check:
+            states[it] = {k: x.detach().clone() for k, x in net.state_dict().items()}
+        if at_check and not follows and chosen is None and (v is not None or n_hold):
+            if v is None:
+                crit = held_at[it]
+            else:
+                # misfit to the other half: its noise is independent of this fit's data
+                crit = float(((torch.stack([h.value, e.value]).detach() - v) ** 2 * w * m_fit).sum() / n_fit)
+                losses.setdefault("validation", []).append(crit)
+            if crit < best[0]:
+                best = (crit, {k: x.detach().clone() for k, x in net.state_dict().items()}, it)
                 since_best = 0
             else:
                 since_best += 1
                 if patience and since_best >= patience:
-                    stop_reason = "held-out misfit stopped improving"
-                    break
+                    if v is None:
+                        stop_reason = "held-out misfit stopped improving"
+                        break
+                    stop_reason = "misfit to the other half stopped improving"
+                    chosen = _validated_step(best[2], iterations, check_every)
+                    if stop_event is not None:
+                        stop_event.set(chosen)
+                    if it >= chosen:
+                        break
         if progress is not None and (it % max(int(opts["log_every"]), 1) == 0):
             report(progress, start_step + int(total_steps * frac), bar_total, message)
-    if stop_event is not None and n_hold:
+    if v is not None:
+        # the full data's step; this fit is returned (and its checkpoints read) there too
+        if chosen is None:
+            chosen = _validated_step(best[2], iterations, check_every) if best[1] is not None else it
+        chosen = min(chosen, it)
+        best = (best[0], states.get(chosen), chosen)
+        if stop_event is not None and stop_event.stop_at is None:
+            stop_event.set(chosen)
+    elif stop_event is not None and not follows:
         stop_event.set(best[2] if best[1] is not None else it)
+    if follows:
+        # the leader's step: wait for it, then take this fit's state there
+        while not stop_event.done.wait(0.05):
+            check_cancel(cancel, message)
+        if stop_event.stop_at in states:
+            best = (held_at.get(stop_event.stop_at, math.nan), states[stop_event.stop_at], stop_event.stop_at)
     iterations_run = it + 1
     if best[1] is not None:
         net.load_state_dict(best[1])
@@ -329,6 +381,12 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
                      stop_reason=stop_reason, held_out_misfit=float(best[0]),
                      state={k: v.detach().clone() for k, v in net.state_dict().items()},
                      checkpoints=checkpoints, cells=cells)
+
+
+def _validated_step(best_half_step: int, iterations: int, check_every: int) -> int:
+    """:data:`VALIDATION_STEP_FACTOR` times the half's best step, on a check, within the budget."""
+    step = int(round(VALIDATION_STEP_FACTOR * best_half_step / check_every)) * check_every
+    return min(step, iterations - 1)
 
 
 def _closed_form(lam, e, residual):
