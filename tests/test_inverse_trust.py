@@ -371,3 +371,27 @@ def test_split_half_refit_chooses_the_step_of_both_fits(steady):
     assert step >= VALIDATION_STEP_FACTOR * 10 or step == 299
     off = infer_rates(f, iterations=300, check_every=10, patience=3, uncertainty=False, device="cpu", seed=0)
     assert off.diagnostics["training"]["stopping"] == "held-out cells"
+
+
+def test_leading_refit_ends_when_the_main_fit_has_failed(steady):
+    """The main fit signals its failure with a step of -1; the refit leading the stopping must
+    then end at once instead of running its whole budget."""
+    import torch
+
+    from chromflow.inverse import DEFAULTS
+    from chromflow.inverse.fit import StopSignal, fit_fields
+    from chromflow.physics.chromatin import ChromatinModel
+
+    f = _noisy(steady, 0.05, 6)
+    m = steady.mask
+    data = np.stack([f.phi_h, f.phi_e])
+    weights = np.where(m, 1e4, 0.0) * np.ones((2, 1, 1))
+    opts = dict(DEFAULTS["pinn"], width=8, depth=2, backbone="mlp", optimizer="adam", radius=3.0, check_every=5)
+    common = dict(mask=m, spacing_um=0.05, opts=opts, model=ChromatinModel(), seed=0, device=torch.device("cpu"),
+                  dtype=torch.float32, iterations=200, validate=data, follow=False)
+    failed = StopSignal()
+    failed.set(-1)
+    out = fit_fields("pinn", data, weights, m, np.zeros_like(m), stop_event=failed, **common)
+    assert out.stop_reason == "its companion fit failed" and out.iterations_run == 1
+    alone = fit_fields("pinn", data, weights, m, np.zeros_like(m), stop_event=StopSignal(), **common)
+    assert alone.iterations_run > 1

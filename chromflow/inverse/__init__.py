@@ -647,28 +647,25 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         # how phi_h / phi_e were obtained: measured (two channels) or assumed (density rule)
         diagnostics["split"] = str(split)
     out = (lambda a: np.where(mask, a, np.nan))
+    half = None                # the data of the split-half refit
+    if opts["uncertainty"] != "none":
+        half, diagnostics["split_half"] = _half_data(fields, phi_h, phi_e, mask, variances, seed + 10_000)
 
     if method == "direct":
         fit = _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model)
-        plus = None
-        if opts["uncertainty"] != "none":
-            (hp, ep), diagnostics["split_half"] = _half_data(fields, phi_h, phi_e, mask, variances, seed + 10_000)
-            plus = _direct(hp, ep, mask, interior, spacing_um, opts, model)["rate"]
+        plus = None if half is None else _direct(*half, mask, interior, spacing_um, opts, model)["rate"]
         steps = 2 if opts["uncertainty"] == "full" else 1
         report(progress, 1, steps, "direct rate estimate")
         rate, res, hf, ef, training = fit["rate"], fit["residual"], fit["phi_h"], fit["phi_e"], {}
         history, device_used = {}, "cpu"
     else:
-        half = None
-        if opts["uncertainty"] != "none":
-            half, diagnostics["split_half"] = _half_data(fields, phi_h, phi_e, mask, variances, seed + 10_000)
         rate, closed, res, hf, ef, history, training, plus = _network_fits(
             method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev, progress, cancel,
             half)
         weight = 0.0
         if plus is not None:
             # the rate channel and the closed form of the fitted fields, mixed by their
-            # expected error (needs the fission refit; without it the rate channel)
+            # expected error (needs the split-half refit; without it the rate channel)
             weight = closed_form_weight(rate, closed, plus[0], plus[1], mask)
             mixed = rate + weight * (closed - rate)
             res = res + 2.0 * (mixed - rate) * ef     # the residual of the reported map
@@ -777,31 +774,25 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
     bar = _bar_total(opts)
     common = dict(mask=mask, spacing_um=spacing_um, opts=opts, model=model, device=dev, dtype=dtype,
                   progress=progress, cancel=cancel)
-    no_hold = np.zeros_like(held)
-    companion = None
-    if half is not None:
-        # the same procedure on the split-half data (:func:`_half_data`): same start (seed),
-        # same weights and cells; read at the step the main fit chose, so the two differ only
-        # through the data. It runs beside the first fit (a second core, or the GPU's idle time).
-        hp, ep = half
-        # the refit also chooses the step of both fits from its misfit to the other half
-        # (2 X - half), whose noise is independent of the half's: an honest check even where the
-        # noise of neighbouring cells correlates (held-out cells of the same data are not)
-        companion = dict(data=np.stack([hp, ep]), held_out=no_hold, seed=seed, keep_checkpoints=True,
-                         message=f"{method} fit (split half)",
-                         validate=np.stack([2.0 * phi_h - hp, 2.0 * phi_e - ep]))
+    # the split-half refit (:func:`_half_data`) is the same procedure on the half: same start
+    # (seed), weights and cells, so that the two differ only through the data. It runs beside
+    # the first fit (a second core, or the GPU's idle time) and leads: its misfit to the other
+    # half (2 X - half), whose noise is independent of the half's, chooses the step of both, an
+    # honest check even where the noise of neighbouring cells correlates (held-out cells of the
+    # same data are not)
+    companion = half is not None
     stop = StopSignal()
     members, plus = [], None
     with _parallel_threads(dev, 2 if companion else 1):
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             side = None
-            if companion is not None:
+            if companion:
                 def lead():
                     try:
-                        return fit_fields(method, companion["data"], weights, fit_cells, companion["held_out"],
-                                          seed=companion["seed"], keep_checkpoints=True, stop_event=stop,
-                                          validate=companion["validate"], follow=False,
-                                          message=companion["message"], **{**common, "progress": None})
+                        return fit_fields(method, np.stack(half), weights, fit_cells, np.zeros_like(held), seed=seed,
+                                          keep_checkpoints=True, stop_event=stop, follow=False,
+                                          validate=np.stack([2.0 * phi_h - half[0], 2.0 * phi_e - half[1]]),
+                                          message=f"{method} fit (split half)", **{**common, "progress": None})
                     finally:
                         if stop.stop_at is None:      # failed or cancelled: let the main fit end
                             stop.set(-1)
@@ -813,7 +804,7 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                                               progress_span=(k * iters, iters, bar),
                                               message=f"{method} fit {k + 1}/{n_members}",
                                               stop_event=stop if k == 0 else None,
-                                              follow=(companion is not None) if k == 0 else None, **common))
+                                              follow=companion if k == 0 else None, **common))
             finally:
                 if stop.stop_at is None:       # failed or cancelled: let the companion end
                     stop.set(-1)
@@ -822,7 +813,7 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
     first = members[0]
     rate = np.mean([m.rate for m in members], axis=0)
     closed = np.mean([m.closed for m in members], axis=0)
-    if companion is not None:
+    if companion:
         # the companion read at the main fit's step; if it stopped before, its last state
         at = first.best_iteration if first.best_iteration in fitted.checkpoints else max(fitted.checkpoints)
         plus = fitted.checkpoint_maps(at)
@@ -834,7 +825,7 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                 "stop_reason": first.stop_reason, "held_out_cells": int(held.sum()),
                 "held_out_misfit": first.held_out_misfit,
                 "final_data_misfit": first.losses["data"][-1] if first.losses["data"] else float("nan")}
-    if companion is not None:
+    if companion:
         # the step came from the split-half refit's misfit to the other half
         training.update(stop_reason=f"split half: {fitted.stop_reason}", stopping="misfit to the other half",
                         other_half_misfit=fitted.held_out_misfit)

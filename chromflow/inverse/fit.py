@@ -121,7 +121,7 @@ class FitOutput:
     held_out_misfit: float
     #: the rate the fitted fields imply in closed form, ``(u_h - lap(mu_d) / 2) / u_e`` =
     #: ``rate - residual / (2 u_e)``: the same fit read through its fields instead of its rate
-    #: channel (see :func:`chromflow.inverse.combine_rate_maps`)
+    #: channel (see :func:`chromflow.inverse.closed_form_weight`)
     closed: np.ndarray = field(repr=False, default=None)
     state: dict = field(repr=False, default_factory=dict)
     #: iteration -> ``(2, n)`` tensor of ``rate`` and ``closed`` on the nucleus cells at that check
@@ -278,11 +278,11 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     if init_state is not None:
         net.load_state_dict(init_state)
 
-    def misfit(h, e):
-        return (torch.stack([h.value, e.value]) - d) ** 2 * w
+    def misfit(h, e, target=d):
+        return (torch.stack([h.value, e.value]) - target) ** 2 * w
 
     follows = stop_event is not None and (not n_hold if follow is None else bool(follow))
-    v = None if validate is None else t(on_cells(validate))
+    other_half = None if validate is None else t(on_cells(validate))
     chosen = None                 # with ``validate``: the step the full data will use
 
     params = [p for p in net.parameters() if p.requires_grad]
@@ -298,6 +298,9 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         check_cancel(cancel, message)
         if follows and stop_event.stop_at is not None and it > stop_event.stop_at:
             stop_reason = "stopped with its companion fit"
+            break
+        if not follows and stop_event is not None and chosen is None and (stop_event.stop_at or 0) < 0:
+            stop_reason = "its companion fit failed"
             break
         if chosen is not None and it > chosen:
             break
@@ -327,22 +330,23 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         if n_hold and at_check:
             held_at[it] = float((mis.detach() * m_hold).sum() / n_hold)
             losses["held_out"].append(held_at[it])
-        if (follows or v is not None) and at_check:
+        if (follows or other_half is not None) and at_check:
             states[it] = {k: x.detach().clone() for k, x in net.state_dict().items()}
-        if at_check and not follows and chosen is None and (v is not None or n_hold):
-            if v is None:
+        if at_check and not follows and chosen is None and (other_half is not None or n_hold):
+            if other_half is None:
                 crit = held_at[it]
             else:
                 # misfit to the other half: its noise is independent of this fit's data
-                crit = float(((torch.stack([h.value, e.value]).detach() - v) ** 2 * w * m_fit).sum() / n_fit)
+                crit = float((misfit(h, e, other_half).detach() * m_fit).sum() / n_fit)
                 losses.setdefault("validation", []).append(crit)
             if crit < best[0]:
-                best = (crit, {k: x.detach().clone() for k, x in net.state_dict().items()}, it)
+                snapshot = states[it] if it in states else {k: x.detach().clone() for k, x in net.state_dict().items()}
+                best = (crit, snapshot, it)
                 since_best = 0
             else:
                 since_best += 1
                 if patience and since_best >= patience:
-                    if v is None:
+                    if other_half is None:
                         stop_reason = "held-out misfit stopped improving"
                         break
                     stop_reason = "misfit to the other half stopped improving"
@@ -353,7 +357,7 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
                         break
         if progress is not None and (it % max(int(opts["log_every"]), 1) == 0):
             report(progress, start_step + int(total_steps * frac), bar_total, message)
-    if v is not None:
+    if other_half is not None:
         # the full data's step; this fit is returned (and its checkpoints read) there too
         if chosen is None:
             chosen = _validated_step(best[2], iterations, check_every) if best[1] is not None else it
@@ -377,8 +381,8 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         res = steady_state_residual(h, e, lam, model)
     as_np = (lambda x: _on_grid(x.detach(), cells, shape))
     return FitOutput(rate=as_np(lam), residual=as_np(res), phi_h=as_np(h.value), phi_e=as_np(e.value),
-                     closed=as_np(_closed_form(lam, e, res)), losses=losses, best_iteration=int(best[2]), iterations_run=iterations_run,
-                     stop_reason=stop_reason, held_out_misfit=float(best[0]),
+                     closed=as_np(_closed_form(lam, e, res)), losses=losses, best_iteration=int(best[2]),
+                     iterations_run=iterations_run, stop_reason=stop_reason, held_out_misfit=float(best[0]),
                      state={k: v.detach().clone() for k, v in net.state_dict().items()},
                      checkpoints=checkpoints, cells=cells)
 
