@@ -571,3 +571,22 @@ def test_split_half_refit_uses_the_localization_halves(simulated):
     given = infer_rates(f, method="direct", radius=4.0, seed=0)
     assert given.diagnostics["split_half"] == "localization halves"
     np.testing.assert_allclose(given.uncertainty[m], drawn.uncertainty[m], rtol=1e-12)
+
+
+def test_a_half_too_sparse_for_fields_is_not_used_and_says_why():
+    """A half that cannot make fields (here: no localizations at all) leaves the run on data
+    fission, with the reason in the fields' settings; the full data are unaffected."""
+    from chromflow.pipeline import compute_fields
+
+    rng = np.random.default_rng(0)
+    density = Image(rng.poisson(5, (120, 120)).astype(float), pixel_size=40.0)
+    euchromatin = Image(rng.poisson(5, (120, 120)).astype(float), pixel_size=40.0)
+    mask = np.zeros((120, 120), bool)
+    mask[20:100, 20:100] = True
+    s = PipelineSettings()
+    s.fields.grid = 40
+    empty = Image(np.zeros((120, 120)), pixel_size=40.0)
+    fields = compute_fields(density, mask, s, euchromatin, (empty, empty))
+    assert fields.half is None and fields.settings["half"].startswith("not used: ")
+    plain = compute_fields(density, mask, s, euchromatin)
+    np.testing.assert_array_equal(fields.phi_h, plain.phi_h)
