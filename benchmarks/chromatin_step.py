@@ -16,7 +16,10 @@ progress callback is called after every step), the first step excluded. Peak mem
 warm-up (``paper_table._warm_up``); on CUDA ``torch.cuda.max_memory_allocated`` above the start.
 A third, allocator-independent figure: the megabytes of distinct tensor storages autograd saves
 for the backward pass in one step (``torch.autograd.graph.saved_tensors_hooks``), median over
-steps. All come from the same run.
+steps. Time, RSS and saved bytes come from the same run. On CPU a fourth figure, the tensors' own
+peak (the CPU analogue of CUDA's ``max_memory_allocated``: allocation and free events replayed,
+``paper_table.CpuTensorPeak``), comes from the same fit repeated for 3 steps in the same process
+under ``torch.profiler``; on CUDA it is the ``max_memory_allocated`` reading itself.
 
 Usage::
 
@@ -52,7 +55,7 @@ def worker(spec: dict) -> dict:
     import chromflow.inverse  # noqa: F401  (imports before the memory baseline)
     from chromflow.autodiff import use_method
     from chromflow.inverse import infer_rates
-    from paper_table import _warm_up, memory_baseline, memory_peak
+    from paper_table import CpuTensorPeak, _warm_up, memory_baseline, memory_peak
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -97,7 +100,20 @@ def worker(spec: dict) -> dict:
     steps = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(stamps, stamps[1:]) if b[0] > a[0]]
     per_step = statistics.median(steps[1:] if len(steps) > 2 else steps)
     corr, _ = _tasks.score(result.rate, data.truth)
-    return {"mode": spec["mode"], "ms_per_step": 1e3 * per_step, "peak_mb": peak,
+    if cuda:            # max_memory_allocated is the tensors' own peak already
+        tensor_mb = peak
+    elif spec.get("tensor_peak"):
+        # the same fit again (same seed, data and settings; 3 steps reach its peak) under the
+        # profiler that records every allocation: in the timed fit, the profiler's own event
+        # records would slow Taylor mode ~1.7x and add GBs of RSS
+        with use_method("recursive" if spec["mode"] == "autodiff_recursive" else "taylor"), \
+                CpuTensorPeak() as tensor_peak:
+            infer_rates(fields, method=method, device=device, iterations=min(3, spec["steps"]), seed=0,
+                        dtype=spec["dtype"], **{"uncertainty": False, **spec["options"]})
+        tensor_mb = tensor_peak.mb
+    else:
+        tensor_mb = float("nan")
+    return {"mode": spec["mode"], "ms_per_step": 1e3 * per_step, "peak_mb": peak, "tensor_mb": tensor_mb,
             "saved_mb": statistics.median(saved_per_step) if saved_per_step else float("nan"), "total_s": total,
             "steps": spec["steps"], "corr_after_steps": corr,
             "network": f"{result.settings.get('width')}x{result.settings.get('depth')}"}
@@ -115,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float64")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--noise", type=float, default=0.01)
+    p.add_argument("--no-tensor-peak", dest="tensor_peak", action="store_false",
+                   help="CPU: skip the second, profiled fit that measures the tensors' peak")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -132,6 +150,7 @@ def main(argv=None) -> int:
         _tasks.make_data("chromatin", grid=args.grid, noise=args.noise, seed=0).save(data_path)
         for mode in args.modes:
             spec = dict(mode=mode, device=args.device, steps=args.steps, threads=args.threads, dtype=args.dtype,
+                        tensor_peak=args.tensor_peak,
                         data=str(data_path), options=options, result=str(Path(tmp) / f"{mode}.json"))
             spec_path = Path(tmp) / f"{mode}.spec.json"
             spec_path.write_text(json.dumps(spec))
@@ -148,18 +167,19 @@ def main(argv=None) -> int:
     networks = sorted({r["network"] for r in rows if "network" in r})
     print(f"## 4th-order chromatin fit, {args.grid}x{args.grid}, {args.device} ({args.threads} thread(s)), "
           f"{args.backbone} {'/'.join(networks)} {options}, {args.dtype}, {args.steps} steps per mode\n")
-    print("| derivatives | ms / step | peak MB | saved for backward MB / step | step time / mollifier | "
-          "peak memory / mollifier | saved / mollifier |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| derivatives | ms / step | peak RSS MB | peak tensor MB | saved for backward MB / step | "
+          "step time / mollifier | peak RSS / mollifier | peak tensors / mollifier | saved / mollifier |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            print(f"| {LABEL[r['mode']]} | {r['error']} | | | | | |")
+            print(f"| {LABEL[r['mode']]} | {r['error']} | | | | | | | |")
             continue
         t = r["ms_per_step"] / moll["ms_per_step"] if moll else float("nan")
         m = r["peak_mb"] / max(moll["peak_mb"], 0.1) if moll else float("nan")
         sv = r["saved_mb"] / moll["saved_mb"] if moll else float("nan")
-        print(f"| {LABEL[r['mode']]} | {r['ms_per_step']:.1f} | {r['peak_mb']:.1f} | {r['saved_mb']:.1f} | {t:.1f}x | "
-              f"{m:.1f}x | {sv:.1f}x |")
+        tm = r["tensor_mb"] / max(moll["tensor_mb"], 0.1) if moll else float("nan")
+        print(f"| {LABEL[r['mode']]} | {r['ms_per_step']:.1f} | {r['peak_mb']:.1f} | {r['tensor_mb']:.1f} | "
+              f"{r['saved_mb']:.1f} | {t:.1f}x | {m:.1f}x | {tm:.1f}x | {sv:.1f}x |")
     return 0
 
 

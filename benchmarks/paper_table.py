@@ -114,6 +114,40 @@ def memory_peak(device, base: float) -> float:
     return _rss_mb() - base
 
 
+class CpuTensorPeak:
+    """Peak of the bytes held by CPU tensors inside a ``with`` block, above what was held at its
+    start: the CPU analogue of ``torch.cuda.max_memory_allocated`` minus the allocated bytes at
+    the start, free of the allocator's slack and of the process's libraries that an RSS reading
+    includes.
+
+    It replays the allocation and free events that ``torch.profiler`` records with
+    ``profile_memory=True``, in time order. ``mb`` is NaN when the profiler gives no such events.
+    """
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.mb = float("nan")
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._prof.__exit__(*exc)
+        try:
+            events = [e for e in self._prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        except AttributeError:       # the profiler's results have another shape in this torch
+            return False
+        held = peak = 0
+        for e in sorted(events, key=lambda e: e.start_ns()):
+            if str(e.device_type()).endswith("CPU"):
+                held += e.nbytes()
+                peak = max(peak, held)
+        if events:
+            self.mb = peak / 2**20
+        return False
+
+
 def run_case(spec: dict) -> dict:
     """Fit one (task, noise, backbone, mode) case and measure it. Runs inside the worker process."""
     import numpy as np
