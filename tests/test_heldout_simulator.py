@@ -133,3 +133,34 @@ def test_labelling_writes_a_thunderstorm_file_chromflow_reads(small_nucleus, tmp
                                rtol=2e-3, atol=2e-3)
     # blinking: molecules give runs of localizations, so there are fewer frames' worth of distinct emitters
     assert table["frame"].between(1, 20000).all()
+
+
+def test_edge_profile_finite_difference_rate_is_second_order_and_bands_add_up():
+    """benchmarks/edge_profile.py: its closed form recovers the rate of a no-flux steady state
+    (error O(h^2): 4x smaller per halving), and its bands report a known offset per band."""
+    from edge_profile import BANDS, finite_difference_rate, profile
+
+    errors = []
+    for n in (16, 32):
+        rate, total, h = _cosine_case(n)
+        phi_h, phi_e, info = H.solve_steady(rate, total, h, "noflux")
+        lam = finite_difference_rate(phi_h, phi_e, h)
+        assert np.isfinite(lam[2:-2, 2:-2]).all()            # the two 5-point passes reach 2 cells
+        errors.append(np.nanmax(np.abs(lam - rate)))
+    assert errors[1] < 1e-3                                   # the rate varies by 0.8 over the box
+    assert 3.0 < errors[0] / errors[1] < 5.0, errors
+
+    # a disk; the "map" is truth + (index of the band the cell falls in)
+    yy, xx = np.mgrid[:61, :61]
+    mask = (yy - 30) ** 2 + (xx - 30) ** 2 <= 28 ** 2
+    truth = np.where(mask, 1.0, np.nan)
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(mask)
+    offset = np.zeros(mask.shape)
+    for k, (lo, hi) in enumerate(BANDS):
+        offset[(depth > lo) & ((depth <= hi) if hi is not None else True)] = k
+    truth = truth + 0.01 * np.sin(xx)                          # some variance for the correlations
+    corr, deep, bias = profile(truth + offset, truth, mask, 10.0)
+    np.testing.assert_allclose(bias, np.arange(len(BANDS)), atol=1e-12)
+    assert deep < 1.0 and np.isfinite(corr)
