@@ -332,7 +332,7 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
         groups = _sigma_groups(s)
         tasks = [lambda: _render_gaussian(py, px, None, None, s, ny, nx, groups=groups)]
         if meta["sigma"] == "uncertainty":     # the median is found while the bins render
-            tasks.append(lambda: _median_from_groups(sig, groups))
+            tasks.append(lambda: _median_from_groups(sig, groups, scale=pixel_size))
         data, *median = _in_threads(lambda task: task(), tasks)
         if median:
             meta["sigma_median"] = median[0]
@@ -450,10 +450,15 @@ def _in_threads(fn, items) -> list:
         return list(pool.map(fn, items))
 
 
-def _median_from_groups(s, groups) -> float:
+def _median_from_groups(s, groups, scale: float = 1.0) -> float:
     """Median of ``s`` (as ``np.median``) from its sigma bins: only the bin(s) holding the middle
-    ranks are partially sorted. Bins are ordered by sigma; each value found is checked to have
-    its rank (two counting passes), and ``np.median`` is used if a bin edge rounded otherwise."""
+    ranks are partially sorted. ``s / scale`` are the values the bins were made from.
+
+    Bins are ordered by sigma, so a value found inside its bin has its rank among all values,
+    unless the float32 logarithms of the binning put some value on the wrong side of a bin edge.
+    That can only happen within ~1e-6 (relative) of an edge: a value further than 1e-4 from both
+    of its bin's edges is taken as it is; otherwise two counting passes check its rank, and
+    ``np.median`` is used if a bin edge rounded the other way."""
     n = len(s)
     values = []
     for rank in sorted({(n - 1) // 2, n // 2}):
@@ -461,7 +466,12 @@ def _median_from_groups(s, groups) -> float:
         sel = groups.indices(k)
         part = s if sel is None else np.take(s, sel)
         value = np.partition(part, rank - groups.starts[k])[rank - groups.starts[k]]
-        if not (np.count_nonzero(s < value) <= rank < np.count_nonzero(s <= value)):
+        inside = sel is None       # one bin: every value, no edge to cross
+        if groups.upper is not None:
+            top = groups.upper[k] / 1.001 * scale             # the bin's edges, in the units of s
+            bottom = top / SIGMA_BIN_RATIO
+            inside = bottom * (1 + 1e-4) < value < top * (1 - 1e-4)
+        if not inside and not (np.count_nonzero(s < value) <= rank < np.count_nonzero(s <= value)):
             return float(np.median(s))
         values.append(float(value))
     return float(np.mean(values))
@@ -481,19 +491,17 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
     bins, starts, ends = groups.bins, groups.starts, groups.ends
     workers = min(len(bins), _render_threads())
 
-    def one_bin(k):
-        sel = groups.indices(k)
+    def bin_sigma(k):
         # the bin's sigma keeps the second moment of its mixture of Gaussians (exact when all
-        # equal); its sigmas are gathered only for the algorithms that use them one by one
-        if sel is None:
-            by, bx, s_l = py, px, s
-            n = len(by)
-            s_b = float(np.sqrt(np.dot(s_l, s_l) / n))
-        else:
-            by, bx, s_l = np.take(py, sel), np.take(px, sel), None
-            n = len(by)
-            s_b = float(np.sqrt(groups.sum_sq[k] / n))
-        s_max = groups.upper[k] if s_l is None else float(s_l.max())
+        # equal); with one bin (no sort) it comes from the sigmas themselves
+        if groups.sum_sq is None:
+            return float(np.sqrt(np.dot(s, s) / len(s))), float(s.max())
+        return float(np.sqrt(groups.sum_sq[k] / (ends[k] - starts[k]))), float(groups.upper[k])
+
+    def plan(k):
+        """The bin's algorithm and its rough cost (ns on one core), from its count and sigma."""
+        n = int(ends[k] - starts[k])
+        s_b, s_max = bin_sigma(k)
         half = max(1, math.ceil(TRUNCATE_SIGMAS * s_max + 0.5))
         u = int(min(_MAX_SUBPIXEL, max(1, math.ceil(SUBPIXEL_STEPS_PER_SIGMA / s_b))))
         ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
@@ -514,13 +522,26 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         choice = min(costs, key=costs.get) if path == "auto" else path
         if choice == "cic" and "cic" not in costs:
             choice = "direct"
+        return choice, costs.get(choice, costs["direct"])
+
+    def one_bin(k):
+        sel = groups.indices(k)
+        # the bin's sigmas are gathered only for the algorithms that use them one by one
+        if sel is None:
+            by, bx, s_l = py, px, s
+        else:
+            by, bx, s_l = np.take(py, sel), np.take(px, sel), None
+        s_b, _ = bin_sigma(k)
+        u = int(min(_MAX_SUBPIXEL, max(1, math.ceil(SUBPIXEL_STEPS_PER_SIGMA / s_b))))
+        choice, _ = plan(k)
         if choice == "cic":
             # threads inside a bin only when the bins do not already keep them busy
             return _cic_bin(by, bx, s_b, ny, nx, threads=workers <= 1)
-        if s_l is None:                           # the exact largest sigma sets the kernel size
+        if s_l is None:
             s_l = np.take(s, sel)
-            half = max(1, math.ceil(TRUNCATE_SIGMAS * float(s_l.max()) + 0.5))
-            ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
+        # the exact largest sigma sets the kernel size
+        half = max(1, math.ceil(TRUNCATE_SIGMAS * float(s_l.max()) + 0.5))
+        ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
         if iy is None:
             jy = np.minimum(by.astype(np.intp), ny - 1)
             jx = np.minimum(bx.astype(np.intp), nx - 1)
@@ -535,9 +556,10 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         return _fold_edges(padded, half, nx, axis=1)
 
     if workers > 1:
-        # the largest bins start first (so the threads finish together); the images are
-        # summed in bin order: deterministic whatever the scheduling
-        largest_first = sorted(bins, key=lambda k: starts[k] - ends[k])
+        # the costliest bins start first (so the threads finish together; a narrow bin of few
+        # localizations can cost more than a wide one of many); the images are summed in bin
+        # order: deterministic whatever the scheduling
+        largest_first = sorted(bins, key=lambda k: -plan(k)[1])
         images = dict(zip(largest_first, _in_threads(one_bin, largest_first)))
         out = np.zeros((ny, nx))
         for k in bins:
