@@ -372,3 +372,20 @@ def test_cic_node_sums_agree_with_per_localization_weights():
     np.testing.assert_allclose(a.sum(axis=1), b.sum(axis=1), atol=1e-9)
     assert np.abs(a - b).max() > 1e-3                       # the covariance does differ
     assert a.min() >= 0 and b.min() >= -1e-12
+
+
+@pytest.mark.parametrize("pixel_size", [10.0, 20.0, 33.3])
+def test_sigma_median_is_numpys_median_on_and_off_bin_edges(pixel_size):
+    """The median of the uncertainties comes from the sigma bins (a partial sort of one bin, no
+    rank check when the value lies clearly inside its bin): it must equal np.median, also when
+    many values sit exactly on the bins' edges, where the rank check runs."""
+    from chromflow.render import SIGMA_BIN_RATIO
+
+    rng = np.random.default_rng(7)
+    on_edges = pixel_size * np.exp(rng.integers(-8, 8, 4001) * math.log(SIGMA_BIN_RATIO))
+    spread = rng.gamma(4.0, 5.0, 4000) + 3.0
+    rounded = np.round(rng.gamma(4.0, 5.0, 4000) + 3.0, 1)
+    for unc in (on_edges, spread, rounded, np.concatenate([on_edges[:1000], spread])):
+        locs = pd.DataFrame({"y": rng.random(len(unc)) * 4000, "x": rng.random(len(unc)) * 4000,
+                             "uncertainty": unc})
+        assert render(locs, pixel_size=pixel_size).metadata["sigma_median"] == np.median(unc)
