@@ -491,12 +491,18 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
     bins, starts, ends = groups.bins, groups.starts, groups.ends
     workers = min(len(bins), _render_threads())
 
+    sigmas = {}
+
     def bin_sigma(k):
         # the bin's sigma keeps the second moment of its mixture of Gaussians (exact when all
-        # equal); with one bin (no sort) it comes from the sigmas themselves
-        if groups.sum_sq is None:
-            return float(np.sqrt(np.dot(s, s) / len(s))), float(s.max())
-        return float(np.sqrt(groups.sum_sq[k] / (ends[k] - starts[k]))), float(groups.upper[k])
+        # equal), and a bound on its largest sigma; with one bin (no sort) both come from the
+        # sigmas themselves, once
+        if k not in sigmas:
+            if groups.sum_sq is None:
+                sigmas[k] = float(np.sqrt(np.dot(s, s) / len(s))), float(s.max())
+            else:
+                sigmas[k] = float(np.sqrt(groups.sum_sq[k] / (ends[k] - starts[k]))), float(groups.upper[k])
+        return sigmas[k]
 
     def plan(k):
         """The bin's algorithm and its rough cost (ns on one core), from its count and sigma."""
