@@ -12,7 +12,14 @@ import numpy as np
 
 from .io._atomic import atomic_path
 
-__all__ = ["make_report", "make_domains_figure", "report_caption", "nice_scale_bar_length", "REPORT_PANELS"]
+__all__ = ["make_report", "make_domains_figure", "report_caption", "nice_scale_bar_length", "REPORT_PANELS",
+           "EDGE_BIAS_DEPTH_UM"]
+
+#: Depth (um) inside the nucleus outline to which maps of the held-out simulator's nuclei read
+#: lambda too high (+0.1 to +0.3 at the outline, fading by ~0.7 um; docs/inference.md, "What
+#: limits the maps now"). The report draws this line dotted on the rate map, so that an enrichment
+#: along the envelope is not read as biology without a check.
+EDGE_BIAS_DEPTH_UM = 0.5
 
 #: Titles of the panels of :func:`make_report`, in reading order.
 REPORT_PANELS = (
@@ -47,10 +54,25 @@ def report_caption(result) -> str:
     edge, mask = getattr(result, "edge", None), getattr(result, "mask", None)
     if edge is not None and mask is not None and np.any(edge):
         parts.append(f"edge band (dashed): {100 * np.sum(edge) / max(np.sum(mask), 1):.0f} % of the nucleus")
+    if mask is not None and np.any(_edge_bias_zone(mask, getattr(result, "spacing", None))):
+        parts.append(f"dotted: {EDGE_BIAS_DEPTH_UM:g} um inside the outline; outside it lambda may read high "
+                     "(docs/inference.md)")
     flags = diag.get("flags") or []
     if flags:
         parts.append("WARNING: " + "; ".join(flags))
     return " | ".join(parts)
+
+
+def _edge_bias_zone(mask, spacing_nm):
+    """Nucleus cells within :data:`EDGE_BIAS_DEPTH_UM` of the outline (all False without a spacing)."""
+    mask = np.asarray(mask, dtype=bool)
+    if spacing_nm is None or not np.isfinite(spacing_nm) or spacing_nm <= 0 or not mask.any():
+        return np.zeros(mask.shape, bool)
+    from scipy import ndimage
+
+    # distance from the outline, half a cell outside the centres of the outermost cells
+    depth_um = (ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5) * spacing_nm / 1000.0
+    return mask & (depth_um <= EDGE_BIAS_DEPTH_UM)
 
 
 def nice_scale_bar_length(width_um: float, fraction: float = 0.2) -> float:
@@ -232,6 +254,15 @@ def make_report(density_image, mask, result, path=None, title=None):
         interior = grid_mask & ~np.asarray(edge, bool)
         axes.flat[3].contour(xs, ys, interior.astype(float), levels=[0.5], colors="white", linewidths=0.8,
                              linestyles="dashed")
+    # where simulated nuclei show a spurious rise of lambda along the envelope (EDGE_BIAS_DEPTH_UM)
+    zone = _edge_bias_zone(grid_mask, result.spacing)
+    if zone.any() and (grid_mask & ~zone).any():
+        ny, nx = grid_mask.shape
+        ys = np.linspace(grid_extent[3], grid_extent[2], ny + 1)[:-1] + (grid_extent[2] - grid_extent[3]) / (2 * ny)
+        xs = np.linspace(grid_extent[0], grid_extent[1], nx + 1)[:-1] + (grid_extent[1] - grid_extent[0]) / (2 * nx)
+        line = axes.flat[3].contour(xs, ys, (grid_mask & ~zone).astype(float), levels=[0.5], colors="white",
+                                    linewidths=0.8, linestyles="dotted")
+        line.set_gid("edge_bias_zone")
     fig.suptitle(title if title is not None else (density_image.name or "chromflow report"))
     fig.text(0.5, 0.935, report_caption(result), ha="center", va="bottom", fontsize=9,
              color="darkred" if (getattr(result, "diagnostics", None) or {}).get("flags") else "black")
