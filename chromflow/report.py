@@ -13,7 +13,7 @@ import numpy as np
 from .io._atomic import atomic_path
 
 __all__ = ["make_report", "make_domains_figure", "report_caption", "nice_scale_bar_length", "REPORT_PANELS",
-           "EDGE_BIAS_DEPTH_UM"]
+           "EDGE_BIAS_DEPTH_UM", "edge_bias_zone"]
 
 #: Depth (um) inside the nucleus outline to which maps of the held-out simulator's nuclei read
 #: lambda too high (+0.1 to +0.3 at the outline, fading by ~0.7 um; docs/inference.md, "What
@@ -54,7 +54,7 @@ def report_caption(result) -> str:
     edge, mask = getattr(result, "edge", None), getattr(result, "mask", None)
     if edge is not None and mask is not None and np.any(edge):
         parts.append(f"edge band (dashed): {100 * np.sum(edge) / max(np.sum(mask), 1):.0f} % of the nucleus")
-    if mask is not None and np.any(_edge_bias_zone(mask, getattr(result, "spacing", None))):
+    if mask is not None and np.any(edge_bias_zone(mask, getattr(result, "spacing", None))):
         parts.append(f"dotted: {EDGE_BIAS_DEPTH_UM:g} um inside the outline; outside it lambda may read high "
                      "(docs/inference.md)")
     flags = diag.get("flags") or []
@@ -63,8 +63,30 @@ def report_caption(result) -> str:
     return " | ".join(parts)
 
 
-def _edge_bias_zone(mask, spacing_nm):
-    """Nucleus cells within :data:`EDGE_BIAS_DEPTH_UM` of the outline (all False without a spacing)."""
+def edge_bias_zone(mask, spacing_nm):
+    """Nucleus cells within :data:`EDGE_BIAS_DEPTH_UM` of the outline, where maps of simulated
+    nuclei read lambda too high (docs/inference.md, "What limits the maps now").
+
+    Parameters
+    ----------
+    mask : (ny, nx) bool ndarray
+        The nucleus on the rate map's grid.
+    spacing_nm : float or None
+        Grid cell size in nm. None (or not positive) gives an empty zone.
+
+    Returns
+    -------
+    (ny, nx) bool ndarray
+        The cells whose centre lies at most :data:`EDGE_BIAS_DEPTH_UM` inside the outline (taken
+        half a cell outside the centres of the outermost cells).
+
+    Examples
+    --------
+    >>> mask = np.zeros((40, 40), bool); mask[5:35, 5:35] = True   # 30 cells of 50 nm: 1.5 um
+    >>> zone = edge_bias_zone(mask, 50.0)
+    >>> int(zone[20, 5:35].sum())    # 10 rings from each side: (k + 0.5) * 50 nm <= 500 nm
+    20
+    """
     mask = np.asarray(mask, dtype=bool)
     if spacing_nm is None or not np.isfinite(spacing_nm) or spacing_nm <= 0 or not mask.any():
         return np.zeros(mask.shape, bool)
@@ -255,7 +277,7 @@ def make_report(density_image, mask, result, path=None, title=None):
         axes.flat[3].contour(xs, ys, interior.astype(float), levels=[0.5], colors="white", linewidths=0.8,
                              linestyles="dashed")
     # where simulated nuclei show a spurious rise of lambda along the envelope (EDGE_BIAS_DEPTH_UM)
-    zone = _edge_bias_zone(grid_mask, result.spacing)
+    zone = edge_bias_zone(grid_mask, result.spacing)
     if zone.any() and (grid_mask & ~zone).any():
         ny, nx = grid_mask.shape
         ys = np.linspace(grid_extent[3], grid_extent[2], ny + 1)[:-1] + (grid_extent[2] - grid_extent[3]) / (2 * ny)

@@ -24,6 +24,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
 
 from chromflow.errors import CancelledError, InputError
 from chromflow.pipeline import INFERENCE_METHODS, PipelineSettings
+from chromflow.report import EDGE_BIAS_DEPTH_UM, edge_bias_zone
 
 from ._layers import (RATE_LEGEND, image_from_layer, nucleus_contours, plugin_settings,
                       report_error, robust_contrast_limits, show_legend,
@@ -106,13 +107,15 @@ def result_layers(result, base: str, source=None, settings: PipelineSettings | N
     exactly over the density image it came from and the scale bar reads um. The rate map's
     contrast limits are the 1st and 99th percentiles inside the nucleus and it shows its
     colorbar; the uncertainty (when the result has a finite one) and the residual start hidden
-    above it; the nucleus is a Shapes layer of smooth outlines (:func:`nucleus_contours`).
+    above it; the nucleus is a Shapes layer of smooth outlines (:func:`nucleus_contours`), and a
+    thinner yellow one runs :data:`chromflow.report.EDGE_BIAS_DEPTH_UM` inside it (between the
+    two, maps of simulated nuclei read lambda too high; docs/inference.md).
 
     Returns
     -------
     list of tuple
         ``(data, kwargs, layer_type)``, bottom to top: rate, uncertainty (if finite), residual,
-        outline.
+        outline, edge-bias line (when the nucleus is deeper than that).
     """
     spacing = float(np.atleast_1d(result.spacing)[0])
     scale = (spacing, spacing)
@@ -155,6 +158,15 @@ def result_layers(result, base: str, source=None, settings: PipelineSettings | N
                               "edge_color": "white", "face_color": "transparent",
                               "edge_width": max(spacing * 0.6, 1.0), "opacity": 1.0,
                               "units": ("nm", "nm"), "metadata": meta("outline")}, "shapes"))
+    # the line EDGE_BIAS_DEPTH_UM inside the outline: between them, maps of simulated nuclei
+    # read lambda too high (the report draws the same line dotted)
+    inner = mask & ~edge_bias_zone(mask, spacing)
+    if inner.any():
+        layers.append((nucleus_contours(inner, spacing, translate),
+                       {"name": f"{base} edge-bias line", "shape_type": "polygon",
+                        "edge_color": "yellow", "face_color": "transparent",
+                        "edge_width": max(spacing * 0.3, 1.0), "opacity": 0.7, "units": ("nm", "nm"),
+                        "metadata": meta("edge_bias", depth_um=EDGE_BIAS_DEPTH_UM)}, "shapes"))
     return layers
 
 

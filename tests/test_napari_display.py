@@ -125,6 +125,26 @@ def test_result_layers_units_colorbar_and_uncertainty_only_when_finite():
     outlines, outline_kwargs, kind = layers["c outline"]
     assert kind == "shapes" and outline_kwargs["units"] == NM_UNITS
     assert _polygon_area(outlines[0]) == pytest.approx(48 * 50.0 ** 2, rel=0.05)
+    # this 8 x 6 nucleus of 50 nm cells is all within 0.5 um of its outline: no edge-bias line
+    assert "c edge-bias line" not in layers
+
+
+def test_result_layers_draw_the_edge_bias_line_inside_a_large_nucleus():
+    from chromflow.inverse import RateMapResult
+    from chromflow.report import edge_bias_zone
+
+    yy, xx = np.mgrid[:80, :80]
+    mask = (yy - 40) ** 2 + (xx - 40) ** 2 < 35 ** 2          # radius 35 cells of 20 nm: 0.7 um
+    values = np.where(mask, 1.0, np.nan)
+    result = RateMapResult(rate=values, uncertainty=values, residual=values, phi_h=values, phi_e=values,
+                           mask=mask, spacing=20.0, origin=(0.0, 0.0))
+    layers = {kwargs["name"]: (data, kwargs, kind) for data, kwargs, kind in result_layers(result, "c")}
+    polygons, kwargs, kind = layers["c edge-bias line"]
+    assert kind == "shapes" and kwargs["units"] == NM_UNITS and kwargs["metadata"]["depth_um"] == 0.5
+    inner = mask & ~edge_bias_zone(mask, 20.0)
+    # the line encloses the cells deeper than 0.5 um: a disk of radius ~0.7 - 0.5 = 0.2 um
+    assert _polygon_area(max(polygons, key=len)) == pytest.approx(inner.sum() * 20.0 ** 2, rel=0.15)
+    assert inner.sum() * 20.0 ** 2 == pytest.approx(np.pi * 200.0 ** 2, rel=0.25)
 
 
 # -- in a viewer ----------------------------------------------------------------------------------

@@ -195,18 +195,18 @@ def test_make_report_panels_scale_bars_and_png(tmp_path):
 
 
 def test_edge_bias_zone_is_the_cells_within_its_depth_of_the_outline():
-    from chromflow.report import EDGE_BIAS_DEPTH_UM, _edge_bias_zone
+    from chromflow.report import EDGE_BIAS_DEPTH_UM, edge_bias_zone
 
     assert EDGE_BIAS_DEPTH_UM == 0.5
     mask = np.zeros((300, 300), bool)
     mask[50:250, 50:250] = True                  # 200 cells of 10 nm: a 2 um square
-    zone = _edge_bias_zone(mask, 10.0)
+    zone = edge_bias_zone(mask, 10.0)
     # the outline lies half a cell outside the outermost centres: ring k (0 = outermost) is at
     # (k + 0.5) * 10 nm, so rings 0-49 are within 0.5 um, ring 50 is not
     assert zone[150, 50:100].all() and not zone[150, 100:200].any() and zone[150, 200:250].all()
     assert zone.sum() == 200 ** 2 - 100 ** 2
-    assert _edge_bias_zone(mask, 5.0).sum() == mask.sum()     # 5 nm cells: a 1 um square, all within 0.5 um
-    assert not _edge_bias_zone(mask, None).any() and not _edge_bias_zone(np.zeros((5, 5), bool), 10.0).any()
+    assert edge_bias_zone(mask, 5.0).sum() == mask.sum()     # 5 nm cells: a 1 um square, all within 0.5 um
+    assert not edge_bias_zone(mask, None).any() and not edge_bias_zone(np.zeros((5, 5), bool), 10.0).any()
 
 
 def test_make_report_rejects_mismatched_mask():
