@@ -32,8 +32,9 @@ __all__ = ["condition_from_name", "read_sample_sheet", "assign_conditions", "fit
 
 #: per-nucleus values compared between conditions for domain analyses
 DOMAIN_VALUES = ("gamma_ac_median", "gamma_me_median", "median_lam", "mean_domain_diameter_nm", "lad_thickness_nm")
-#: ... and for rate maps (columns of the batch summary.csv)
-RATE_VALUES = ("mean_rate", "median_rate")
+#: ... and for rate maps (columns of the batch summary.csv; ``mean_rate_deep`` leaves out the
+#: 0.5 um along the envelope where maps of simulated nuclei read lambda high)
+RATE_VALUES = ("mean_rate", "mean_rate_deep", "median_rate")
 
 
 def condition_from_name(path) -> str:

@@ -10,16 +10,11 @@ import os
 
 import numpy as np
 
+from .inverse.result import EDGE_BIAS_DEPTH_UM, edge_bias_zone
 from .io._atomic import atomic_path
 
 __all__ = ["make_report", "make_domains_figure", "report_caption", "nice_scale_bar_length", "REPORT_PANELS",
            "EDGE_BIAS_DEPTH_UM", "edge_bias_zone"]
-
-#: Depth (um) inside the nucleus outline to which maps of the held-out simulator's nuclei read
-#: lambda too high (+0.1 to +0.3 at the outline, fading by ~0.7 um; docs/inference.md, "What
-#: limits the maps now"). The report draws this line dotted on the rate map, so that an enrichment
-#: along the envelope is not read as biology without a check.
-EDGE_BIAS_DEPTH_UM = 0.5
 
 #: Titles of the panels of :func:`make_report`, in reading order.
 REPORT_PANELS = (
@@ -61,40 +56,6 @@ def report_caption(result) -> str:
     if flags:
         parts.append("WARNING: " + "; ".join(flags))
     return " | ".join(parts)
-
-
-def edge_bias_zone(mask, spacing_nm):
-    """Nucleus cells within :data:`EDGE_BIAS_DEPTH_UM` of the outline, where maps of simulated
-    nuclei read lambda too high (docs/inference.md, "What limits the maps now").
-
-    Parameters
-    ----------
-    mask : (ny, nx) bool ndarray
-        The nucleus on the rate map's grid.
-    spacing_nm : float or None
-        Grid cell size in nm. None (or not positive) gives an empty zone.
-
-    Returns
-    -------
-    (ny, nx) bool ndarray
-        The cells whose centre lies at most :data:`EDGE_BIAS_DEPTH_UM` inside the outline (taken
-        half a cell outside the centres of the outermost cells).
-
-    Examples
-    --------
-    >>> mask = np.zeros((40, 40), bool); mask[5:35, 5:35] = True   # 30 cells of 50 nm: 1.5 um
-    >>> zone = edge_bias_zone(mask, 50.0)
-    >>> int(zone[20, 5:35].sum())    # 10 rings from each side: (k + 0.5) * 50 nm <= 500 nm
-    20
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if spacing_nm is None or not np.isfinite(spacing_nm) or spacing_nm <= 0 or not mask.any():
-        return np.zeros(mask.shape, bool)
-    from scipy import ndimage
-
-    # distance from the outline, half a cell outside the centres of the outermost cells
-    depth_um = (ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5) * spacing_nm / 1000.0
-    return mask & (depth_um <= EDGE_BIAS_DEPTH_UM)
 
 
 def nice_scale_bar_length(width_um: float, fraction: float = 0.2) -> float:

@@ -608,3 +608,22 @@ def test_a_half_too_sparse_for_fields_is_not_used_and_says_why():
     assert fields.half is None and fields.settings["half"].startswith("not used: ")
     plain = compute_fields(density, mask, s, euchromatin)
     np.testing.assert_array_equal(fields.phi_h, plain.phi_h)
+
+
+def test_summary_mean_rate_deep_leaves_out_the_edge_bias_zone():
+    from chromflow.inverse import RateMapResult
+    from chromflow.report import edge_bias_zone
+
+    yy, xx = np.mgrid[:100, :100]
+    mask = (yy - 50) ** 2 + (xx - 50) ** 2 < 45 ** 2           # radius 45 cells of 20 nm: 0.9 um
+    zone = edge_bias_zone(mask, 20.0)
+    rate = np.where(mask, np.where(zone, 2.0, 1.0), np.nan)     # a map biased high along the envelope
+    values = np.where(mask, 0.3, np.nan)
+    result = RateMapResult(rate=rate, uncertainty=values, residual=values, phi_h=values, phi_e=values,
+                           mask=mask, spacing=20.0, origin=(0.0, 0.0))
+    summary = result.summary()
+    assert summary["mean_rate_deep"] == 1.0
+    assert summary["mean_rate"] == pytest.approx(1.0 + zone.sum() / mask.sum())
+    small = RateMapResult(rate=rate, uncertainty=values, residual=values, phi_h=values, phi_e=values,
+                          mask=mask, spacing=5.0, origin=(0.0, 0.0))   # 0.225 um: all edge zone
+    assert np.isnan(small.summary()["mean_rate_deep"])

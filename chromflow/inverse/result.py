@@ -12,7 +12,49 @@ from ..errors import InputError
 from ..image import Image
 from ..io._atomic import atomic_path
 
-__all__ = ["RateMapResult"]
+#: Depth (um) inside the nucleus outline to which maps of the held-out simulator's nuclei read
+#: lambda too high (+0.1 to +0.3 at the outline, fading by ~0.7 um; docs/inference.md, "What
+#: limits the maps now"). The report draws this line dotted on the rate map and napari as a Shapes
+#: layer, so that an enrichment along the envelope is not read as biology without a check;
+#: ``summary()["mean_rate_deep"]`` averages the map beyond it.
+EDGE_BIAS_DEPTH_UM = 0.5
+
+
+def edge_bias_zone(mask, spacing_nm):
+    """Nucleus cells within :data:`EDGE_BIAS_DEPTH_UM` of the outline, where maps of simulated
+    nuclei read lambda too high (docs/inference.md, "What limits the maps now").
+
+    Parameters
+    ----------
+    mask : (ny, nx) bool ndarray
+        The nucleus on the rate map's grid.
+    spacing_nm : float or None
+        Grid cell size in nm. None (or not positive) gives an empty zone.
+
+    Returns
+    -------
+    (ny, nx) bool ndarray
+        The cells whose centre lies at most :data:`EDGE_BIAS_DEPTH_UM` inside the outline (taken
+        half a cell outside the centres of the outermost cells).
+
+    Examples
+    --------
+    >>> mask = np.zeros((40, 40), bool); mask[5:35, 5:35] = True   # 30 cells of 50 nm: 1.5 um
+    >>> zone = edge_bias_zone(mask, 50.0)
+    >>> int(zone[20, 5:35].sum())    # 10 rings from each side: (k + 0.5) * 50 nm <= 500 nm
+    20
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if spacing_nm is None or not np.isfinite(spacing_nm) or spacing_nm <= 0 or not mask.any():
+        return np.zeros(mask.shape, bool)
+    from scipy import ndimage
+
+    # distance from the outline, half a cell outside the centres of the outermost cells
+    depth_um = (ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5) * spacing_nm / 1000.0
+    return mask & (depth_um <= EDGE_BIAS_DEPTH_UM)
+
+
+__all__ = ["RateMapResult", "EDGE_BIAS_DEPTH_UM", "edge_bias_zone"]
 
 _ARRAYS = ("rate", "uncertainty", "residual", "phi_h", "phi_e", "mask", "edge")
 #: arrays that files written before version 2 may lack, and their defaults
@@ -112,7 +154,9 @@ class RateMapResult:
         Keys: ``mean_rate``, ``median_rate``, ``std_rate``, ``p05_rate``, ``p95_rate``,
         ``mean_uncertainty``, ``rms_residual``, ``heterochromatin_fraction`` (share of the
         chromatin that is heterochromatin, ``sum phi_h / sum (phi_h + phi_e)`` on the mask),
-        ``nucleus_area_um2``, ``n_pixels``, ``edge_fraction`` (share of the nucleus in the
+        ``mean_rate_deep`` (mean over the cells deeper than :data:`EDGE_BIAS_DEPTH_UM` inside the
+        outline, free of the edge bias that maps of simulated nuclei show; NaN for a smaller
+        nucleus), ``nucleus_area_um2``, ``n_pixels``, ``edge_fraction`` (share of the nucleus in the
         partial-volume band), ``split_half_r`` (quality score: correlation of the maps of two
         independent halves of the data; NaN when not computed), ``flags`` (warnings, ``"; "``
         separated, empty when none), ``method``, ``network`` (the networks' ``width x depth``,
@@ -127,8 +171,11 @@ class RateMapResult:
         h, e = self.phi_h[m], self.phi_e[m]
         stat = (lambda f, a: float(f(a)) if a.size else float("nan"))
         total = float(np.nansum(h) + np.nansum(e))
+        deep = self.rate[m & ~edge_bias_zone(m, self.spacing)]
+        deep = deep[np.isfinite(deep)]
         return {
             "mean_rate": stat(np.mean, lam),
+            "mean_rate_deep": stat(np.mean, deep),
             "median_rate": stat(np.median, lam),
             "std_rate": stat(np.std, lam),
             "p05_rate": stat(lambda a: np.percentile(a, 5), lam),
