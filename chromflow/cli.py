@@ -388,7 +388,8 @@ def _print_summary(row, out_dir, stream=None):
     print(f"  nucleus {fmt(row.get('nucleus_area_um2'), '.1f')} um^2, grid {row.get('grid')} "
           f"({fmt(row.get('grid_spacing_nm'), '.1f')} nm), method {row.get('method')} on {row.get('device')}, "
           f"{fmt(row.get('time_total_s'), '.1f')} s", file=stream)
-    print(f"  rate lambda: mean {fmt(row.get('mean_rate'), '.3f')}, median {fmt(row.get('median_rate'), '.3f')}; "
+    print(f"  rate lambda: mean {fmt(row.get('mean_rate'), '.3f')} ({fmt(row.get('mean_rate_deep'), '.3f')} deeper "
+          f"than 0.5 um), median {fmt(row.get('median_rate'), '.3f')}; "
           f"heterochromatin fraction {fmt(row.get('heterochromatin_fraction'), '.3f')}; "
           f"{row.get('n_domains')} domains, mean {fmt(row.get('domain_area_um2'), '.4f')} um^2", file=stream)
     if not row.get("two_channel", True):
