@@ -44,14 +44,12 @@ def edge_bias_zone(mask, spacing_nm):
     >>> int(zone[20, 5:35].sum())    # 10 rings from each side: (k + 0.5) * 50 nm <= 500 nm
     20
     """
+    from ..fields import distance_to_outline
+
     mask = np.asarray(mask, dtype=bool)
     if spacing_nm is None or not np.isfinite(spacing_nm) or spacing_nm <= 0 or not mask.any():
         return np.zeros(mask.shape, bool)
-    from scipy import ndimage
-
-    # distance from the outline, half a cell outside the centres of the outermost cells
-    depth_um = (ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5) * spacing_nm / 1000.0
-    return mask & (depth_um <= EDGE_BIAS_DEPTH_UM)
+    return mask & (distance_to_outline(mask) * spacing_nm / 1000.0 <= EDGE_BIAS_DEPTH_UM)
 
 
 __all__ = ["RateMapResult", "EDGE_BIAS_DEPTH_UM", "edge_bias_zone"]
