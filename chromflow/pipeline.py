@@ -797,7 +797,8 @@ def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
                 half = (_quiet_render(het_half, settings, fov), _quiet_render(eu_half, settings, fov))
         else:
             density = _render(locs, settings, name=path.stem, source=str(path))
-            part = half_of_frames(locs)
+            # a euchromatin file has no frames in common with the table: no half then
+            part = half_of_frames(locs) if fs.euchromatin is None else None
             if part is not None and len(part):
                 half = (_quiet_render(part, settings, _fov_of(density)), None)
     else:
@@ -813,8 +814,6 @@ def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
     data = np.asarray(density.data, dtype=float)
     if data.size == 0 or not np.isfinite(data).all():
         raise InputError("density image is empty or has non-finite values", path=path)
-    if fs.euchromatin is not None:
-        half = None        # the euchromatin file has no frames in common with the table
     return LoadedInput(density=density, euchromatin=euchromatin, n_localizations=n_locs, source=str(path), kind=kind,
                        half=half)
 

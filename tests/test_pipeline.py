@@ -365,6 +365,24 @@ def test_euchromatin_channel_errors(simulated, tmp_path):
         load_input(path, s)
 
 
+def test_euchromatin_file_gives_no_half_and_renders_none(simulated, monkeypatch):
+    """With a euchromatin file (no frames in common with the table) there is no split-half data,
+    and the half of the table is not even rendered."""
+    import chromflow.pipeline as pipeline
+
+    sim, path = simulated
+    s = fast_settings()
+    assert load_input(path, s).half is not None            # the table alone: a half from its frames
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("a half was rendered")
+
+    monkeypatch.setattr(pipeline, "_quiet_render", no_render)
+    s.fields.euchromatin = str(path)
+    loaded = load_input(path, s)
+    assert loaded.half is None and loaded.euchromatin is not None
+
+
 def test_process_file_is_reproducible(simulated):
     sim, path = simulated
     a = process_file(path, fast_settings(), figure=False)
