@@ -222,30 +222,26 @@ def make_report(density_image, mask, result, path=None, title=None):
         if not np.isfinite(values).any():  # e.g. the uncertainty of a single fit
             ax.text(0.5, 0.5, "not computed\n(uncertainty switched off)" if name == "uncertainty"
                     else "not available", transform=ax.transAxes, ha="center", va="center", color="white")
+    def outline(ax, region, extent, **style):
+        # the iso-line at 0.5 of ``region``, through the pixel centres of an image of ``extent``
+        ny, nx = region.shape
+        ys = np.linspace(extent[3], extent[2], ny + 1)[:-1] + (extent[2] - extent[3]) / (2 * ny)
+        xs = np.linspace(extent[0], extent[1], nx + 1)[:-1] + (extent[1] - extent[0]) / (2 * nx)
+        return ax.contour(xs, ys, region.astype(float), levels=[0.5], **style)
+
     # the mask as an outline on the density, so a user can judge the segmentation by eye
     if mask.any():
-        ny, nx = mask.shape
-        ys = np.linspace(image_extent[3], image_extent[2], ny + 1)[:-1] + (image_extent[2] - image_extent[3]) / (2 * ny)
-        xs = np.linspace(image_extent[0], image_extent[1], nx + 1)[:-1] + (image_extent[1] - image_extent[0]) / (2 * nx)
-        axes.flat[1].contour(xs, ys, mask.astype(float), levels=[0.5], colors="cyan", linewidths=1.2)
+        outline(axes.flat[1], mask, image_extent, colors="cyan", linewidths=1.2)
     # the edge band (no weight in the fit: the rate there is a continuation) on the rate map
     edge = getattr(result, "edge", None)
     if edge is not None and np.any(edge):
-        ny, nx = np.shape(edge)
-        ys = np.linspace(grid_extent[3], grid_extent[2], ny + 1)[:-1] + (grid_extent[2] - grid_extent[3]) / (2 * ny)
-        xs = np.linspace(grid_extent[0], grid_extent[1], nx + 1)[:-1] + (grid_extent[1] - grid_extent[0]) / (2 * nx)
-        interior = grid_mask & ~np.asarray(edge, bool)
-        axes.flat[3].contour(xs, ys, interior.astype(float), levels=[0.5], colors="white", linewidths=0.8,
-                             linestyles="dashed")
+        outline(axes.flat[3], grid_mask & ~np.asarray(edge, bool), grid_extent, colors="white", linewidths=0.8,
+                linestyles="dashed")
     # where simulated nuclei show a spurious rise of lambda along the envelope (EDGE_BIAS_DEPTH_UM)
-    zone = edge_bias_zone(grid_mask, result.spacing)
-    if zone.any() and (grid_mask & ~zone).any():
-        ny, nx = grid_mask.shape
-        ys = np.linspace(grid_extent[3], grid_extent[2], ny + 1)[:-1] + (grid_extent[2] - grid_extent[3]) / (2 * ny)
-        xs = np.linspace(grid_extent[0], grid_extent[1], nx + 1)[:-1] + (grid_extent[1] - grid_extent[0]) / (2 * nx)
-        line = axes.flat[3].contour(xs, ys, (grid_mask & ~zone).astype(float), levels=[0.5], colors="white",
-                                    linewidths=0.8, linestyles="dotted")
-        line.set_gid("edge_bias_zone")
+    deep = grid_mask & ~edge_bias_zone(grid_mask, result.spacing)
+    if deep.any() and (grid_mask & ~deep).any():
+        outline(axes.flat[3], deep, grid_extent, colors="white", linewidths=0.8,
+                linestyles="dotted").set_gid("edge_bias_zone")
     fig.suptitle(title if title is not None else (density_image.name or "chromflow report"))
     fig.text(0.5, 0.935, report_caption(result), ha="center", va="bottom", fontsize=9,
              color="darkred" if (getattr(result, "diagnostics", None) or {}).get("flags") else "black")
