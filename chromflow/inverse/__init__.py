@@ -794,8 +794,7 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                                           validate=np.stack([2.0 * phi_h - half[0], 2.0 * phi_e - half[1]]),
                                           message=f"{method} fit (split half)", **{**common, "progress": None})
                     finally:
-                        if stop.stop_at is None:      # failed or cancelled: let the main fit end
-                            stop.set(-1)
+                        stop.abandon()                # failed or cancelled: let the main fit end
 
                 side = pool.submit(lead)
             try:
@@ -806,8 +805,7 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                                               stop_event=stop if k == 0 else None,
                                               follow=companion if k == 0 else None, **common))
             finally:
-                if stop.stop_at is None:       # failed or cancelled: let the companion end
-                    stop.set(-1)
+                stop.abandon()                 # failed or cancelled: let the companion end
             if side is not None:
                 fitted = side.result()
     first = members[0]

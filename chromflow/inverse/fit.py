@@ -49,6 +49,12 @@ class StopSignal:
         self.stop_at = int(iteration)
         self.done.set()
 
+    def abandon(self):
+        """A fit that failed or was cancelled before choosing a step: let the other fit end
+        (``stop_at = -1``); nothing when a step is set already."""
+        if self.stop_at is None:
+            self.set(-1)
+
 
 #: with ``validate`` (a fit to one half of the data, checked against the other half) the step
 #: chosen for the full data is this many times the half's best step: a half holds twice the
