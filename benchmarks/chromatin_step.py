@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -85,15 +86,14 @@ def worker(spec: dict) -> dict:
             saved_per_step.append(sum(saved.values()) / 2**20)
             saved.clear()
 
-    method = "pinn" if spec["mode"] == "mollifier" else "autodiff"
+    autodiff = "recursive" if spec["mode"] == "autodiff_recursive" else "taylor"
+    # one fit: the uncertainty's refits (a split-half companion in a second thread, a bootstrap
+    # refit) would share the timed core and add their own memory to both modes
+    fit = functools.partial(infer_rates, fields, method="pinn" if spec["mode"] == "mollifier" else "autodiff",
+                            device=device, seed=0, dtype=spec["dtype"], **{"uncertainty": False, **spec["options"]})
     start = time.perf_counter()
-    with use_method("recursive" if spec["mode"] == "autodiff_recursive" else "taylor"), \
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        # one fit: the uncertainty's refits (a fission companion in a second thread, a bootstrap
-        # refit) would share the timed core and add their own memory to both modes
-        result = infer_rates(fields, method=method, device=device, iterations=spec["steps"], seed=0,
-                             log_every=1, progress=progress, dtype=spec["dtype"],
-                             **{"uncertainty": False, **spec["options"]})
+    with use_method(autodiff), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fit(iterations=spec["steps"], log_every=1, progress=progress)
     total = time.perf_counter() - start
     peak = memory_peak(device, base)
     # intervals between consecutive steps; stamps are (done, time) with done = 0, 1, ..., steps
@@ -106,10 +106,8 @@ def worker(spec: dict) -> dict:
         # the same fit again (same seed, data and settings; 3 steps reach its peak) under the
         # profiler that records every allocation: in the timed fit, the profiler's own event
         # records would slow Taylor mode ~1.7x and add GBs of RSS
-        with use_method("recursive" if spec["mode"] == "autodiff_recursive" else "taylor"), \
-                CpuTensorPeak() as tensor_peak:
-            infer_rates(fields, method=method, device=device, iterations=min(3, spec["steps"]), seed=0,
-                        dtype=spec["dtype"], **{"uncertainty": False, **spec["options"]})
+        with use_method(autodiff), CpuTensorPeak() as tensor_peak:
+            fit(iterations=min(3, spec["steps"]))
         tensor_mb = tensor_peak.mb
     else:
         tensor_mb = float("nan")
