@@ -179,3 +179,17 @@ def test_paper_table_end_to_end(tmp_path, capsys):
     assert np.allclose(df["ms_per_iter"], 1e3 * df["time_s"] / 12)
     printed = capsys.readouterr().out
     assert "| langevin | 1 | mlp |" in printed and "speedup_per_iter" in printed
+
+
+def test_cpu_tensor_peak_reads_the_bytes_tensors_held_at_once():
+    """Known answer: 8 MiB held with 4 MiB on top of it, then both freed: the peak is 12 MiB,
+    whatever the process held before the block."""
+    keep = torch.ones(2**20)                              # held before: not counted
+    with paper_table.CpuTensorPeak() as peak:
+        a = torch.empty(2 * 2**20, dtype=torch.float32)   # 8 MiB
+        b = torch.empty(2**20, dtype=torch.float32)       # 4 MiB more
+        del a, b
+        c = torch.empty(2**20, dtype=torch.float32)       # 4 MiB, after the frees
+        del c
+    assert peak.mb == pytest.approx(12.0, abs=0.1)
+    assert keep.numel() == 2**20
