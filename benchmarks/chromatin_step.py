@@ -25,6 +25,7 @@ Usage::
 
     python benchmarks/chromatin_step.py                        # 128^2, CPU, 1 thread
     python benchmarks/chromatin_step.py --device cuda --steps 50
+    python benchmarks/chromatin_step.py --steps 20 --dtype float32 --modes mollifier autodiff --rounds 5
 """
 from __future__ import annotations
 
@@ -131,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--noise", type=float, default=0.01)
     p.add_argument("--no-tensor-peak", dest="tensor_peak", action="store_false",
                    help="CPU: skip the second, profiled fit that measures the tensors' peak")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat all modes this many times, alternating their order; the table gives medians "
+                        "and each round's own ratios (the machine's speed drifts between runs)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -142,24 +146,29 @@ def main(argv=None) -> int:
         options["width"] = args.width
     if args.depth:
         options["depth"] = args.depth
-    rows = []
+    runs = []                     # one list of rows per round
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "data.npz"
         _tasks.make_data("chromatin", grid=args.grid, noise=args.noise, seed=0).save(data_path)
-        for mode in args.modes:
-            spec = dict(mode=mode, device=args.device, steps=args.steps, threads=args.threads, dtype=args.dtype,
-                        tensor_peak=args.tensor_peak,
-                        data=str(data_path), options=options, result=str(Path(tmp) / f"{mode}.json"))
-            spec_path = Path(tmp) / f"{mode}.spec.json"
-            spec_path.write_text(json.dumps(spec))
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-            proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], capture_output=True,
-                                  text=True, env=env)
-            if proc.returncode != 0:
-                rows.append({"mode": mode, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
-            else:
-                rows.append(json.loads(Path(spec["result"]).read_text()))
-            print(f"[chromatin_step] {rows[-1]}", file=sys.stderr, flush=True)
+        for k in range(args.rounds):
+            # alternate the order, so that a drift of the machine's speed does not favour one mode
+            order = list(args.modes) if k % 2 == 0 else list(reversed(args.modes))
+            runs.append([])
+            for mode in order:
+                spec = dict(mode=mode, device=args.device, steps=args.steps, threads=args.threads, dtype=args.dtype,
+                            tensor_peak=args.tensor_peak and k == 0,   # deterministic: read once
+                            data=str(data_path), options=options, result=str(Path(tmp) / f"{mode}.json"))
+                spec_path = Path(tmp) / f"{mode}.spec.json"
+                spec_path.write_text(json.dumps(spec))
+                env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+                proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], capture_output=True,
+                                      text=True, env=env)
+                if proc.returncode != 0:
+                    runs[-1].append({"mode": mode, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
+                else:
+                    runs[-1].append(json.loads(Path(spec["result"]).read_text()))
+                print(f"[chromatin_step] round {k + 1}: {runs[-1][-1]}", file=sys.stderr, flush=True)
+    rows = combine_rounds(runs, args.modes)
     ref = {r["mode"]: r for r in rows if "error" not in r}
     moll = ref.get("mollifier")
     networks = sorted({r["network"] for r in rows if "network" in r})
@@ -178,7 +187,47 @@ def main(argv=None) -> int:
         tm = r["tensor_mb"] / max(moll["tensor_mb"], 0.1) if moll else float("nan")
         print(f"| {LABEL[r['mode']]} | {r['ms_per_step']:.1f} | {r['peak_mb']:.1f} | {r['tensor_mb']:.1f} | "
               f"{r['saved_mb']:.1f} | {t:.1f}x | {m:.1f}x | {tm:.1f}x | {sv:.1f}x |")
+    if args.rounds > 1:
+        print(f"\nMedians over {args.rounds} rounds (modes alternated in order). Each round's own ratios "
+              "(time / peak RSS against the mollifier run of the same round):\n")
+        others = [m for m in args.modes if m != "mollifier"]
+        print("| round | mollifier ms / step | " + " | ".join(f"{LABEL[m]}: time, RSS" for m in others) + " |")
+        print("|---|---:|" + "---:|" * len(others))
+        for k, ratios in enumerate(round_ratios(runs)):
+            if "mollifier" not in ratios:
+                continue
+            cells = [f"{ratios[m][0]:.1f}x, {ratios[m][1]:.1f}x" if m in ratios else "failed" for m in others]
+            print(f"| {k + 1} | {ratios['mollifier'][2]:.1f} | " + " | ".join(cells) + " |")
     return 0
+
+
+def combine_rounds(runs, modes):
+    """One row per mode: medians over the rounds of time, RSS and saved bytes; the tensor peak
+    of the round that measured it. A mode that failed in every round keeps its error."""
+    rows = []
+    for mode in modes:
+        ok = [r for run in runs for r in run if r["mode"] == mode and "error" not in r]
+        if not ok:
+            rows.append(next(r for run in runs for r in run if r["mode"] == mode))
+            continue
+        row = dict(ok[0])
+        for key in ("ms_per_step", "peak_mb", "saved_mb", "total_s"):
+            row[key] = statistics.median(r[key] for r in ok)
+        measured = [r["tensor_mb"] for r in ok if r["tensor_mb"] == r["tensor_mb"]]
+        row["tensor_mb"] = measured[0] if measured else float("nan")
+        rows.append(row)
+    return rows
+
+
+def round_ratios(runs):
+    """Per round: ``{mode: (time ratio, RSS ratio, ms per step)}`` against that round's mollifier run."""
+    out = []
+    for run in runs:
+        done = {r["mode"]: r for r in run if "error" not in r}
+        moll = done.get("mollifier")
+        out.append({m: (r["ms_per_step"] / moll["ms_per_step"], r["peak_mb"] / max(moll["peak_mb"], 0.1),
+                        r["ms_per_step"]) for m, r in done.items()} if moll else {})
+    return out
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ for:
 * the 5-point finite-difference closed form ``(phi_h - lap(mu_d) / 2) / phi_e`` of the **true**
   noise-free fields (l^2 term included): what the 50 nm cells themselves say about lambda;
 * the true transport ``T / phi_e = (phi_h - lambda phi_e) / phi_e``, i.e. how far the plain ratio
-  is from lambda because of transport.
+  is from lambda because of transport;
+* (noisy fields) the noise-weighted misfit to the data per cell, by band, of the PINN's fitted
+  fields and of the true fields: whether the data prefer the truth where the map is biased.
 
 This is the measurement behind docs/inference.md, "What limits the maps now". A transport
 boundary layer at the no-flux envelope gives the nucleus geometry a bias near its outline that
@@ -54,6 +56,26 @@ def finite_difference_rate(phi_h, phi_e, spacing_um: float, model: ChromatinMode
     mu = -phi_e + bulk_potential(phi_h, model.phi_max) - model.length_um ** 2 * lap(phi_h - phi_e)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (phi_h - 0.5 * lap(mu)) / np.where(phi_e > 1e-6, phi_e, np.nan)
+
+
+def misfit_by_band(fields, data, sd, mask):
+    """Mean noise-weighted misfit per cell, ``sum_c ((fields_c - data_c) / sd_c)^2``, per band of
+    :data:`BANDS`: about the number of channels where ``fields`` are the truth of ``data``.
+
+    Parameters
+    ----------
+    fields, data : sequences of (ny, nx) arrays, one per channel
+    sd : sequence of float
+        Each channel's noise sd.
+    mask : (ny, nx) bool array
+    """
+    depth = ndimage.distance_transform_edt(mask)
+    chi2 = sum(((np.asarray(f, float) - np.asarray(d, float)) / s) ** 2 for f, d, s in zip(fields, data, sd))
+    out = []
+    for lo, hi in BANDS:
+        sel = mask & np.isfinite(chi2) & (depth > lo) & ((depth <= hi) if hi is not None else True)
+        out.append(float(chi2[sel].mean()) if sel.any() else float("nan"))
+    return out
 
 
 def profile(values, truth, mask, interior_cells: float):
@@ -100,6 +122,7 @@ def main(argv=None) -> int:
         result = cf.infer_rates(given, seed=args.seed, **options)
         label = f"PINN {'noise-free' if args.clean else 'noisy'} fields {options or ''}".strip()
         rows.append((f"{label} ({time.perf_counter() - start:.0f} s)", result.rate))
+        fitted = (result.phi_h, result.phi_e)
     rows.append(("oracle direct", ev.best_direct(fields, truth).rate))
     rows.append(("oracle ratio", ev.best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, truth).rate))
     rows.append(("FD closed form, true fields", finite_difference_rate(phi_h, phi_e, spacing_um)))
@@ -115,6 +138,16 @@ def main(argv=None) -> int:
         print(f"| {name} | {corr:.4f} | {deep:.4f} | " + " | ".join(f"{b:+.3f}" for b in bias) + " |")
     _, _, t_bands = profile(transport, np.zeros_like(truth), mask, args.interior)
     print("| true T / phi_e (ratio minus lambda) | | | " + " | ".join(f"{b:+.3f}" for b in t_bands) + " |")
+    if args.pinn and not args.clean:
+        # the field cases' noise is known: sd = level x the true field's nuclear sd (accuracy.field_data)
+        level = float(fields.settings["noise"])
+        sd = [level * float(phi_h[mask].std()), level * float(phi_e[mask].std())]
+        data = (fields.phi_h, fields.phi_e)
+        print(f"\n## noise-weighted misfit to the data per cell (2 channels; the truth's is ~2), by band\n")
+        print("| fields | " + " | ".join(bands) + " |")
+        print("|---|" + "---:|" * len(bands))
+        for name, f in (("PINN's fitted fields", fitted), ("true fields", (phi_h, phi_e))):
+            print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in misfit_by_band(f, data, sd, mask)) + " |")
     return 0
 
 

@@ -164,3 +164,25 @@ def test_edge_profile_finite_difference_rate_is_second_order_and_bands_add_up():
     corr, deep, bias = profile(truth + offset, truth, mask, 10.0)
     np.testing.assert_allclose(bias, np.arange(len(BANDS)), atol=1e-12)
     assert deep < 1.0 and np.isfinite(corr)
+
+
+def test_edge_profile_misfit_by_band_is_chi2_of_the_noise_and_sees_an_offset():
+    """The truth of data with known Gaussian noise misfits by ~1 per channel and cell; fields off
+    by 2 sd in one band misfit by 1 + 4 more per channel there, and nowhere else."""
+    from edge_profile import BANDS, misfit_by_band
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:121, :121]
+    mask = (yy - 60) ** 2 + (xx - 60) ** 2 <= 58 ** 2
+    truth = [0.3 + 0.05 * np.sin(xx / 9.0), 0.2 + 0.03 * np.cos(yy / 7.0)]
+    sd = [0.004, 0.002]
+    data = [t + s * rng.standard_normal(t.shape) for t, s in zip(truth, sd)]
+    chi2 = misfit_by_band(truth, data, sd, mask)
+    np.testing.assert_allclose(chi2, 2.0, atol=0.25)
+    depth = ndimage.distance_transform_edt(mask)
+    band = (depth > BANDS[1][0]) & (depth <= BANDS[1][1])
+    shifted = [t + 2 * s * band for t, s in zip(truth, sd)]
+    moved = misfit_by_band(shifted, data, sd, mask)
+    assert 9.0 < moved[1] < 11.0                                  # 2 * (1 + 2^2)
+    np.testing.assert_allclose(np.delete(moved, 1), np.delete(chi2, 1), atol=1e-12)
