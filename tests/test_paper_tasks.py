@@ -193,3 +193,22 @@ def test_cpu_tensor_peak_reads_the_bytes_tensors_held_at_once():
         del c
     assert peak.mb == pytest.approx(12.0, abs=0.1)
     assert keep.numel() == 2**20
+
+
+def test_chromatin_step_rounds_take_medians_and_ratios_within_each_round():
+    """--rounds: the table's row is the median over rounds; each round's ratios use its own
+    mollifier run (a drift between rounds cancels); a failed round is left out."""
+    import chromatin_step as cs
+
+    def row(mode, ms, mb, tensor=float("nan")):
+        return {"mode": mode, "ms_per_step": ms, "peak_mb": mb, "saved_mb": 1.0, "total_s": 1.0, "tensor_mb": tensor}
+
+    runs = [[row("mollifier", 30.0, 60.0, 15.0), row("autodiff", 600.0, 900.0, 520.0)],
+            [row("autodiff", 800.0, 950.0), row("mollifier", 40.0, 70.0)],       # a slower phase
+            [row("mollifier", 35.0, 65.0), {"mode": "autodiff", "error": "killed"}]]
+    rows = {r["mode"]: r for r in cs.combine_rounds(runs, ["mollifier", "autodiff"])}
+    assert rows["mollifier"]["ms_per_step"] == 35.0 and rows["autodiff"]["ms_per_step"] == 700.0
+    assert rows["mollifier"]["tensor_mb"] == 15.0 and rows["autodiff"]["tensor_mb"] == 520.0
+    ratios = cs.round_ratios(runs)
+    assert ratios[0]["autodiff"][:2] == (20.0, 15.0) and ratios[1]["autodiff"][:2] == (20.0, 950.0 / 70.0)
+    assert "autodiff" not in ratios[2] and ratios[2]["mollifier"][2] == 35.0
