@@ -14,7 +14,9 @@ Usage::
     python benchmarks/calibrate_uncertainty.py --cases field-nucleus-smooth-50nm field-nucleus-domain-50nm --tuning --seeds 100 101
 
 ``--table-from DIR`` prints the coverage of the saved cases under error models with a floor
-proportional to the noise part (:func:`error_model_table`). Any other option is passed to
+proportional to the noise part (:func:`error_model_table`). ``--zones-from DIR [--check DIR2]``
+chooses ``(f, g)`` separately for the deep cells and the edge-bias zone (:func:`zone_table`) and
+prints the coverage on all and on interior cells, also for the cases of ``DIR2``. Any other option is passed to
 ``accuracy.py`` (``--set``, ``--noise``, ...). With
 ``--save DIR`` each case's parts, map, truth and compared cells are written to
 ``DIR/<case>_s<seed>.npz`` for other error models to be tried offline.
@@ -61,10 +63,82 @@ def error_model_table(directory, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.5, 2.
         print(f"| {f:g} | {g:g} | {inside}/{len(cov)} | " + " | ".join(f"{c:.3f}" for c in cov) + " |")
 
 
+def _choose(coverages, settings):
+    """The setting with the most cases in 0.80-0.95, then the smallest worst distance from 0.875."""
+    def key(i):
+        cov = coverages[i]
+        return (-sum(0.80 <= c <= 0.95 for c in cov), max(abs(c - 0.875) for c in cov))
+    order = sorted(range(len(settings)), key=key)
+    return order
+
+
+def zone_table(directory, check=None, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0),
+               cell_nm=50.0, interior_nm=250.0):
+    """Choose ``(f, g)`` separately for the cells deeper than ``EDGE_BIAS_DEPTH_UM`` and for the
+    edge-bias zone (:func:`chromflow.inverse.result.edge_bias_zone`) on the saved cases of
+    ``directory``; print both choices and the coverage they give on all compared cells and on
+    the interior ones (at least ``interior_nm`` inside), for ``directory`` and for ``check``
+    (saved reported cases: checked, not chosen on).
+    """
+    from scipy import ndimage
+
+    from chromflow.inverse.result import edge_bias_zone
+
+    def load(folder):
+        out = {}
+        for path in sorted(Path(folder).glob("*.npz")):
+            z = np.load(path)
+            ok = z["cells"].astype(bool) & np.isfinite(z["rate"]) & np.isfinite(z["truth"])
+            out[path.stem] = dict(err=np.abs(z["rate"] - z["truth"]), nv=z["noise_var"], ex=z["excess"], ok=ok,
+                                  zone=edge_bias_zone(z["cells"].astype(bool), cell_nm),
+                                  interior=ndimage.distance_transform_edt(z["cells"]) * cell_nm >= interior_nm)
+        return out
+
+    def coverage(case, deep, edge, cells):
+        f = np.where(case["zone"], edge[0], deep[0])
+        g = np.where(case["zone"], edge[1], deep[1])
+        sd = np.sqrt(inv.uncertainty_variance(case["nv"], case["ex"], f, g))
+        return float(np.mean(case["err"][cells] <= Z90 * sd[cells]))
+
+    tuning = load(directory)
+    settings = [(f, g) for f in factors for g in floors]
+    chosen = {}
+    for name, in_zone in (("deep", False), ("edge zone", True)):
+        covs = [[coverage(c, fg, fg, c["ok"] & (c["zone"] == in_zone)) for c in tuning.values()] for fg in settings]
+        order = _choose(covs, settings)
+        chosen[name] = settings[order[0]]
+        print(f"\n{name}: best (f, g) on {directory}\n")
+        print("| f | g | in 0.80-0.95 | " + " | ".join(tuning) + " |")
+        print("|---|---|---|" + "---|" * len(tuning))
+        for i in order[:5]:
+            inside = sum(0.80 <= c <= 0.95 for c in covs[i])
+            print(f"| {settings[i][0]:g} | {settings[i][1]:g} | {inside}/{len(tuning)} | "
+                  + " | ".join(f"{c:.3f}" for c in covs[i]) + " |")
+    deep, edge = chosen["deep"], chosen["edge zone"]
+    print(f"\nchosen: deep f = {deep[0]:g}, g = {deep[1]:g}; edge zone f = {edge[0]:g}, g = {edge[1]:g}\n")
+    print("| cases | error model | cells | in 0.80-0.95 | range | mean |")
+    print("|---|---|---|---|---|---|")
+    for label, cases in (("tuning", tuning), ("check", load(check) if check else {})):
+        for model, (d, e) in (("one (f, g) = (%g, %g)" % (inv.BIAS_INFLATION["pinn"], inv.MODEL_ERROR_FLOOR["pinn"]),
+                               ((inv.BIAS_INFLATION["pinn"], inv.MODEL_ERROR_FLOOR["pinn"]),) * 2),
+                              ("by zone", (deep, edge))):
+            for cells_name in ("all", "interior"):
+                cov = [coverage(c, d, e, c["ok"] & (c["interior"] if cells_name == "interior" else True))
+                       for c in cases.values()]
+                if cov:
+                    print(f"| {label} | {model} | {cells_name} | {sum(0.80 <= c <= 0.95 for c in cov)}/{len(cov)} | "
+                          f"{min(cov):.3f}-{max(cov):.3f} | {np.mean(cov):.3f} |")
+    return chosen
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--table-from" in argv:
         error_model_table(argv[argv.index("--table-from") + 1])
+        return
+    if "--zones-from" in argv:
+        check = argv[argv.index("--check") + 1:] if "--check" in argv else []
+        zone_table(argv[argv.index("--zones-from") + 1], check=check[0] if check else None)
         return
     save = None
     if "--save" in argv:

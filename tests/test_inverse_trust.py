@@ -266,19 +266,42 @@ def test_total_uncertainty_adds_the_inflated_bias_and_the_model_error_floor():
     assert np.allclose(no_floor[mask], np.sqrt(0.04 + 4 * 0.05))
 
 
-def test_network_uncertainty_carries_the_model_error_floor(steady):
-    from chromflow.inverse import MODEL_ERROR_FLOOR
+def test_network_uncertainty_carries_the_model_error_floor_of_each_zone(steady):
+    from chromflow.inverse import EDGE_MODEL_ERROR_FLOOR, MODEL_ERROR_FLOOR
+    from chromflow.inverse.result import edge_bias_zone
 
     f = _noisy(steady, 0.05, 3)
     noise_only = infer_rates(f, iterations=6, uncertainty="noise", device="cpu")
     full = infer_rates(f, iterations=6, uncertainty=True, device="cpu")
     m = full.mask
-    floor = MODEL_ERROR_FLOOR["pinn"]
-    assert full.diagnostics["uncertainty"]["model_error_floor"] == floor > 0
-    # same seed, same fits: the full map is at least sqrt(1 + floor^2) times the noise part
-    ratio = full.uncertainty[m] / noise_only.uncertainty[m]
-    assert ratio.min() >= np.sqrt(1 + floor ** 2) * (1 - 1e-6)
+    deep_floor, edge_floor = MODEL_ERROR_FLOOR["pinn"], EDGE_MODEL_ERROR_FLOOR["pinn"]
+    info = full.diagnostics["uncertainty"]
+    assert info["model_error_floor"] == deep_floor > 0 and info["edge_model_error_floor"] == edge_floor > deep_floor
+    zone = edge_bias_zone(m, f.spacing)
+    assert info["edge_zone_cells"] == zone.sum() and zone.any() and (m & ~zone).any()
+    # same seed, same fits: the full map is at least sqrt(1 + floor^2) times the noise part,
+    # with the floor of the cell's zone
+    ratio = full.uncertainty / noise_only.uncertainty
+    assert ratio[m & ~zone].min() >= np.sqrt(1 + deep_floor ** 2) * (1 - 1e-6)
+    assert ratio[zone].min() >= np.sqrt(1 + edge_floor ** 2) * (1 - 1e-6)
     assert np.allclose(full.rate[m], noise_only.rate[m])
+
+
+def test_total_uncertainty_takes_per_cell_factors():
+    """Per-cell inflation and floor (the two zones) give each cell its own error model."""
+    from chromflow.inverse import _total_uncertainty
+
+    mask = np.zeros((30, 30), bool)
+    mask[3:27, 3:27] = True
+    truth = np.where(mask, 1.0, np.nan)
+    noise_var = np.where(mask, 0.04, 0.0)
+    boot = truth + 0.3                                   # excess 0.05 everywhere
+    left = np.zeros(mask.shape, bool)
+    left[:, :15] = True
+    sd, _, _ = _total_uncertainty(truth, noise_var, boot, truth, mask, mask, 3.0,
+                                  inflation=np.where(left, 4.0, 1.0), floor=np.where(left, 2.0, 0.0))
+    assert np.allclose(sd[mask & left], np.sqrt(0.04 * (1 + 4.0) + 16.0 * 0.05))
+    assert np.allclose(sd[mask & ~left], np.sqrt(0.04 + 0.05))
 
 
 # ------------------------------------------------------------------ rate channel and closed form

@@ -50,7 +50,7 @@ from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
 from .direct import direct_rates
 from .noise import estimate_noise, fission, local_level
-from .result import RateMapResult, _jsonable
+from .result import RateMapResult, _jsonable, edge_bias_zone
 
 __all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells",
            "closed_form_weight", "network_size", "noise_share"]
@@ -82,7 +82,7 @@ AUTO_RADIUS_CELLS = (3.0, 12.0)
 #: the maps of this release (closed-form mixing, size from the noise share). The network's
 #: bias hides from its own bootstrap far more than the kernel's: a smooth fitted map is easy to
 #: refit.
-BIAS_INFLATION = {"direct": 0.6, "pinn": 8.0, "autodiff": 8.0}
+BIAS_INFLATION = {"direct": 0.6, "pinn": 6.0, "autodiff": 6.0}
 #: the networks' error also has a part that follows the noise but that the fission refit (white
 #: Gaussian noise drawn from the fitted noise model) does not show: rendered counting noise is
 #: over-dispersed (blinking) and correlated between neighbouring cells. With the fission part
@@ -91,7 +91,19 @@ BIAS_INFLATION = {"direct": 0.6, "pinn": 8.0, "autodiff": 8.0}
 #: ``BIAS_INFLATION = 8``: 10 of the 12 tuning cases in 0.80-0.95 (coverage 0.82-0.97, mean
 #: 0.90), against 8 of 12 (0.71-0.98) for the previous release's ``(4.5, 2)`` on the same maps.
 #: ``autodiff`` takes the values of ``pinn`` (not calibrated on its own).
-MODEL_ERROR_FLOOR = {"direct": 0.0, "pinn": 1.5, "autodiff": 1.5}
+MODEL_ERROR_FLOOR = {"direct": 0.0, "pinn": 0.5, "autodiff": 0.5}
+#: the same two factors for the cells of the edge-bias zone (within
+#: :data:`~chromflow.inverse.result.EDGE_BIAS_DEPTH_UM` of the outline), where the networks' maps
+#: carry a bias the bootstrap refit hardly shows (docs/inference.md, "What limits the maps now").
+#: One pair for all cells, ``(8, 1.5)``, covered the deep cells too generously and the edge
+#: cells too little: on the reported seeds 7 of 15 maps in 0.80-0.95 on the interior cells
+#: (>= 250 nm inside), mean 0.945. Each pair, deep ``(6, 0.5)`` and edge zone ``(12, 1.5)``,
+#: was chosen on its own cells of the 12 tuning cases (``benchmarks/calibrate_uncertainty.py
+#: --zones-from``; most cases in 0.80-0.95, then the smallest worst distance from 0.875):
+#: 10 of 12 in range on all and on interior cells (one pair: 10 and 8). ``direct`` keeps one
+#: pair.
+EDGE_BIAS_INFLATION = {"direct": 0.6, "pinn": 12.0, "autodiff": 12.0}
+EDGE_MODEL_ERROR_FLOOR = {"direct": 0.0, "pinn": 1.5, "autodiff": 1.5}
 #: ``width="auto"``, ``depth="auto"``: the MLP's size from the noise share of the data
 #: (:func:`noise_share`, the larger of the two channels'). Below ``LOW_NOISE_SHARE`` the
 #: network's capacity limits the map (domain-scale detail), above it a larger network fits noise
@@ -458,6 +470,8 @@ def _total_uncertainty(rate, noise_var, boot_rate, boot_truth, mask, interior, r
     (calibrated on tuning seeds of ``chromflow.simulate``, checked on the independent simulator
     of ``benchmarks/_heldout.py``), plus ``floor**2`` times the noise part
     (:data:`MODEL_ERROR_FLOOR`): error that follows the noise but that fission does not show.
+    ``inflation`` and ``floor`` may be per-cell arrays (the edge-bias zone has its own,
+    :data:`EDGE_BIAS_INFLATION` and :data:`EDGE_MODEL_ERROR_FLOOR`).
     """
     excess = bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius)
     x, y = boot_truth[interior], boot_rate[interior]
@@ -476,7 +490,8 @@ def bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius):
 
 
 def uncertainty_variance(noise_var, excess, inflation, floor=0.0):
-    """The error model: ``(1 + floor^2) noise_var + inflation^2 excess`` (variance per cell)."""
+    """The error model: ``(1 + floor^2) noise_var + inflation^2 excess`` (variance per cell;
+    ``inflation`` and ``floor`` are numbers or per-cell arrays)."""
     return (1.0 + floor ** 2) * noise_var + inflation ** 2 * excess
 
 
@@ -688,12 +703,18 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
             boot_rate, boot_closed = _refit(method, np.stack([bh, be]), variances, mask, interior, spacing_um, opts,
                                             model, seed, dev, training, progress, cancel)
             boot = boot_rate + training["closed_form_weight"] * (boot_closed - boot_rate)
+        # the error model's two factors differ between the deep cells and the edge-bias zone
+        zone = edge_bias_zone(mask, spacing)
+        inflation = np.where(zone, EDGE_BIAS_INFLATION[method], BIAS_INFLATION[method])
+        floor = np.where(zone, EDGE_MODEL_ERROR_FLOOR[method], MODEL_ERROR_FLOOR[method])
         unc, slope, bias_share = _total_uncertainty(rate, noise_var, boot, truth, mask, interior,
-                                                    float(opts["radius"]), BIAS_INFLATION[method],
-                                                    MODEL_ERROR_FLOOR[method])
+                                                    float(opts["radius"]), inflation, floor)
         diagnostics["uncertainty"] = {"bootstrap_slope": slope, "bias_share_of_variance": bias_share,
                                       "bias_inflation": BIAS_INFLATION[method],
-                                      "model_error_floor": MODEL_ERROR_FLOOR[method]}
+                                      "model_error_floor": MODEL_ERROR_FLOOR[method],
+                                      "edge_bias_inflation": EDGE_BIAS_INFLATION[method],
+                                      "edge_model_error_floor": EDGE_MODEL_ERROR_FLOOR[method],
+                                      "edge_zone_cells": int(zone.sum())}
     diagnostics["training"] = training
     diagnostics["flags"] = _flags(rate, mask, interior, split_r, edge)
     settings["training"] = training
