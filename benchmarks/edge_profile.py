@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         level = float(fields.settings["noise"])
         sd = [level * float(phi_h[mask].std()), level * float(phi_e[mask].std())]
         data = (fields.phi_h, fields.phi_e)
-        print(f"\n## noise-weighted misfit to the data per cell (2 channels; the truth's is ~2), by band\n")
+        print("\n## noise-weighted misfit to the data per cell (2 channels; the truth's is ~2), by band\n")
         print("| fields | " + " | ".join(bands) + " |")
         print("|---|" + "---:|" * len(bands))
         for name, f in (("PINN's fitted fields", fitted), ("true fields", (phi_h, phi_e))):

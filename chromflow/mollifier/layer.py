@@ -298,7 +298,6 @@ def _check_size(sizes, halos, boundary):
 
 def _prepare(x: torch.Tensor, halos: tuple, boundary: str, extension=None) -> torch.Tensor:
     """Pad ``x`` (B, 1, *spatial) for the boundary mode so that a valid convolution fits."""
-    nd = len(halos)
     _check_size(x.shape[2:], halos, boundary)
     if boundary == "valid":
         return x
