@@ -76,21 +76,21 @@ AUTO_RADIUS_CELLS = (3.0, 12.0)
 #: the smoothing bias of a map exceeds the one its bootstrap refit shows (the refit's truth, the
 #: fitted map, is smoother than the real one) by about this factor, per method. ``direct``:
 #: calibrated for 90 % coverage on the tuning seeds 100-105 of ``chromflow.simulate`` (64x64,
-#: 50 nm cells, lambda varying on 0.25-1 um, 3 % noise). The networks: chosen together with
-#: :data:`MODEL_ERROR_FLOOR` by ``benchmarks/calibrate_uncertainty.py --table-from`` on 12 tuning
-#: cases of the independent simulator (seeds 100-101; docs/inference.md, "Uncertainty"), for
-#: the maps of this release (closed-form mixing, size from the noise share). The network's
-#: bias hides from its own bootstrap far more than the kernel's: a smooth fitted map is easy to
-#: refit.
+#: 50 nm cells, lambda varying on 0.25-1 um, 3 % noise). The networks: the value for the cells
+#: deeper than the edge-bias zone, chosen together with :data:`MODEL_ERROR_FLOOR` by
+#: ``benchmarks/calibrate_uncertainty.py --zones-from`` on 12 tuning cases of the independent
+#: simulator (seeds 100-101; docs/inference.md, "Uncertainty"), for the maps of this release;
+#: the zone has its own (:data:`EDGE_BIAS_INFLATION`). The network's bias hides from its own
+#: bootstrap far more than the kernel's: a smooth fitted map is easy to refit.
 BIAS_INFLATION = {"direct": 0.6, "pinn": 6.0, "autodiff": 6.0}
 #: the networks' error also has a part that follows the noise but that the fission refit (white
 #: Gaussian noise drawn from the fitted noise model) does not show: rendered counting noise is
 #: over-dispersed (blinking) and correlated between neighbouring cells. With the fission part
 #: alone, the nominal 90 % intervals covered 34-48 % of the cells on rendered end-to-end tuning
-#: cases. The uncertainty adds ``floor^2 x`` the noise part. ``floor = 1.5`` with
-#: ``BIAS_INFLATION = 8``: 10 of the 12 tuning cases in 0.80-0.95 (coverage 0.82-0.97, mean
-#: 0.90), against 8 of 12 (0.71-0.98) for the previous release's ``(4.5, 2)`` on the same maps.
-#: ``autodiff`` takes the values of ``pinn`` (not calibrated on its own).
+#: cases. The uncertainty adds ``floor^2 x`` the noise part: ``0.5`` for the deep cells with
+#: ``BIAS_INFLATION = 6`` (10 of the 12 tuning cases in 0.80-0.95 on those cells), and
+#: :data:`EDGE_MODEL_ERROR_FLOOR` in the edge-bias zone. ``autodiff`` takes the values of
+#: ``pinn`` (not calibrated on its own).
 MODEL_ERROR_FLOOR = {"direct": 0.0, "pinn": 0.5, "autodiff": 0.5}
 #: the same two factors for the cells of the edge-bias zone (within
 #: :data:`~chromflow.inverse.result.EDGE_BIAS_DEPTH_UM` of the outline), where the networks' maps
