@@ -212,3 +212,25 @@ def test_chromatin_step_rounds_take_medians_and_ratios_within_each_round():
     ratios = cs.round_ratios(runs)
     assert ratios[0]["autodiff"][:2] == (20.0, 15.0) and ratios[1]["autodiff"][:2] == (20.0, 950.0 / 70.0)
     assert "autodiff" not in ratios[2] and ratios[2]["mollifier"][2] == 35.0
+
+
+def test_calibrate_uncertainty_zone_table_finds_each_zones_floor(tmp_path):
+    """Saved parts whose errors are Gaussian with a known sd per zone: the rule (most cases in
+    0.80-0.95, then nearest to 0.875) picks, per zone, the floor whose interval covers 87.5 %."""
+    import calibrate_uncertainty as cu
+    from scipy.stats import norm
+
+    yy, xx = np.mgrid[:70, :70]
+    cells = (yy - 35) ** 2 + (xx - 35) ** 2 <= 33 ** 2             # 50 nm cells: 1.65 um radius
+    from chromflow.inverse.result import edge_bias_zone
+
+    zone = edge_bias_zone(cells, 50.0)
+    z = norm.ppf(0.5 + 0.875 / 2)
+    # sd such that 1.645 sqrt(1 + g^2) covers 87.5 %: g = 1 deep, g = 2 in the zone
+    sd = np.where(zone, cu.Z90 * np.sqrt(5.0) / z, cu.Z90 * np.sqrt(2.0) / z)
+    for seed in (0, 1):
+        err = sd * np.random.default_rng(seed).standard_normal(cells.shape)
+        np.savez(tmp_path / f"case_s{seed}.npz", rate=np.where(cells, 1.0 + err, np.nan), truth=np.where(cells, 1.0, np.nan),
+                 cells=cells, noise_var=np.ones(cells.shape), excess=np.zeros(cells.shape))
+    chosen = cu.zone_table(tmp_path)
+    assert chosen["deep"][1] == 1.0 and chosen["edge zone"][1] == 2.0
