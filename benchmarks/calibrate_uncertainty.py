@@ -172,7 +172,9 @@ def main(argv=None):
                                     noise_var=parts["noise_var"], excess=parts["excess"],
                                     uncertainty=result.uncertainty)
             size = f"{result.settings.get('width')}x{result.settings.get('depth')}"
-            lines.append(f"| {case} | {seed} | {size} | {parts['inflation']:g} | "
+            # one factor, or one per zone (deep / edge-bias zone: the smaller is the deep one)
+            f_now = "/".join(f"{v:g}" for v in np.unique(np.asarray(parts["inflation"], dtype=float)))
+            lines.append(f"| {case} | {seed} | {size} | {f_now} | "
                          + " | ".join(f"{c:.3f}" for c in cov) + " |")
             print(lines[-1], flush=True)
             parts.clear()
@@ -182,7 +184,7 @@ def main(argv=None):
     A._row = row
     A.main(argv)
     print("\n## Coverage of the nominal 90 % interval by bias factor f\n")
-    print("| case | seed | network | f now | " + " | ".join(f"f={f:g}" for f in FACTORS) + " |")
+    print("| case | seed | network | f now (deep/zone) | " + " | ".join(f"f={f:g}" for f in FACTORS) + " |")
     print("|---|---|---|---|" + "---|" * len(FACTORS))
     for line in lines:
         print(line)
