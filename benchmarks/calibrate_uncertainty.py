@@ -114,13 +114,16 @@ def zone_table(directory, check=None, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.
             inside = sum(0.80 <= c <= 0.95 for c in covs[i])
             print(f"| {settings[i][0]:g} | {settings[i][1]:g} | {inside}/{len(tuning)} | "
                   + " | ".join(f"{c:.3f}" for c in covs[i]) + " |")
+    # the comparison: one pair for all cells, chosen by the same rule on all cells
+    covs = [[coverage(c, fg, fg, c["ok"]) for c in tuning.values()] for fg in settings]
+    single = settings[_choose(covs, settings)[0]]
     deep, edge = chosen["deep"], chosen["edge zone"]
-    print(f"\nchosen: deep f = {deep[0]:g}, g = {deep[1]:g}; edge zone f = {edge[0]:g}, g = {edge[1]:g}\n")
+    print(f"\nchosen: deep f = {deep[0]:g}, g = {deep[1]:g}; edge zone f = {edge[0]:g}, g = {edge[1]:g}; "
+          f"one pair for all cells f = {single[0]:g}, g = {single[1]:g}\n")
     print("| cases | error model | cells | in 0.80-0.95 | range | mean |")
     print("|---|---|---|---|---|---|")
     for label, cases in (("tuning", tuning), ("check", load(check) if check else {})):
-        for model, (d, e) in (("one (f, g) = (%g, %g)" % (inv.BIAS_INFLATION["pinn"], inv.MODEL_ERROR_FLOOR["pinn"]),
-                               ((inv.BIAS_INFLATION["pinn"], inv.MODEL_ERROR_FLOOR["pinn"]),) * 2),
+        for model, (d, e) in (("one pair (%g, %g) for all cells" % single, (single, single)),
                               ("by zone", (deep, edge))):
             for cells_name in ("all", "interior"):
                 cov = [coverage(c, d, e, c["ok"] & (c["interior"] if cells_name == "interior" else True))
