@@ -508,8 +508,8 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         """The bin's algorithm and its rough cost (ns on one core), from its count and sigma."""
         n = int(ends[k] - starts[k])
         s_b, s_max = bin_sigma(k)
-        half = max(1, math.ceil(TRUNCATE_SIGMAS * s_max + 0.5))
-        u = int(min(_MAX_SUBPIXEL, max(1, math.ceil(SUBPIXEL_STEPS_PER_SIGMA / s_b))))
+        half = _kernel_half(s_max)
+        u = _subpixel_steps(s_b)
         ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
         width = 2 * half + 1
         f = _cic_factor(s_b)
@@ -538,7 +538,7 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         else:
             by, bx, s_l = np.take(py, sel), np.take(px, sel), None
         s_b, _ = bin_sigma(k)
-        u = int(min(_MAX_SUBPIXEL, max(1, math.ceil(SUBPIXEL_STEPS_PER_SIGMA / s_b))))
+        u = _subpixel_steps(s_b)
         choice, _ = plan(k)
         if choice == "cic":
             # threads inside a bin only when the bins do not already keep them busy
@@ -546,7 +546,7 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         if s_l is None:
             s_l = np.take(s, sel)
         # the exact largest sigma sets the kernel size
-        half = max(1, math.ceil(TRUNCATE_SIGMAS * float(s_l.max()) + 0.5))
+        half = _kernel_half(float(s_l.max()))
         ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
         if iy is None:
             jy = np.minimum(by.astype(np.intp), ny - 1)
@@ -577,6 +577,16 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
     return out
 
 
+def _kernel_half(s_max: float) -> int:
+    """Half-width (pixels) of a kernel truncated at :data:`TRUNCATE_SIGMAS` of ``s_max`` pixels."""
+    return max(1, math.ceil(TRUNCATE_SIGMAS * s_max + 0.5))
+
+
+def _subpixel_steps(s_b: float) -> int:
+    """Sub-pixel phases per axis for a bin of sigma ``s_b`` pixels (at most :data:`_MAX_SUBPIXEL`)."""
+    return int(min(_MAX_SUBPIXEL, max(1, math.ceil(SUBPIXEL_STEPS_PER_SIGMA / s_b))))
+
+
 def _cic_factor(s_b: float) -> int:
     """Grid refinement of the cic path: the smallest power of two f with f * s_b (pixels) >=
     :data:`CIC_MIN_SIGMA`."""
@@ -598,7 +608,7 @@ def _cic_bin(by, bx, s_b, ny, nx, threads: bool = True) -> np.ndarray:
     """
     f = _cic_factor(s_b)
     n = len(by)
-    half = max(1, math.ceil(TRUNCATE_SIGMAS * s_b + 0.5))
+    half = _kernel_half(s_b)
     pad = half + 1                                # the node below pixel 0 / above the last one
     nyf, nxf = f * (ny + 2 * pad), f * (nx + 2 * pad)
     shape = (nyf, nxf)
