@@ -49,27 +49,24 @@ def error_model_table(directory, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.5, 2.
         z = np.load(path)
         ok = z["cells"]
         cases[path.stem] = (np.abs(z["rate"] - z["truth"])[ok], z["noise_var"][ok], z["excess"][ok])
-    rows = []
-    for f in factors:
-        for g in floors:
-            cov = [float(np.mean(err <= Z90 * np.sqrt(inv.uncertainty_variance(nv, ex, f, g))))
-                   for err, nv, ex in cases.values()]
-            inside = sum(0.80 <= c <= 0.95 for c in cov)
-            rows.append((inside, -max(abs(c - 0.875) for c in cov), f, g, cov))
-    rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
+    settings = [(f, g) for f in factors for g in floors]
+    covs = [[float(np.mean(err <= Z90 * np.sqrt(inv.uncertainty_variance(nv, ex, f, g))))
+             for err, nv, ex in cases.values()] for f, g in settings]
     print("| f | g | in 0.80-0.95 | " + " | ".join(cases) + " |")
     print("|---|---|---|" + "---|" * len(cases))
-    for inside, _, f, g, cov in rows[:15]:
+    for i in _choose(covs)[:15]:
+        (f, g), cov = settings[i], covs[i]
+        inside = sum(0.80 <= c <= 0.95 for c in cov)
         print(f"| {f:g} | {g:g} | {inside}/{len(cov)} | " + " | ".join(f"{c:.3f}" for c in cov) + " |")
 
 
-def _choose(coverages, settings):
-    """The setting with the most cases in 0.80-0.95, then the smallest worst distance from 0.875."""
+def _choose(coverages):
+    """Indices of the settings, best first: the most cases in 0.80-0.95, then the smallest worst
+    distance from 0.875 (``coverages``: one list of per-case coverages per setting)."""
     def key(i):
         cov = coverages[i]
         return (-sum(0.80 <= c <= 0.95 for c in cov), max(abs(c - 0.875) for c in cov))
-    order = sorted(range(len(settings)), key=key)
-    return order
+    return sorted(range(len(coverages)), key=key)
 
 
 def zone_table(directory, check=None, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0),
@@ -105,7 +102,7 @@ def zone_table(directory, check=None, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.
     chosen = {}
     for name, in_zone in (("deep", False), ("edge zone", True)):
         covs = [[coverage(c, fg, fg, c["ok"] & (c["zone"] == in_zone)) for c in tuning.values()] for fg in settings]
-        order = _choose(covs, settings)
+        order = _choose(covs)
         chosen[name] = settings[order[0]]
         print(f"\n{name}: best (f, g) on {directory}\n")
         print("| f | g | in 0.80-0.95 | " + " | ".join(tuning) + " |")
@@ -116,7 +113,7 @@ def zone_table(directory, check=None, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.
                   + " | ".join(f"{c:.3f}" for c in covs[i]) + " |")
     # the comparison: one pair for all cells, chosen by the same rule on all cells
     covs = [[coverage(c, fg, fg, c["ok"]) for c in tuning.values()] for fg in settings]
-    single = settings[_choose(covs, settings)[0]]
+    single = settings[_choose(covs)[0]]
     deep, edge = chosen["deep"], chosen["edge zone"]
     print(f"\nchosen: deep f = {deep[0]:g}, g = {deep[1]:g}; edge zone f = {edge[0]:g}, g = {edge[1]:g}; "
           f"one pair for all cells f = {single[0]:g}, g = {single[1]:g}\n")
