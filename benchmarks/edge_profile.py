@@ -58,6 +58,11 @@ def finite_difference_rate(phi_h, phi_e, spacing_um: float, model: ChromatinMode
         return (phi_h - 0.5 * lap(mu)) / np.where(phi_e > 1e-6, phi_e, np.nan)
 
 
+def _band(depth, lo, hi):
+    """Cells of one band of :data:`BANDS`: deeper than ``lo``, at most ``hi`` (None: no bound)."""
+    return (depth > lo) & ((depth <= hi) if hi is not None else True)
+
+
 def misfit_by_band(fields, data, sd, mask):
     """Mean noise-weighted misfit per cell, ``sum_c ((fields_c - data_c) / sd_c)^2``, per band of
     :data:`BANDS`: about the number of channels where ``fields`` are the truth of ``data``.
@@ -73,7 +78,7 @@ def misfit_by_band(fields, data, sd, mask):
     chi2 = sum(((np.asarray(f, float) - np.asarray(d, float)) / s) ** 2 for f, d, s in zip(fields, data, sd))
     out = []
     for lo, hi in BANDS:
-        sel = mask & np.isfinite(chi2) & (depth > lo) & ((depth <= hi) if hi is not None else True)
+        sel = mask & np.isfinite(chi2) & _band(depth, lo, hi)
         out.append(float(chi2[sel].mean()) if sel.any() else float("nan"))
     return out
 
@@ -85,7 +90,7 @@ def profile(values, truth, mask, interior_cells: float):
     deep = ok & (depth > interior_cells)
     bias = []
     for lo, hi in BANDS:
-        sel = ok & (depth > lo) & ((depth <= hi) if hi is not None else True)
+        sel = ok & _band(depth, lo, hi)
         bias.append(float(np.mean(values[sel] - truth[sel])) if sel.any() else float("nan"))
     corr = ev.rate_correlation(np.where(ok, values, np.nan), truth)
     corr_deep = ev.rate_correlation(np.where(deep, values, np.nan), truth) if deep.sum() > 2 else float("nan")
