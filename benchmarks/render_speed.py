@@ -67,7 +67,7 @@ def accuracy(seed=0):
         py, px, size = _isolated(s, n, rng)
         ref = _exact(py, px, s, size, size)
         sig = np.full(n, s)
-        err = {p: np.abs(_render_gaussian(py, px, None, None, sig, size, size, path=p) - ref).sum() / n * 100
+        err = {p: np.abs(_render_gaussian(py, px, sig, size, size, path=p) - ref).sum() / n * 100
                for p in ("convolve", "cic")}
         f = _cic_factor(s)
         how = f"f = {f}" if f <= _MAX_CIC_FACTOR else f"f = {f} > {_MAX_CIC_FACTOR}: exact direct scatter instead"
@@ -78,7 +78,7 @@ def accuracy(seed=0):
     s = (rng.gamma(4.0, 5.0, 3000) + 3.0) / 20.0
     py, px, size = _isolated(s.max(), len(s), rng)
     ref = _exact(py, px, s, size, size)
-    row = [np.abs(_render_gaussian(py, px, None, None, s, size, size, path=p) - ref).sum() / len(s) * 100
+    row = [np.abs(_render_gaussian(py, px, s, size, size, path=p) - ref).sum() / len(s) * 100
            for p in ("convolve", "cic", "auto")]
     print(f"| isolated, 3000 (sparse: `auto` takes the exact direct scatter) | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.1f} |")
     side = 64
@@ -86,7 +86,7 @@ def accuracy(seed=0):
     py, px = rng.uniform(0, side, len(s)), rng.uniform(0, side, len(s))
     ref = _exact(py, px, s, side, side)
     inner = (slice(8, -8), slice(8, -8))      # away from the mirrored borders (exact has none)
-    row = [np.abs(_render_gaussian(py, px, None, None, s, side, side, path=p) - ref)[inner].sum()
+    row = [np.abs(_render_gaussian(py, px, s, side, side, path=p) - ref)[inner].sum()
            / ref[inner].sum() * 100 for p in ("convolve", "cic", "auto")]
     print(f"| dense, 10 per pixel, {side} x {side} px (inner 48 x 48) | {row[0]:.2f} | {row[1]:.2f} | {row[2]:.2f} |")
 

@@ -39,8 +39,6 @@ _MAX_SUBPIXEL = 8
 #: phases (measured: 8.4 % against 8.8 % of a localization's mass misplaced at f * sigma = 0.85).
 CIC_MIN_SIGMA = 0.85
 _MAX_CIC_FACTOR = 8
-# localizations per chunk of the cloud-in-cell sums (chunks run in parallel threads)
-_CIC_CHUNK = 1 << 20
 
 
 def _source(locs) -> str | None:
@@ -182,8 +180,9 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
     renormalised to unit sum. Mass that would fall outside the fov is mirrored back at the edge,
     so every localization inside the fov contributes exactly one count.
 
-    To render 10 million localizations in about a second, localizations are grouped by sigma
-    into geometric bins of ratio :data:`SIGMA_BIN_RATIO` (1.25). Per bin, one of three
+    To render 10 million localizations in under a second on two cores, localizations are
+    grouped by sigma into geometric bins of ratio :data:`SIGMA_BIN_RATIO` (1.25), by a stable
+    counting sort (compiled loops, see :mod:`chromflow._render_kernels`). Per bin, one of three
     algorithms runs, whichever is estimated cheaper:
 
     * *cloud-in-cell* (dense bins): on a grid ``f`` times finer than the pixels (``f`` = 1, 2,
@@ -192,9 +191,7 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
       its mass and mean position exactly; every node is then spread by the pixel-integrated
       Gaussian of its sub-pixel phase (separable convolutions). The Gaussian's variance is the
       bin's mean square sigma minus the bin's mean variance added by the split, so the bin's
-      second moment is kept. Where localizations outnumber grid nodes, only three sums per node
-      are accumulated (count, sum of the y and x fractions): the y and x splits stay exact per
-      localization, the node's split between them is the product of its mean fractions.
+      second moment is kept.
     * *sub-pixel phases* (``u`` phases per axis, ``u = min(8, ceil(3 * pixel_size / sigma))``):
       positions are moved to the centre of their phase (by at most ``pixel_size / (2u)``), and
       each phase is convolved separably with its pixel-integrated kernel.
@@ -208,8 +205,9 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
     pixel, at most 8.4 % (sigma just above a grid switch, ``f * sigma = 0.85``), against 7.5 to
     11.5 % for the sub-pixel phases. With own uncertainties (gamma-distributed, 0.15-4 pixels)
     the sigma binning adds to this: 8.3 % per isolated localization (phases: 11.3 %); in a
-    dense field (10 localizations per pixel) 0.7 % of the image is misplaced. The result does
-    not depend on the number of threads.
+    dense field (10 localizations per pixel) 0.65 % of the image is misplaced. The result does
+    not depend on the number of threads. The compiled loops are built on the first call in a
+    new installation (~1.5 s) and loaded from their cache afterwards (~0.4 s once per process).
 
     Examples
     --------
@@ -287,18 +285,11 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
     if n_in == 0:
         raise InputError(f"no localization inside fov (y {y_min:g}..{y_max:g}, x {x_min:g}..{x_max:g} nm); "
                          f"data span y {span[0]:g}..{span[1]:g}, x {span[2]:g}..{span[3]:g} nm", source)
-    # positions in pixel units, relative to the edge of pixel 0 (y and x in two threads)
-    def to_pixels(values, low):
-        values = values - low
-        values /= pixel_size
-        return values
-
-    py, px = _in_threads(lambda args: to_pixels(*args), [(y, y_min), (x, x_min)])
-    del y, x
-
     meta = {"method": method, "n_localizations": n_in, "units": "localizations per pixel",
             "fov": (y_min, x_min, y_max, x_max)}
     if method == "histogram":
+        py, px = _to_pixels(y, x, (y_min, x_min), pixel_size)
+        del y, x
         index = py.astype(np.intp)
         np.minimum(index, ny - 1, out=index)
         index *= nx
@@ -310,29 +301,29 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
         meta["sigma"] = None
     else:
         if sigma is not None:
-            s = np.full(n_in, sigma / pixel_size)
+            sig = sigma
             meta["sigma"] = sigma
         elif "uncertainty" in locs.columns:
             sig = locs["uncertainty"].to_numpy(dtype=np.float64)
             if inside is not None:
                 sig = sig[inside]
-            s = sig / pixel_size
             # all valid when the sum is finite and the minimum positive (the mask only otherwise)
-            if not (np.isfinite(s.sum()) and s.min() > 0):
+            if not (np.isfinite(sig.sum()) and sig.min() > 0):
                 ok = np.isfinite(sig) & (sig > 0)
                 n_bad = n_in - int(np.count_nonzero(ok))
                 fill = float(np.median(sig[ok])) if n_bad < n_in else DEFAULT_SIGMA_NM
                 sig = np.where(ok, sig, fill)
-                s = sig / pixel_size
                 meta["uncertainty_filled"] = n_bad
             meta["sigma"] = "uncertainty"
         else:
-            s = np.full(n_in, DEFAULT_SIGMA_NM / pixel_size)
+            sig = DEFAULT_SIGMA_NM
             meta["sigma"] = DEFAULT_SIGMA_NM
-        groups = _sigma_groups(s)
-        tasks = [lambda: _render_gaussian(py, px, None, None, s, ny, nx, groups=groups)]
+        # grouped by blur, in pixel units (relative to the edge of pixel 0)
+        groups = _sigma_groups(y, x, sig, scale=pixel_size, origin=(y_min, x_min))
+        del y, x
+        tasks = [lambda: _render_gaussian(None, None, None, ny, nx, groups=groups)]
         if meta["sigma"] == "uncertainty":     # the median is found while the bins render
-            tasks.append(lambda: _median_from_groups(sig, groups, scale=pixel_size))
+            tasks.append(lambda: _median_from_groups(groups))
         data, *median = _in_threads(lambda task: task(), tasks)
         if median:
             meta["sigma_median"] = median[0]
@@ -343,103 +334,104 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
                  name=name, source=source, metadata=meta)
 
 
-def _scatter_direct(padded, by, bx, jy, jx, s_l, half, nx_pad):
-    """Add each localization's own pixel-integrated Gaussian (exact position and sigma) to ``padded``.
-
-    Cost ~ (2*half+1)**2 per localization; used for sparse sigma bins where it beats the
-    histogram-and-convolve path.
-    """
-    width = 2 * half + 1
-    chunk = max(1, 4_000_000 // (width * width))
-    d = np.arange(-half, half + 1)
-    flat = padded.reshape(-1)
-    for lo in range(0, len(by), chunk):
-        sl = slice(lo, lo + chunk)
-        wy = _pixel_weights(by[sl] - jy[sl] - 0.5, s_l[sl], half)
-        wx = _pixel_weights(bx[sl] - jx[sl] - 0.5, s_l[sl], half)
-        rows = (jy[sl, None] + half + d[None, :]) * nx_pad          # (m, width)
-        cols = jx[sl, None] + half + d[None, :]
-        idx = (rows[:, :, None] + cols[:, None, :]).reshape(-1)
-        vals = (wy[:, :, None] * wx[:, None, :]).reshape(-1)
-        flat += np.bincount(idx, weights=vals, minlength=flat.size)
-
-
 class _SigmaGroups:
     """Localizations grouped by sigma bin (see :func:`_sigma_groups`).
 
-    ``bins``: the non-empty bins, in increasing sigma; ``starts[k]:ends[k]``: the ranks of bin
-    ``k`` among all localizations sorted by bin; ``indices(k)``: the indices of bin ``k``,
-    increasing (None when there is a single bin: every localization, in order).
+    ``y, x``: the positions (pixels) and ``sig``: the blurs (``sig / scale`` pixels; a number
+    when all are equal), bin after bin, each bin in input order; bin ``k`` is
+    ``starts[k]:ends[k]``; ``bins``: the non-empty bins, in increasing sigma; ``sum_sq``: per bin,
+    the sum of its squared sigmas (pixels^2); ``upper``: per bin, a bound on its sigmas (pixels).
     """
 
-    def __init__(self, bins, starts, ends, chunks=(), sum_sq=None, upper=None):
+    def __init__(self, y, x, sig, scale, bins, starts, ends, sum_sq, upper):
+        self.y, self.x, self.sig, self.scale = y, x, sig, scale
         self.bins, self.starts, self.ends = bins, starts, ends
-        self._chunks = chunks           # (offset, order, per-bin starts, per-bin ends) per chunk
-        self.sum_sq = sum_sq            # per bin: sum of the squared sigmas (None: one bin)
-        self.upper = upper              # per bin: a bound on its sigmas (None: one bin)
+        self.sum_sq, self.upper = sum_sq, upper
 
-    def indices(self, k):
-        if not self._chunks:
-            return None
-        parts = [order[lo[k]:hi[k]] + offset if offset else order[lo[k]:hi[k]]
-                 for offset, order, lo, hi in self._chunks]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    def sigmas(self, k) -> np.ndarray:
+        """The sigmas of bin ``k``, pixels."""
+        n = int(self.ends[k] - self.starts[k])
+        if np.ndim(self.sig) == 0:
+            return np.full(n, self.sig / self.scale)
+        part = self.sig[self.starts[k]:self.ends[k]]
+        return part / self.scale if self.scale != 1.0 else part
 
 
-def _sigma_groups(s) -> _SigmaGroups:
-    """Group localizations by sigma bin: bin ``k`` holds the sigmas in ``[b0 r^k, b0 r^(k+1))``,
-    r = :data:`SIGMA_BIN_RATIO`, so bins are ordered by sigma.
+def _to_pixels(y, x, origin, scale):
+    """Positions in pixel units, ``(y - origin[0]) / scale`` (y and x in two threads); the
+    arrays themselves when that changes nothing."""
+    if origin == (0.0, 0.0) and scale == 1.0:
+        return y, x
 
-    The localizations are cut into contiguous chunks (their number depends only on ``n``); the
-    chunks are binned and sorted by bin (a stable radix sort) in parallel threads, and a bin's
-    indices are its slices of the chunks' orders, concatenated in chunk order (increasing).
+    def convert(values, low):
+        values = values - low
+        values /= scale
+        return values
+
+    return _in_threads(lambda args: convert(*args), [(y, origin[0]), (x, origin[1])])
+
+
+def _sigma_groups(y, x, sig, scale: float = 1.0, origin=(0.0, 0.0)) -> _SigmaGroups:
+    """Group localizations by sigma bin: bin ``k`` holds the sigmas ``s = sig / scale`` (pixels)
+    in ``[r^k, r^(k+1))``, r = :data:`SIGMA_BIN_RATIO`, so bins are ordered by sigma. ``sig`` is
+    an array, or a number when all localizations have the same blur. The positions are
+    converted to pixels on the way, ``(y - origin[0]) / scale``.
+
+    A stable counting sort in two compiled passes; each pass runs over contiguous chunks of the
+    localizations in parallel threads (their number depends only on ``n``, and the chunks'
+    counts are combined in chunk order, so the result does not depend on the thread count).
     """
-    n = len(s)
-    if s[0] == s.min() and s[0] == s.max():     # a fixed sigma: one bin, no sort
-        return _SigmaGroups([0], np.array([0]), np.array([n]))
+    n = len(y)
+    lo, hi = (float(sig), float(sig)) if np.ndim(sig) == 0 else (float(sig.min()), float(sig.max()))
+    if lo == hi:                                # a fixed sigma: one bin, no sort
+        s = lo / scale
+        py, px = _to_pixels(y, x, origin, scale)
+        return _SigmaGroups(py, px, sig, scale, [0], np.array([0]), np.array([n]),
+                            np.array([n * s * s]), np.array([s]))
+    from ._render_kernels import _bin_of, _count_bins, _place_by_bin
+
+    inv_log_ratio = 1.0 / math.log(SIGMA_BIN_RATIO)
+    low = _bin_of(lo / scale, inv_log_ratio)
+    n_bins = _bin_of(hi / scale, inv_log_ratio) - low + 1
     bounds = np.linspace(0, n, min(8, n // 1_000_000) + 2).astype(np.intp)
     edges = list(zip(bounds[:-1], bounds[1:]))
-    scale = np.float32(1.0 / math.log(SIGMA_BIN_RATIO))
+    keys = np.empty(n, dtype=np.int8 if n_bins < 128 else np.int16)
 
-    def log_bin(lo_hi):
-        # float32 logarithms: bin edges need no more precision, and they take half the time
-        key = np.log(s[lo_hi[0]:lo_hi[1]].astype(np.float32))
-        key *= scale
-        np.floor(key, out=key)
-        return key
+    def count(lo_hi):
+        a, b = lo_hi
+        counts, sum_sq = np.zeros(n_bins, dtype=np.int64), np.zeros(n_bins)
+        _count_bins(sig[a:b], scale, inv_log_ratio, low, keys[a:b], counts, sum_sq)
+        return counts, sum_sq
 
-    keys = _in_threads(log_bin, edges)
-    low = min(float(k.min()) for k in keys)
-    n_bins = int(max(float(k.max()) for k in keys) - low) + 1
-    dtype = np.int8 if n_bins < 128 else np.int16
-
-    def sort_chunk(i):
-        key = keys[i]
-        key -= low
-        key = key.astype(dtype)
-        per_bin = np.bincount(key, minlength=n_bins)
-        chunk = s[edges[i][0]:edges[i][1]]
-        sum_sq = np.bincount(key, weights=chunk * chunk, minlength=n_bins)
-        hi = np.cumsum(per_bin)
-        # a stable sort puts each bin's localizations in one contiguous, increasing slice
-        return edges[i][0], np.argsort(key, kind="stable"), hi - per_bin, hi, per_bin, sum_sq
-
-    chunks = _in_threads(sort_chunk, range(len(edges)))
-    per_bin = sum(c[4] for c in chunks)
-    sum_sq = sum(c[5] for c in chunks)          # in chunk order: the same for any thread count
+    parts = _in_threads(count, edges)
+    per_chunk = np.array([c for c, _ in parts])                 # (chunks, bins)
+    per_bin = per_chunk.sum(axis=0)
+    sum_sq = np.zeros(n_bins)
+    for _, part in parts:                       # in chunk order: the same for any thread count
+        sum_sq += part
     ends = np.cumsum(per_bin)
     starts = ends - per_bin
     bins = [int(k) for k in np.flatnonzero(per_bin)]
-    if len(bins) == 1:                          # one bin: every localization, in order
-        return _SigmaGroups(bins, starts, ends)
-    # bin k holds log(s) / log(r) in [k + low, k + low + 1), up to float32 rounding
     upper = np.exp((np.arange(n_bins) + low + 1) * math.log(SIGMA_BIN_RATIO)) * 1.001
-    return _SigmaGroups(bins, starts, ends, [c[:4] for c in chunks], sum_sq, upper)
+    if len(bins) == 1:                          # one bin: every localization, in order
+        py, px = _to_pixels(y, x, origin, scale)
+        return _SigmaGroups(py, px, sig, scale, bins, starts, ends, sum_sq, upper)
+    # each chunk's first slot in each bin: the bin's start plus what the earlier chunks put there
+    first_slot = starts[None, :] + np.cumsum(per_chunk, axis=0) - per_chunk
+    out_y, out_x, out_sig = np.empty(n), np.empty(n), np.empty(n)
+
+    def place(i):
+        a, b = edges[i]
+        _place_by_bin(keys[a:b], y[a:b], x[a:b], sig[a:b], float(origin[0]), float(origin[1]), float(scale),
+                      first_slot[i].copy(), out_y, out_x, out_sig)
+
+    _in_threads(place, range(len(edges)))
+    return _SigmaGroups(out_y, out_x, out_sig, scale, bins, starts, ends, sum_sq, upper)
 
 
 def _in_threads(fn, items) -> list:
     """``[fn(item) for item in items]``, run in up to :func:`_render_threads` threads (numpy's
-    loops release the GIL); results in the order of ``items``."""
+    loops and the compiled kernels release the GIL); results in the order of ``items``."""
     items = list(items)
     workers = min(len(items), _render_threads())
     if workers <= 1:
@@ -450,59 +442,40 @@ def _in_threads(fn, items) -> list:
         return list(pool.map(fn, items))
 
 
-def _median_from_groups(s, groups, scale: float = 1.0) -> float:
-    """Median of ``s`` (as ``np.median``) from its sigma bins: only the bin(s) holding the middle
-    ranks are partially sorted. ``s / scale`` are the values the bins were made from.
-
-    Bins are ordered by sigma, so a value found inside its bin has its rank among all values,
-    unless the float32 logarithms of the binning put some value on the wrong side of a bin edge.
-    That can only happen within ~1e-6 (relative) of an edge: a value further than 1e-4 from both
-    of its bin's edges is taken as it is; otherwise two counting passes check its rank, and
-    ``np.median`` is used if a bin edge rounded the other way."""
-    n = len(s)
+def _median_from_groups(groups) -> float:
+    """Median of ``groups.sig`` (as ``np.median``): bins are ordered by sigma, so only the bin(s)
+    holding the middle ranks are partially sorted."""
+    if np.ndim(groups.sig) == 0:                # a fixed sigma
+        return float(groups.sig)
+    n = int(groups.ends[-1])
     values = []
     for rank in sorted({(n - 1) // 2, n // 2}):
         k = int(np.searchsorted(groups.ends, rank, side="right"))
-        sel = groups.indices(k)
-        part = s if sel is None else np.take(s, sel)
-        value = np.partition(part, rank - groups.starts[k])[rank - groups.starts[k]]
-        inside = sel is None       # one bin: every value, no edge to cross
-        if groups.upper is not None:
-            top = groups.upper[k] / 1.001 * scale             # the bin's edges, in the units of s
-            bottom = top / SIGMA_BIN_RATIO
-            inside = bottom * (1 + 1e-4) < value < top * (1 - 1e-4)
-        if not inside and not (np.count_nonzero(s < value) <= rank < np.count_nonzero(s <= value)):
-            return float(np.median(s))
-        values.append(float(value))
+        a = int(groups.starts[k])
+        part = groups.sig[a:groups.ends[k]]
+        values.append(float(np.partition(part, rank - a)[rank - a]))
     return float(np.mean(values))
 
 
-def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None) -> np.ndarray:
+def _render_gaussian(py, px, s, ny, nx, path: str = "auto", groups=None) -> np.ndarray:
     """Gaussian render; ``py, px`` pixel-unit positions, ``s`` sigmas in pixels (see Notes of render).
 
-    ``iy, ix`` (the pixel of each localization) may be None: they are then computed per bin.
     ``path`` ("auto", "direct", "convolve", "cic") forces one algorithm (for tests); "cic" falls
-    back to "direct" for bins too narrow for it. ``groups`` is :func:`_sigma_groups` of ``s``
-    when the caller has it already. Sigma bins are rendered in parallel threads (numpy's
-    element-wise loops and scipy's convolutions release the GIL) and summed in bin order, so the
-    result does not depend on the number of threads.
+    back to "direct" for bins too narrow for it. ``groups`` is :func:`_sigma_groups` of the
+    localizations when the caller has it already (``s`` is then not used). Sigma bins are
+    rendered in parallel threads and summed in bin order, so the result does not depend on the
+    number of threads.
     """
-    groups = _sigma_groups(s) if groups is None else groups
+    from ._render_kernels import _scatter_direct
+
+    groups = _sigma_groups(py, px, s) if groups is None else groups
     bins, starts, ends = groups.bins, groups.starts, groups.ends
     workers = min(len(bins), _render_threads())
 
-    sigmas = {}
-
     def bin_sigma(k):
         # the bin's sigma keeps the second moment of its mixture of Gaussians (exact when all
-        # equal), and a bound on its largest sigma; with one bin (no sort) both come from the
-        # sigmas themselves, once
-        if k not in sigmas:
-            if groups.sum_sq is None:
-                sigmas[k] = float(np.sqrt(np.dot(s, s) / len(s))), float(s.max())
-            else:
-                sigmas[k] = float(np.sqrt(groups.sum_sq[k] / (ends[k] - starts[k]))), float(groups.upper[k])
-        return sigmas[k]
+        # equal), and a bound on its largest sigma
+        return float(np.sqrt(groups.sum_sq[k] / (ends[k] - starts[k]))), float(groups.upper[k])
 
     def plan(k):
         """The bin's algorithm and its rough cost (ns on one core), from its count and sigma."""
@@ -513,67 +486,46 @@ def _render_gaussian(py, px, iy, ix, s, ny, nx, path: str = "auto", groups=None)
         ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
         width = 2 * half + 1
         f = _cic_factor(s_b)
-        # rough costs (ns, measured on one core): ~30 per scattered weight (direct); the convolve
-        # path's y pass scatters (~25 per weight) or convolves u^2 phase images (~1.5 per
-        # multiply-add) and its x pass convolves u images; the cic path spends ~25 per
-        # localization on grid positions, then ~35 per localization (four weights each) or ~15
-        # per localization and ~18 per node (three sums per node) on the node masses, and
-        # convolves f^2 + f images
-        costs = {"direct": 30 * width * width * n,
+        # rough costs (ns, measured on one core): direct ~800 per localization (its erf
+        # weights); the convolve path's y pass scatters (~25 per weight) or convolves u^2 phase
+        # images (~1.5 per multiply-add) and its x pass convolves u images; the cic path ~10 per
+        # localization, ~3 per node of its fine grid (clear, fold) and convolves f^2 + f images
+        costs = {"direct": 800 * n + 2 * ny_pad * nx_pad,
                  "convolve": min(25 * width * n, 1.5 * u * u * ny * nx * width) + 1.5 * u * ny_pad * nx * width}
         if f <= _MAX_CIC_FACTOR:
             cells = (ny_pad + 2) * (nx_pad + 2)
-            costs["cic"] = (25 * n + min(35 * n, 15 * n + 18 * f * f * cells)
-                            + 1.5 * (f * f * cells + f * cells) * width)
+            costs["cic"] = 10 * n + 3 * f * f * cells + 1.5 * (f * f * cells + f * cells) * width
         choice = min(costs, key=costs.get) if path == "auto" else path
         if choice == "cic" and "cic" not in costs:
             choice = "direct"
         return choice, costs.get(choice, costs["direct"])
 
     def one_bin(k):
-        sel = groups.indices(k)
-        # the bin's sigmas are gathered only for the algorithms that use them one by one
-        if sel is None:
-            by, bx, s_l = py, px, s
-        else:
-            by, bx, s_l = np.take(py, sel), np.take(px, sel), None
+        a, b = int(starts[k]), int(ends[k])
+        by, bx = groups.y[a:b], groups.x[a:b]
         s_b, _ = bin_sigma(k)
-        u = _subpixel_steps(s_b)
         choice, _ = plan(k)
         if choice == "cic":
-            # threads inside a bin only when the bins do not already keep them busy
-            return _cic_bin(by, bx, s_b, ny, nx, threads=workers <= 1)
-        if s_l is None:
-            s_l = np.take(s, sel)
+            return _cic_bin(by, bx, s_b, ny, nx)
+        s_l = groups.sigmas(k)
         # the exact largest sigma sets the kernel size
         half = _kernel_half(float(s_l.max()))
-        ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
-        if iy is None:
-            jy = np.minimum(by.astype(np.intp), ny - 1)
-            jx = np.minimum(bx.astype(np.intp), nx - 1)
-        else:
-            jy, jx = (iy, ix) if sel is None else (np.take(iy, sel), np.take(ix, sel))
         if choice == "direct":
-            padded = np.zeros((ny_pad, nx_pad))
-            _scatter_direct(padded, by, bx, jy, jx, s_l, half, nx_pad)
+            padded = np.zeros((ny + 2 * half, nx + 2 * half))
+            _scatter_direct(padded, by, bx, s_l, half)
         else:
-            padded = _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx)
+            padded = _convolve_bin(by, bx, s_b, _subpixel_steps(s_b), half, ny, nx)
         padded = _fold_edges(padded, half, ny, axis=0)
         return _fold_edges(padded, half, nx, axis=1)
 
-    if workers > 1:
-        # the costliest bins start first (so the threads finish together; a narrow bin of few
-        # localizations can cost more than a wide one of many); the images are summed in bin
-        # order: deterministic whatever the scheduling
-        largest_first = sorted(bins, key=lambda k: -plan(k)[1])
-        images = dict(zip(largest_first, _in_threads(one_bin, largest_first)))
-        out = np.zeros((ny, nx))
-        for k in bins:
-            out += images[k]
-        return out
+    # the costliest bins start first (so the threads finish together; a narrow bin of few
+    # localizations can cost more than a wide one of many); the images are summed in bin order:
+    # deterministic whatever the scheduling
+    largest_first = sorted(bins, key=lambda k: -plan(k)[1]) if workers > 1 else bins
+    images = dict(zip(largest_first, _in_threads(one_bin, largest_first)))
     out = np.zeros((ny, nx))
     for k in bins:
-        out += one_bin(k)
+        out += images[k]
     return out
 
 
@@ -593,59 +545,27 @@ def _cic_factor(s_b: float) -> int:
     return 1 if s_b >= CIC_MIN_SIGMA else 2 ** math.ceil(math.log2(CIC_MIN_SIGMA / s_b) - 1e-12)
 
 
-def _cic_bin(by, bx, s_b, ny, nx, threads: bool = True) -> np.ndarray:
+def _cic_bin(by, bx, s_b, ny, nx) -> np.ndarray:
     """One sigma bin by cloud-in-cell assignment on a grid f times finer than the pixels.
 
     Each localization's mass is split linearly between the 2 x 2 grid nodes around it (nodes at
-    the centres of the fine cells), which keeps its mass and its mean position exactly and adds
-    the variance ``t (1 - t)`` (t: its fractional position between nodes, per axis); the Gaussian
-    then applied has the bin's variance minus the bin's mean of that added variance, so that the
-    bin's second moment is kept. The node masses come from :func:`_cic_nodes`. Each node is a
-    point mass at a known sub-pixel phase, rendered by the phase kernels of
-    :func:`_pixel_weights` (one convolution per phase and axis). The localizations are
-    processed in chunks of fixed size, in parallel threads when ``threads`` (the result is the
-    same either way).
+    the centres of the fine cells, :func:`_cic_scatter`), which keeps its mass and its mean
+    position exactly and adds the variance ``t (1 - t)`` (t: its fractional position between
+    nodes, per axis); the Gaussian then applied has the bin's variance minus the bin's mean of
+    that added variance, so that the bin's second moment is kept. Each node is a point mass at a
+    known sub-pixel phase, rendered by the phase kernels of :func:`_pixel_weights` (one
+    convolution per phase and axis).
     """
+    from ._render_kernels import _cic_scatter
+
     f = _cic_factor(s_b)
     n = len(by)
     half = _kernel_half(s_b)
     pad = half + 1                                # the node below pixel 0 / above the last one
-    nyf, nxf = f * (ny + 2 * pad), f * (nx + 2 * pad)
-    shape = (nyf, nxf)
-    per_localization = n < 0.8 * nyf * nxf
-
-    def chunk(lo_hi):
-        lo, hi = lo_hi
-        # grid coordinate relative to the node centres (node t is at pixel (t + 0.5) / f), plus 1
-        # so that it is >= 0 and modf splits it into node + 1 and the fraction t in [0, 1)
-        gy = np.add(by[lo:hi], 0.5) if f == 1 else np.multiply(by[lo:hi], f)
-        if f > 1:
-            gy += 0.5
-        gy, node = np.modf(gy, out=(gy, np.empty_like(gy)))
-        index = np.multiply(node, nxf, out=node)
-        gx = np.add(bx[lo:hi], 0.5) if f == 1 else np.multiply(bx[lo:hi], f)
-        if f > 1:
-            gx += 0.5
-        gx, node = np.modf(gx, out=(gx, np.empty_like(gx)))
-        index += node
-        index += (f * pad - 1) * (nxf + 1)        # node + 1 -> padded node
-        index = index.astype(np.intp)
-        del node
-        # sums of t (1 - t) per axis: the variance the split adds
-        added = (float(gy.sum()) - float(np.dot(gy, gy)), float(gx.sum()) - float(np.dot(gx, gx)))
-        return added, _cic_sums(index, gy, gx, shape, per_localization)
-
-    # chunks of fixed size (in parallel threads), their sums added in chunk order
-    edges = _chunk_edges(n, _CIC_CHUNK)
-    parts = _in_threads(chunk, edges) if threads else [chunk(e) for e in edges]
-    sums = parts[0][1]
-    for _, more in parts[1:]:
-        for total, part in zip(sums, more):
-            total += part
-    var_y = sum(p[0][0] for p in parts) / n       # bin's mean added variance, grid units^2
-    var_x = sum(p[0][1] for p in parts) / n
-    grid = _cic_grid(sums, shape, per_localization)
-    del parts, sums
+    nyp, nxp = ny + 2 * pad, nx + 2 * pad
+    grid = np.zeros((f * nyp, f * nxp))
+    added_y, added_x = _cic_scatter(grid, by, bx, f, f * pad)
+    var_y, var_x = added_y / n, added_x / n       # bin's mean added variance, grid units^2
 
     # phase kernels: node phase a sits at (a + 0.5) / f - 0.5 pixel from its pixel's centre
     centres = (np.arange(f) + 0.5) / f - 0.5
@@ -653,8 +573,7 @@ def _cic_bin(by, bx, s_b, ny, nx, threads: bool = True) -> np.ndarray:
     sx = math.sqrt(max(s_b * s_b - var_x / (f * f), 1e-12))
     wy = _pixel_weights(centres, np.full(f, sy), half)
     wx = _pixel_weights(centres, np.full(f, sx), half)
-    nyp, nxp = ny + 2 * pad, nx + 2 * pad
-    rows = grid.reshape(nyp, f, nxf)
+    rows = grid.reshape(nyp, f, f * nxp)
     cols = ndimage.convolve1d(rows[:, 0], wy[0], axis=0, mode="constant", cval=0.0)
     for a in range(1, f):
         cols += ndimage.convolve1d(rows[:, a], wy[a], axis=0, mode="constant", cval=0.0)
@@ -667,70 +586,6 @@ def _cic_bin(by, bx, s_b, ny, nx, threads: bool = True) -> np.ndarray:
     return _fold_edges(padded, pad, nx, axis=1)
 
 
-def _cic_nodes(index, ty, tx, shape, per_localization=None) -> np.ndarray:
-    """Node masses of cloud-in-cell assignment on a grid of ``shape``.
-
-    ``index`` is each localization's lower-left node (flat), ``ty, tx`` its fractions towards
-    the next node in y and x. ``per_localization`` True: each localization adds its four
-    weights ``(1 - ty)(1 - tx)``, ``(1 - ty) tx``, ``ty (1 - tx)``, ``ty tx`` (one bincount of
-    4 n terms). False: three sums per node (count, sum of ty, sum of tx) are accumulated, and a
-    node's mass is split as the product of its mean y and x fractions: the y and x splits stay
-    exact per localization and only the y-x covariance inside one node is lost (exact with one
-    localization per node); cheaper when there are more localizations than nodes, the default
-    choice (None) then. Every weight is non-negative; the masses sum to the count exactly.
-    """
-    if per_localization is None:
-        per_localization = len(index) < 0.8 * shape[0] * shape[1]
-    return _cic_grid(_cic_sums(index, ty, tx, shape, per_localization), shape, per_localization)
-
-
-def _cic_sums(index, ty, tx, shape, per_localization) -> list:
-    """The accumulated part of :func:`_cic_nodes` (additive over localizations): the node
-    masses, or the count and the sums of ``ty`` and ``tx`` per node."""
-    size, n = shape[0] * shape[1], len(index)
-    if per_localization:
-        terms = np.empty(4 * n)
-        w00, w01, w10, w11 = terms[:n], terms[n:2 * n], terms[2 * n:3 * n], terms[3 * n:]
-        np.multiply(ty, tx, out=w11)
-        np.subtract(ty, w11, out=w10)
-        np.subtract(tx, w11, out=w01)
-        np.subtract(1.0, ty, out=w00)
-        w00 -= w01
-        nodes = np.empty(4 * n, dtype=np.intp)
-        nodes[:n] = index
-        np.add(index, 1, out=nodes[n:2 * n])
-        np.add(index, shape[1], out=nodes[2 * n:3 * n])
-        np.add(index, shape[1] + 1, out=nodes[3 * n:])
-        return [np.bincount(nodes, weights=terms, minlength=size)]
-    return [np.bincount(index, minlength=size).astype(np.float64),
-            np.bincount(index, weights=ty, minlength=size),
-            np.bincount(index, weights=tx, minlength=size)]
-
-
-def _cic_grid(sums, shape, per_localization) -> np.ndarray:
-    """Node masses from the sums of :func:`_cic_sums`."""
-    if per_localization:
-        return sums[0].reshape(shape)
-    count, sum_y, mean_x = (a.reshape(shape) for a in sums)
-    np.divide(mean_x, np.maximum(count, 1.0), out=mean_x)
-    w11 = sum_y * mean_x
-    count -= sum_y                                # mass on the lower y node
-    w01 = count * mean_x
-    grid = count
-    grid -= w01                                   # lower y, lower x
-    grid[:, 1:] += w01[:, :-1]
-    sum_y -= w11                                  # upper y, lower x
-    sum_y[:, 1:] += w11[:, :-1]
-    grid[1:] += sum_y[:-1]
-    return grid
-
-
-def _chunk_edges(n: int, size: int) -> list:
-    """``(lo, hi)`` of consecutive chunks of at most ``size`` items (depends only on n)."""
-    bounds = list(range(0, n, size)) + [n]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
 def _render_threads() -> int:
     """Threads for the Gaussian render: the cores this process may use, at most 8."""
     import os
@@ -739,7 +594,7 @@ def _render_threads() -> int:
     return max(1, min(8, n))
 
 
-def _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx, y_pass: str = "auto") -> np.ndarray:
+def _convolve_bin(by, bx, s_b, u, half, ny, nx, y_pass: str = "auto") -> np.ndarray:
     """One sigma bin by sub-pixel phases: scatter along y, convolve along x (padded image).
 
     Positions are quantised to ``u`` phases per axis (phase ``a`` at offset ``centres[a]`` in
@@ -752,6 +607,8 @@ def _convolve_bin(by, bx, jy, jx, s_b, u, half, ny, nx, y_pass: str = "auto") ->
     """
     ny_pad, nx_pad = ny + 2 * half, nx + 2 * half
     width = 2 * half + 1
+    jy = np.minimum(by.astype(np.intp), ny - 1)
+    jx = np.minimum(bx.astype(np.intp), nx - 1)
     qy = np.minimum(((by - jy) * u).astype(np.int64), u - 1)
     qx = np.minimum(((bx - jx) * u).astype(np.int64), u - 1)
     centres = (np.arange(u) + 0.5) / u - 0.5

@@ -101,7 +101,7 @@ def test_gaussian_direct_path_matches_brute_force():
     sig = rng.uniform(8.0, 30.0, 30)
     fov = (0.0, 0.0, 1000.0, 1000.0)
     py, px = y / ps, x / ps
-    got = _render_gaussian(py, px, py.astype(int), px.astype(int), sig / ps, 100, 100, path="direct")
+    got = _render_gaussian(py, px, sig / ps, 100, 100, path="direct")
     ref = _reference_gaussian(y, x, sig, fov, ps)
     # exact up to the 4-sigma truncation (mass beyond it is < 1e-4 per localization)
     np.testing.assert_allclose(got, ref, atol=2e-4 * ref.max())
@@ -117,7 +117,7 @@ def test_gaussian_convolve_path_is_exact_at_documented_phase_positions(sigma):
     x = rng.uniform(400, 1600, n)
     fov = (0.0, 0.0, 2000.0, 2000.0)
     py, px = y / ps, x / ps
-    got = _render_gaussian(py, px, py.astype(int), px.astype(int), np.full(n, sigma / ps), 100, 100,
+    got = _render_gaussian(py, px, np.full(n, sigma / ps), 100, 100,
                            path="convolve")
     assert got.sum() == pytest.approx(n, rel=1e-12)
     # the documented rule: u = min(8, ceil(3 ps / sigma)) phases; each position moves to the
@@ -239,11 +239,10 @@ def test_convolve_bin_scatter_and_convolution_y_passes_agree(sigma_px, n):
 
     rng = np.random.default_rng(7)
     py, px = rng.uniform(0, 40, n), rng.uniform(0, 50, n)
-    iy, ix = py.astype(np.int64), px.astype(np.int64)
     u = min(8, math.ceil(3.0 / sigma_px))
     half = math.ceil(4 * sigma_px + 0.5)
-    a = _convolve_bin(py, px, iy, ix, sigma_px, u, half, 40, 50, y_pass="scatter")
-    b = _convolve_bin(py, px, iy, ix, sigma_px, u, half, 40, 50, y_pass="convolve")
+    a = _convolve_bin(py, px, sigma_px, u, half, 40, 50, y_pass="scatter")
+    b = _convolve_bin(py, px, sigma_px, u, half, 40, 50, y_pass="convolve")
     np.testing.assert_allclose(a, b, atol=1e-12)
     assert a.sum() == pytest.approx(n, rel=1e-12)
 
@@ -260,7 +259,7 @@ def test_cic_path_keeps_each_localization_mean_and_variance(sigma_px):
     assert _cic_factor(sigma_px) == {0.65: 2, 1.3: 1, 2.6: 1}[sigma_px]
     for _ in range(3):
         py, px = 20 + rng.random(1), 23 + rng.random(1)
-        img = _render_gaussian(py, px, None, None, np.array([sigma_px]), 40, 50, path="cic")
+        img = _render_gaussian(py, px, np.array([sigma_px]), 40, 50, path="cic")
         assert img.sum() == pytest.approx(1.0, rel=1e-12) and img.min() >= -1e-15
         yy, xx = np.indices(img.shape) + 0.5                   # pixel centres, pixel units
         cy, cx = (img * yy).sum(), (img * xx).sum()
@@ -286,8 +285,8 @@ def test_cic_path_is_closer_to_exact_rendering_than_subpixel_phases(sigma):
     ref = _reference_gaussian(y, x, sigma, fov, ps)
     py, px, sig = y / ps, x / ps, np.full(n, sigma / ps)
     ny = ref.shape[0]
-    cic = _render_gaussian(py, px, None, None, sig, ny, ny, path="cic")
-    phases = _render_gaussian(py, px, None, None, sig, ny, ny, path="convolve")
+    cic = _render_gaussian(py, px, sig, ny, ny, path="cic")
+    phases = _render_gaussian(py, px, sig, ny, ny, path="convolve")
     assert cic.sum() == pytest.approx(n, rel=1e-12) and cic.min() >= -1e-12
     err_cic = np.abs(cic - ref).sum() / n
     err_phases = np.abs(phases - ref).sum() / n
@@ -296,18 +295,19 @@ def test_cic_path_is_closer_to_exact_rendering_than_subpixel_phases(sigma):
 
 
 def test_cic_dense_bin_matches_exact_rendering_moments():
-    # many localizations per grid node: only the y-x covariance inside a node is approximated;
-    # the image's total mass, mean and second moments per axis equal the exact ones
+    # many localizations per grid node: each is split between its 4 nodes on its own, so the
+    # image's total mass, mean, second moments per axis and y-x moment equal the exact ones
     rng = np.random.default_rng(13)
     n, s = 20_000, 1.1
     py, px = rng.uniform(15, 45, n), rng.uniform(15, 55, n)
-    img = _render_gaussian(py, px, None, None, np.full(n, s), 60, 70, path="cic")
+    img = _render_gaussian(py, px, np.full(n, s), 60, 70, path="cic")
     yy, xx = np.indices(img.shape) + 0.5
     assert img.sum() == pytest.approx(n, rel=1e-12)
     assert (img * yy).sum() == pytest.approx(py.sum(), rel=1e-9)
     assert (img * xx).sum() == pytest.approx(px.sum(), rel=1e-9)
     expected_yy = (py ** 2).sum() + n * (s * s + 1 / 12)
     assert (img * yy ** 2).sum() == pytest.approx(expected_yy, rel=1e-5)
+    assert (img * yy * xx).sum() == pytest.approx((py * px).sum(), rel=1e-9)
 
 
 def test_render_per_localization_sigma_auto_matches_exact_and_is_thread_independent(monkeypatch):
@@ -327,18 +327,10 @@ def test_render_per_localization_sigma_auto_matches_exact_and_is_thread_independ
     monkeypatch.setattr(render_module, "_render_threads", lambda: 1)
     one = render(locs, pixel_size=20.0, fov=fov)
     np.testing.assert_array_equal(one.data, two.data)
-    # cloud-in-cell sums in chunks (run in parallel threads): the same image up to rounding,
-    # and again the same bits for any thread count
-    monkeypatch.setattr(render_module, "_CIC_CHUNK", 1000)
-    one_chunked = render(locs, pixel_size=20.0, fov=fov)
-    monkeypatch.setattr(render_module, "_render_threads", lambda: 2)
-    two_chunked = render(locs, pixel_size=20.0, fov=fov)
-    np.testing.assert_array_equal(one_chunked.data, two_chunked.data)
-    np.testing.assert_allclose(one_chunked.data, one.data, rtol=0, atol=1e-12)
-    # one bin (a fixed sigma): its chunks run in parallel threads, same bits again
-    fixed_two = render(locs, pixel_size=20.0, sigma=20.0, fov=fov)
-    monkeypatch.setattr(render_module, "_render_threads", lambda: 1)
+    # one bin (a fixed sigma): same bits again
     fixed_one = render(locs, pixel_size=20.0, sigma=20.0, fov=fov)
+    monkeypatch.setattr(render_module, "_render_threads", lambda: 2)
+    fixed_two = render(locs, pixel_size=20.0, sigma=20.0, fov=fov)
     np.testing.assert_array_equal(fixed_one.data, fixed_two.data)
     assert two.metadata["sigma_median"] == np.median(unc)
     ref = _reference_gaussian(y, x, unc, fov, 20.0)
@@ -346,32 +338,34 @@ def test_render_per_localization_sigma_auto_matches_exact_and_is_thread_independ
     assert np.abs(two.data - ref)[inner].sum() / ref[inner].sum() < 0.015
 
 
-def test_cic_node_sums_agree_with_per_localization_weights():
-    # the two ways of accumulating cloud-in-cell node masses: four weights per localization
-    # (exact), or three sums per node; they agree exactly with one localization per node, and
-    # otherwise still in every row and column sum (only the covariance inside a node differs)
-    from chromflow.render import _cic_nodes
+def test_sigma_groups_is_a_stable_sort_by_bin_in_pixel_units(monkeypatch):
+    # the grouping (a counting sort in parallel chunks) puts every localization in the bin of
+    # its sigma, bins in increasing sigma, each bin in input order, positions in pixels; the
+    # same result for 1 and several threads, and chunks that cut through bins
+    import sys
 
-    rng = np.random.default_rng(15)
-    shape = (30, 40)
-    lone = rng.permutation(29 * 40)[:300]                  # distinct lower-left nodes
-    ty, tx = rng.random(300), rng.random(300)
-    lone = lone + (lone % 40 == 39)                          # keep the x + 1 node on the row
-    lone = np.unique(lone)
-    ty, tx = ty[:len(lone)], tx[:len(lone)]
-    a = _cic_nodes(lone, ty, tx, shape, per_localization=True)
-    b = _cic_nodes(lone, ty, tx, shape, per_localization=False)
-    np.testing.assert_allclose(a, b, atol=1e-12)
-    crowded = rng.integers(0, 29 * 40, 5000)
-    crowded = crowded - (crowded % 40 == 39)
-    ty, tx = rng.random(5000), rng.random(5000)
-    a = _cic_nodes(crowded, ty, tx, shape, per_localization=True)
-    b = _cic_nodes(crowded, ty, tx, shape, per_localization=False)
-    assert a.sum() == pytest.approx(5000, rel=1e-12) and b.sum() == pytest.approx(5000, rel=1e-12)
-    np.testing.assert_allclose(a.sum(axis=0), b.sum(axis=0), atol=1e-9)
-    np.testing.assert_allclose(a.sum(axis=1), b.sum(axis=1), atol=1e-9)
-    assert np.abs(a - b).max() > 1e-3                       # the covariance does differ
-    assert a.min() >= 0 and b.min() >= -1e-12
+    from chromflow.render import SIGMA_BIN_RATIO, _sigma_groups
+
+    render_module = sys.modules["chromflow.render"]
+    rng = np.random.default_rng(16)
+    n, ps = 2_500_000, 20.0                 # > 2e6: three chunks
+    y, x = rng.uniform(100.0, 900.0, n), rng.uniform(50.0, 700.0, n)
+    sig = rng.gamma(4.0, 5.0, n) + 3.0
+    groups = _sigma_groups(y, x, sig, scale=ps, origin=(100.0, 50.0))
+    key = np.floor(np.log(sig / ps) / math.log(SIGMA_BIN_RATIO)).astype(int)
+    order = np.argsort(key, kind="stable")
+    np.testing.assert_array_equal(groups.sig, sig[order])
+    np.testing.assert_array_equal(groups.y, (y[order] - 100.0) / ps)
+    np.testing.assert_array_equal(groups.x, (x[order] - 50.0) / ps)
+    for k in groups.bins:
+        s = groups.sigmas(k)
+        assert s.min() >= groups.upper[k] / 1.001 / SIGMA_BIN_RATIO * (1 - 1e-12)
+        assert s.max() < groups.upper[k]
+        assert groups.sum_sq[k] == pytest.approx((s * s).sum(), rel=1e-12)
+    monkeypatch.setattr(render_module, "_render_threads", lambda: 1)
+    again = _sigma_groups(y, x, sig, scale=ps, origin=(100.0, 50.0))
+    np.testing.assert_array_equal(again.y, groups.y)
+    np.testing.assert_array_equal(again.sum_sq, groups.sum_sq)
 
 
 @pytest.mark.parametrize("pixel_size", [10.0, 20.0, 33.3])
