@@ -14,13 +14,22 @@ import numba
 import numpy as np
 
 
-@numba.njit(nogil=True, cache=True)
+def _jit(fn):
+    """``numba.njit(nogil=True)``, cached on disk when numba finds a writable cache folder
+    (next to this file, else the user's cache folder); otherwise compiled once per process."""
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:        # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(fn)
+
+
+@_jit
 def _bin_of(s, inv_log_ratio):
     """Sigma bin of ``s`` (pixels): floor(log(s) / log(SIGMA_BIN_RATIO)); non-decreasing in s."""
     return int(math.floor(math.log(s) * inv_log_ratio))
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def _count_bins(sig, scale, inv_log_ratio, low, keys, counts, sum_sq):
     """Pass 1 of the grouping: each localization's bin (``keys``), and per bin the count and the
     sum of squared sigmas (pixels^2); ``sig / scale`` is sigma in pixels."""
@@ -35,7 +44,7 @@ def _count_bins(sig, scale, inv_log_ratio, low, keys, counts, sum_sq):
         sum_sq[k] += s * s
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def _place_by_bin(keys, y, x, sig, y0, x0, scale, next_slot, out_y, out_x, out_sig):
     """Pass 2 of the grouping (a stable counting sort): localization i goes to the next free
     slot of its bin, its position converted to pixels, ``(y - y0) / scale``."""
@@ -48,7 +57,7 @@ def _place_by_bin(keys, y, x, sig, y0, x0, scale, next_slot, out_y, out_x, out_s
         out_sig[j] = sig[i]
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def _cic_scatter(grid, by, bx, f, shift):
     """Cloud-in-cell: split each localization's unit mass linearly between the 2 x 2 nodes of a
     grid ``f`` times finer than the pixels around it (node t at pixel coordinate (t + 0.5) / f,
@@ -78,7 +87,7 @@ def _cic_scatter(grid, by, bx, f, shift):
     return added_y, added_x
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def _pixel_weights_into(out, offset, s, half):
     """The 1D pixel-integrated Gaussian of :func:`_pixel_weights` for one source, into ``out``."""
     scale = -1.0 / (s * math.sqrt(2.0))
@@ -93,7 +102,7 @@ def _pixel_weights_into(out, offset, s, half):
         out[m] /= total
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def _scatter_direct(padded, by, bx, s, half):
     """Add each localization's own pixel-integrated Gaussian (exact position and sigma, kernel
     ``2 half + 1`` pixels wide) to ``padded`` (the image with ``half`` pixels of margin)."""

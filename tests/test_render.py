@@ -383,3 +383,34 @@ def test_sigma_median_is_numpys_median_on_and_off_bin_edges(pixel_size):
         locs = pd.DataFrame({"y": rng.random(len(unc)) * 4000, "x": rng.random(len(unc)) * 4000,
                              "uncertainty": unc})
         assert render(locs, pixel_size=pixel_size).metadata["sigma_median"] == np.median(unc)
+
+
+def test_render_kernels_compile_without_a_cache_folder(monkeypatch):
+    # where numba finds no writable cache folder it refuses cache=True; the kernels are then
+    # compiled in memory and still give the known answer (cloud-in-cell: a unit mass split
+    # bilinearly between the 4 nodes around the point)
+    import importlib
+
+    import numba
+
+    import chromflow._render_kernels as kernels
+
+    real = numba.njit
+
+    def no_cache_folder(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function '_bin_of': no locator available for file")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", no_cache_folder)
+    try:
+        fresh = importlib.reload(kernels)
+        grid = np.zeros((6, 6))
+        # f = 1: node t at pixel coordinate t + 0.5, stored at t + shift; 2.75 -> nodes 2, 3
+        added = fresh._cic_scatter(grid, np.array([2.75]), np.array([1.5]), 1, 1)
+        assert grid.sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(grid[3:5, 2], [0.75, 0.25])
+        assert added == pytest.approx((0.1875, 0.0))
+    finally:
+        monkeypatch.undo()
+        importlib.reload(kernels)
