@@ -29,6 +29,10 @@ MAX_PIXELS = 200_000_000
 MAX_SIGMA_NM = 1000.0
 #: Kernels are truncated at this many standard deviations (then renormalised to unit mass).
 TRUNCATE_SIGMAS = 4.0
+#: Blurs below this many pixels are rendered as this wide: either way all of a localization's
+#: mass lands in its own pixel (unless it sits within 0.004 pixel of an edge), and far smaller
+#: ones (a precision of 1e-200 nm) would underflow in the kernels.
+MIN_SIGMA_PIXELS = 1e-3
 #: Localizations are grouped by blur; within one group sigmas differ by at most this ratio.
 SIGMA_BIN_RATIO = 1.25
 #: Sub-pixel positions are quantised to steps no coarser than sigma / this (at most 8 steps).
@@ -318,6 +322,11 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
         else:
             sig = DEFAULT_SIGMA_NM
             meta["sigma"] = DEFAULT_SIGMA_NM
+        floor = MIN_SIGMA_PIXELS * pixel_size
+        if np.ndim(sig) == 0:
+            sig = max(float(sig), floor)
+        elif sig.min() < floor:
+            sig = np.maximum(sig, floor)
         # grouped by blur, in pixel units (relative to the edge of pixel 0)
         groups = _sigma_groups(y, x, sig, scale=pixel_size, origin=(y_min, x_min))
         del y, x

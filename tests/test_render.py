@@ -414,3 +414,23 @@ def test_render_kernels_compile_without_a_cache_folder(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(kernels)
+
+
+@pytest.mark.parametrize("tiny", [1e-9, 1e-200])
+def test_render_absurdly_small_precisions_land_in_their_own_pixel(tiny):
+    # a precision far below a pixel (1e-9 nm, or one that squares to 0) renders as a point: the
+    # whole localization in its own pixel, the rest of the image as without those rows
+    rng = np.random.default_rng(17)
+    n = 4000
+    y, x = rng.uniform(0, 800.0, n), rng.uniform(0, 800.0, n)
+    unc = rng.gamma(4.0, 5.0, n) + 3.0
+    y[:20] = 410.0 + 20.0 * np.arange(20) % 40        # centres of pixels away from the others' mass
+    x[:20] = 10.0 + 40.0 * np.arange(20)
+    unc[:20] = tiny
+    fov = (0.0, 0.0, 800.0, 800.0)
+    img = render(_locs(y, x, uncertainty=unc), pixel_size=20.0, fov=fov)
+    rest = render(_locs(y[20:], x[20:], uncertainty=unc[20:]), pixel_size=20.0, fov=fov)
+    assert np.isfinite(img.data).all() and img.data.sum() == pytest.approx(n, rel=1e-12)
+    points = np.zeros_like(img.data)
+    np.add.at(points, ((y[:20] // 20).astype(int), (x[:20] // 20).astype(int)), 1.0)
+    np.testing.assert_allclose(img.data, rest.data + points, atol=1e-9)
