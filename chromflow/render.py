@@ -17,7 +17,7 @@ from ._validate import check_pixel_size
 from .errors import InputError
 from .image import Image
 
-__all__ = ["render", "DEFAULT_SIGMA_NM", "MAX_PIXELS", "MAX_SIGMA_NM"]
+__all__ = ["render", "DEFAULT_SIGMA_NM", "MAX_PIXELS", "MAX_SIGMA_NM", "MIN_SIGMA_PIXELS"]
 
 #: Blur (nm) of the Gaussian method when neither ``sigma`` nor an ``uncertainty`` column is given.
 DEFAULT_SIGMA_NM = 20.0
@@ -154,7 +154,8 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
     sigma : float, optional
         Fixed Gaussian standard deviation in nm. When None, each localization uses its own
         ``uncertainty``; without that column :data:`DEFAULT_SIGMA_NM` (20 nm) is used.
-        Rows with a missing or non-positive uncertainty get the median of the valid ones.
+        Rows with a missing or non-positive uncertainty get the median of the valid ones. Blurs
+        below :data:`MIN_SIGMA_PIXELS` (1e-3) pixel are rendered as that wide (a point).
     fov : tuple of float, optional
         ``(y_min, x_min, y_max, x_max)`` in nm. Pixel ``(i, j)`` covers
         ``y_min + i*pixel_size <= y < y_min + (i+1)*pixel_size`` (same for x); the image has
