@@ -89,7 +89,8 @@ def _cic_scatter(grid, by, bx, f, shift):
 
 @_jit
 def _pixel_weights_into(out, offset, s, half):
-    """The 1D pixel-integrated Gaussian of :func:`_pixel_weights` for one source, into ``out``."""
+    """The 1D pixel-integrated Gaussian of one source (offset from its pixel's centre and sigma in
+    pixels) over pixels ``-half..half``, renormalised to unit sum, into ``out``."""
     scale = -1.0 / (s * math.sqrt(2.0))
     low = 0.5 * math.erfc((-half - 0.5 - offset) * scale)
     first = low

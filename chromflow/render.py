@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scipy.special import ndtr
 
 from ._validate import check_pixel_size
 from .errors import InputError
@@ -52,16 +51,21 @@ def _source(locs) -> str | None:
 
 
 def _pixel_weights(offset: np.ndarray, s: float, half: int) -> np.ndarray:
-    """Fraction of a unit 1D Gaussian landing in pixels ``-half..half``.
+    """Fraction of a unit 1D Gaussian landing in pixels ``-half..half``, one row per source.
 
     ``offset`` (pixel units, shape (m,)) is the position of the source relative to the centre of
-    its own pixel; ``s`` the standard deviation in pixels (scalar or shape (m,)). Each row is the erf difference over
-    the pixel edges, renormalised to sum to 1 (so truncation loses no mass).
+    its own pixel; ``s`` the standard deviation in pixels (scalar or shape (m,)). Each row is the
+    erf difference over the pixel edges, renormalised to sum to 1 (so truncation loses no mass);
+    computed by the direct scatter's own kernel, :func:`chromflow._render_kernels._pixel_weights_into`.
     """
-    edges = np.arange(-half, half + 2, dtype=np.float64) - 0.5          # (2*half + 2,)
-    cdf = ndtr((edges[None, :] - offset[:, None]) / np.asarray(s, dtype=np.float64).reshape(-1, 1))
-    w = np.diff(cdf, axis=1)
-    return w / w.sum(axis=1, keepdims=True)
+    from ._render_kernels import _pixel_weights_into
+
+    offset = np.asarray(offset, dtype=np.float64)
+    s = np.broadcast_to(np.asarray(s, dtype=np.float64), offset.shape)
+    w = np.empty((len(offset), 2 * half + 1))
+    for row, o, s_row in zip(w, offset, s):
+        _pixel_weights_into(row, float(o), float(s_row), half)
+    return w
 
 
 def _fold_edges(padded: np.ndarray, pad: int, n: int, axis: int) -> np.ndarray:
