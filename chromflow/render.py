@@ -327,11 +327,6 @@ def render(locs, pixel_size: float = 20.0, method: str = "gaussian", sigma: floa
         else:
             sig = DEFAULT_SIGMA_NM
             meta["sigma"] = DEFAULT_SIGMA_NM
-        floor = MIN_SIGMA_PIXELS * pixel_size
-        if np.ndim(sig) == 0:
-            sig = max(float(sig), floor)
-        elif sig.min() < floor:
-            sig = np.maximum(sig, floor)
         # grouped by blur, in pixel units (relative to the edge of pixel 0)
         groups = _sigma_groups(y, x, sig, scale=pixel_size, origin=(y_min, x_min))
         del y, x
@@ -389,7 +384,8 @@ def _sigma_groups(y, x, sig, scale: float = 1.0, origin=(0.0, 0.0)) -> _SigmaGro
     """Group localizations by sigma bin: bin ``k`` holds the sigmas ``s = sig / scale`` (pixels)
     in ``[r^k, r^(k+1))``, r = :data:`SIGMA_BIN_RATIO`, so bins are ordered by sigma. ``sig`` is
     an array, or a number when all localizations have the same blur. The positions are
-    converted to pixels on the way, ``(y - origin[0]) / scale``.
+    converted to pixels on the way, ``(y - origin[0]) / scale``. Sigmas below
+    :data:`MIN_SIGMA_PIXELS` are raised to it.
 
     A stable counting sort in two compiled passes; each pass runs over contiguous chunks of the
     localizations in parallel threads (their number depends only on ``n``, and the chunks'
@@ -397,6 +393,10 @@ def _sigma_groups(y, x, sig, scale: float = 1.0, origin=(0.0, 0.0)) -> _SigmaGro
     """
     n = len(y)
     lo, hi = (float(sig), float(sig)) if np.ndim(sig) == 0 else (float(sig.min()), float(sig.max()))
+    floor = MIN_SIGMA_PIXELS * scale            # narrower blurs would underflow in the kernels
+    if lo < floor:
+        sig = max(float(sig), floor) if np.ndim(sig) == 0 else np.maximum(sig, floor)
+        lo, hi = max(lo, floor), max(hi, floor)
     if lo == hi:                                # a fixed sigma: one bin, no sort
         s = lo / scale
         py, px = _to_pixels(y, x, origin, scale)
