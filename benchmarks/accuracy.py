@@ -282,6 +282,16 @@ def header(args, seeds) -> str:
             f"'int' columns: cells >= {INTERIOR_NM:.0f} nm inside the compared region.")
 
 
+def select_cases(patterns=None, quick: bool = False) -> list:
+    """The cases to run: all (or the quick ones), narrowed to those equal to or starting with one
+    of ``patterns``; the large-count cases only when named in full."""
+    cases = QUICK_CASES if quick else ALL_CASES
+    if patterns:
+        cases = [c for c in cases if any(c == p or c.startswith(p) for p in patterns)]
+        cases += [c for c in LARGE_CASES if c in patterns]
+    return list(cases)
+
+
 def main(argv=None):
     global CACHE, INTERIOR_NM
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -320,14 +330,11 @@ def main(argv=None):
         if bad:
             raise SystemExit(f"seeds {sorted(bad)} are not in the {'tuning' if args.tuning else 'reported'} set {seeds}")
         seeds = tuple(args.seeds)
-    cases = ALL_CASES
     if args.quick:
-        cases, seeds = QUICK_CASES, seeds[:1]
-    if args.cases:
-        cases = [c for c in cases if any(c == p or c.startswith(p) for p in args.cases)]
-        cases += [c for c in LARGE_CASES if c in args.cases]
-        if not cases:
-            raise SystemExit(f"no case matches {args.cases}; see --list")
+        seeds = seeds[:1]
+    cases = select_cases(args.cases, args.quick)
+    if not cases:
+        raise SystemExit(f"no case matches {args.cases}; see --list")
     print(header(args, seeds), flush=True)
     rows = []
     for case in cases:

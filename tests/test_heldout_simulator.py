@@ -186,3 +186,14 @@ def test_edge_profile_misfit_by_band_is_chi2_of_the_noise_and_sees_an_offset():
     moved = misfit_by_band(shifted, data, sd, mask)
     assert 9.0 < moved[1] < 11.0                                  # 2 * (1 + 2^2)
     np.testing.assert_allclose(np.delete(moved, 1), np.delete(chi2, 1), atol=1e-12)
+
+
+def test_accuracy_runs_the_large_count_cases_only_when_named():
+    # a 1e7-localization file is ~1 GB of CSV: never part of a default or prefix run
+    import accuracy
+
+    assert not any(c.endswith("-1e7") for c in accuracy.select_cases())
+    assert not any(c.endswith("-1e7") for c in accuracy.select_cases(["e2e-domain"]))
+    assert accuracy.select_cases(["e2e-domain-1e7"]) == ["e2e-domain-1e7"]
+    assert accuracy.select_cases(["e2e-domain-2e6", "e2e-smooth-1e7"]) == ["e2e-domain-2e6", "e2e-smooth-1e7"]
+    assert accuracy.select_cases(quick=True) == accuracy.QUICK_CASES
