@@ -16,7 +16,8 @@ from .errors import GridError, InputError, SegmentationError
 from .image import Image
 from .io._atomic import atomic_path
 
-__all__ = ["ChromatinFields", "chromatin_fields", "check_channels", "partial_volume_width", "MAX_TOTAL",
+__all__ = ["ChromatinFields", "chromatin_fields", "check_channels", "partial_volume_width", "estimate_background",
+           "MAX_TOTAL",
            "MIN_GRID", "MAX_GRID", "MIN_NUCLEUS_PIXELS", "MIN_CHANNEL_SHARE", "MIN_EDGE_BAND_NM"]
 
 #: Total chromatin is clipped to this volume fraction (some nucleoplasm always remains).
@@ -32,6 +33,13 @@ MAX_GRID = 2048
 #: (benchmarks/_heldout.py), domain-scale rate, 50 nm cells: PINN correlation 0.49 / 0.86 /
 #: 0.90 / 0.87 / 0.85 / 0.80 for bands of 0 / 50 / 100 / 150 / 200 / 300 nm.
 MIN_EDGE_BAND_NM = 100.0
+#: The background is measured on pixels at least this far (nm) outside the nucleus, past the
+#: render blur and the nucleus' own partial-volume edge.
+BACKGROUND_DISTANCE_NM = 500.0
+#: ... after a Gaussian smoothing of this sd (nm), so that sparse counts give a usable median.
+BACKGROUND_SMOOTHING_NM = 100.0
+#: ... and only when at least this many such pixels exist (else no background is subtracted).
+MIN_BACKGROUND_PIXELS = 400
 #: A nucleus with fewer image pixels than this cannot be resampled meaningfully.
 MIN_NUCLEUS_PIXELS = 25
 #: In two-channel mode each channel must hold at least this share of the density inside the
@@ -190,6 +198,52 @@ def distance_to_outline(mask) -> np.ndarray:
     return np.where(mask, ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5, 0.0)
 
 
+def estimate_background(image, mask, pixel_size: float | None = None,
+                        distance: float = BACKGROUND_DISTANCE_NM) -> float:
+    """Density of the background: localizations (or intensity) per pixel far outside the nucleus.
+
+    Non-specific localizations (false detections, unbound dye) are spread over the whole field of
+    view, inside the nucleus too, where they add a constant to both marks and flatten the ratio
+    the rates come from. Their level is the median of the density, smoothed by a Gaussian of
+    :data:`BACKGROUND_SMOOTHING_NM`, over pixels at least ``distance`` nm from the nucleus: the
+    median ignores a neighbouring cell that takes up less than half of that region.
+
+    Parameters
+    ----------
+    image : Image or ndarray
+        Density (per pixel). An ndarray needs ``pixel_size``.
+    mask : ndarray of bool
+        Nucleus.
+    pixel_size : float, optional
+        nm per pixel (default: the Image's).
+    distance : float
+        Smallest distance (nm) from the nucleus of the pixels used.
+
+    Returns
+    -------
+    float
+        Background per pixel (>= 0); 0 when fewer than :data:`MIN_BACKGROUND_PIXELS` pixels are
+        that far from the nucleus (a field of view cropped to the nucleus).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> yy, xx = np.indices((200, 200))
+    >>> mask = (yy - 100) ** 2 + (xx - 100) ** 2 < 50 ** 2
+    >>> counts = rng.poisson(np.where(mask, 5.0, 0.3))
+    >>> round(estimate_background(counts, mask, pixel_size=20.0), 1)
+    0.3
+    """
+    ps = float(image.pixel_size if pixel_size is None and isinstance(image, Image) else (pixel_size or 1.0))
+    data = np.asarray(getattr(image, "data", image), dtype=np.float64)
+    far = ndimage.distance_transform_edt(~np.asarray(mask, bool)) * ps >= distance
+    if far.sum() < MIN_BACKGROUND_PIXELS:
+        return 0.0
+    smooth = ndimage.gaussian_filter(data, BACKGROUND_SMOOTHING_NM / ps, mode="nearest")
+    return max(float(np.median(smooth[far])), 0.0)
+
+
 def _masked_smooth(values, mask, sigma):
     # normalised convolution: the outside (zeros) does not dilute the density near the edge
     if sigma <= 0:
@@ -225,7 +279,7 @@ def _scale_to_mean(total, mask, target):
 def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean: float = 0.5,
                      split: str = "density", split_range=(0.2, 0.8), split_percentiles=(5.0, 95.0),
                      margin: float = 0.1, smoothing: float | None = None,
-                     euchromatin_gain: float = 1.0, edge_band="auto") -> ChromatinFields:
+                     euchromatin_gain: float = 1.0, edge_band="auto", background="auto") -> ChromatinFields:
     """Chromatin volume fractions ``phi_h``, ``phi_e`` on a ``grid x grid`` square over the nucleus.
 
     Parameters
@@ -259,6 +313,12 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
         weight: ``"auto"`` measures the partial-volume width from the density's edge profile
         (:func:`partial_volume_width`) and takes at least :data:`MIN_EDGE_BAND_NM`; a number
         sets it; None or 0 gives no band beyond the cells the mask only partly covers.
+    background : "auto", float, (float, float) or None
+        Background per pixel subtracted from the density (each channel) before the fields are
+        made: ``"auto"`` measures it far outside the nucleus (:func:`estimate_background`; 0
+        when the image is cropped to the nucleus); a number, or one per channel
+        (heterochromatin, euchromatin), sets it; None or 0 subtracts nothing. Recorded in
+        ``settings["background"]``.
 
     Returns
     -------
@@ -282,7 +342,10 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
        weights; parts beyond the image count as zero). A cell is in the nucleus when more than
        half of its area is. ``spacing = L * pixel_size / grid`` nm;
        ``origin = image.origin + (box_start + spacing_px / 2 - 1/2) * pixel_size``.
-    2. *Total chromatin* ``phi_t = min(a * rho, 0.95)`` inside the nucleus (0 outside), with
+    2. *Background.* ``rho`` is the area average minus ``background`` (per channel), clipped at
+       0: localizations spread over the whole field of view (false detections, unbound dye)
+       are no chromatin.
+       *Total chromatin* ``phi_t = min(a * rho, 0.95)`` inside the nucleus (0 outside), with
        ``a`` chosen so that the mean of ``phi_t`` over the nucleus is ``total_mean`` (when no
        cell reaches 0.95 this is ``a = total_mean / mean(rho)``).
     3. *Split.* Two channels: ``phi_h = a * rho_h``, ``phi_e = a * g * rho_e`` with one common
@@ -373,16 +436,31 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
     origin = (origin0[0] + (y_start + 0.5 * cell - 0.5) * ps, origin0[1] + (x_start + 0.5 * cell - 0.5) * ps)
 
     sigma_cells = 0.0 if smoothing is None else float(smoothing) / spacing
-    rho = np.where(gmask, _masked_smooth(resample(rho_img), gmask, sigma_cells), 0.0)
+    if background is None:
+        bg = (0.0, 0.0)
+    elif isinstance(background, str):
+        if background != "auto":
+            raise InputError(f"background must be None, 'auto' or a number per pixel, got {background!r}", source)
+        bg = (estimate_background(rho_img, mask, ps),
+              0.0 if rho_e_img is None else estimate_background(np.clip(rho_e_img, 0, None), mask, ps))
+    else:
+        bg = tuple(float(b) for b in np.broadcast_to(np.asarray(background, dtype=np.float64), (2,)))
+        if not all(np.isfinite(b) and b >= 0 for b in bg):
+            raise InputError(f"background must be >= 0 per pixel, got {background!r}", source)
+
+    # area averages minus the background; cells cannot hold less than nothing
+    rho = np.where(gmask, _masked_smooth(np.clip(resample(rho_img) - bg[0], 0, None), gmask, sigma_cells), 0.0)
     settings = {"grid": grid, "total_mean": float(total_mean), "split": split if rho_e_img is None else "two-channel",
                 "split_range": [s_min, s_max], "split_percentiles": [p_lo, p_hi], "margin": float(margin),
                 "smoothing": None if smoothing is None else float(smoothing),
                 "euchromatin_gain": float(euchromatin_gain), "box_pixels": [int(r0), int(c0), int(r1), int(c1)],
-                "negative_pixels_clipped": n_negative}
+                "negative_pixels_clipped": n_negative,
+                "background": None if background is None else (list(bg) if rho_e_img is not None else bg[0])}
 
     if rho_e_img is not None:
         rho_e = euchromatin_gain * np.where(
-            gmask, _masked_smooth(resample(np.clip(rho_e_img, 0, None)), gmask, sigma_cells), 0.0)
+            gmask, _masked_smooth(np.clip(resample(np.clip(rho_e_img, 0, None)) - bg[1], 0, None), gmask,
+                                  sigma_cells), 0.0)
         total = rho + rho_e
         if not (total[gmask] > 0).any():
             raise InputError("both channels are empty inside the nucleus", source)

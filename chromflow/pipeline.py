@@ -127,6 +127,14 @@ class RenderSettings:
         Camera pixel size in nm, for coordinates in camera pixels (ThunderSTORM ``x [px]``,
         ``units="px"``) or a Picasso file without its ``.yaml`` (command line
         ``--camera-pixel-size``).
+    merge_blinks : bool
+        Merge each molecule's repeated localizations in nearby frames into one before rendering
+        (:func:`chromflow.blinks.merge_blinks`), so that the density counts molecules (on by
+        default; tables without a ``frame`` or ``uncertainty`` column, or already merged by
+        their software, are rendered as they are, and the summary says so).
+    max_dark_frames : int
+        Frames a molecule may stay dark between two blinks and still be merged (default 1, as
+        Picasso's and ThunderSTORM's linking).
     """
 
     pixel_size: float | None = field(default_factory=lambda: _library_default("render", "pixel_size"))
@@ -135,6 +143,8 @@ class RenderSettings:
     columns: dict | None = None
     units: str | None = None
     camera_pixel_size: float | None = None
+    merge_blinks: bool = True
+    max_dark_frames: int = 1
 
 
 @dataclass
@@ -192,6 +202,10 @@ class FieldSettings:
         For tables with a ``channel`` column: the values marking the two channels. Setting
         ``euchromatin_channel`` turns two-channel mode on; rows of ``heterochromatin_channel``
         (default: every other channel) make the heterochromatin density.
+    background : "auto", float or None
+        Background per pixel subtracted from each channel's density (see
+        :func:`chromflow.chromatin_fields`); ``"auto"`` measures it far outside the nucleus,
+        0 subtracts nothing; None = the library default (``"auto"``).
     """
 
     grid: int | None = field(default_factory=lambda: _library_default("chromatin_fields", "grid"))
@@ -203,6 +217,7 @@ class FieldSettings:
     euchromatin: str | None = None
     heterochromatin_channel: int | str | None = None
     euchromatin_channel: int | str | None = None
+    background: str | float | None = None
 
 
 @dataclass
@@ -282,6 +297,8 @@ _CHECKS = {
         "units": (lambda v: v is None or isinstance(v, str), "null or a length unit (nm, um, px...)"),
         "camera_pixel_size": (lambda v: v is None or (_is_number(v) and math.isfinite(v) and v > 0),
                               "null or a positive number of nm"),
+        "merge_blinks": (lambda v: isinstance(v, bool), "true or false"),
+        "max_dark_frames": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     },
     "segmentation": {
         "threshold": (lambda v: v is None or (_is_number(v) and math.isfinite(v)), "null or a number"),
@@ -306,6 +323,8 @@ _CHECKS = {
         "euchromatin": (lambda v: v is None or isinstance(v, (str, os.PathLike)), "null or a file path"),
         "heterochromatin_channel": (lambda v: v is None or _is_int(v) or isinstance(v, str), "null, an integer or a string"),
         "euchromatin_channel": (lambda v: v is None or _is_int(v) or isinstance(v, str), "null, an integer or a string"),
+        "background": (lambda v: v is None or v == "auto" or (_is_number(v) and math.isfinite(v) and v >= 0),
+                       "null, \"auto\" or a number >= 0 per pixel"),
     },
     "inference": {
         "method": (lambda v: v in INFERENCE_METHODS, f"one of {', '.join(INFERENCE_METHODS)}"),
@@ -478,7 +497,7 @@ class PipelineSettings:
         if seg.nucleus_area_um2 is None:
             seg.nucleus_area_um2 = tuple(PLAUSIBLE_NUCLEUS_AREA_UM2)
         fs = out.fields
-        for key in ("grid", "total_mean", "split", "split_range", "margin"):
+        for key in ("grid", "total_mean", "split", "split_range", "margin", "background"):
             if getattr(fs, key) is None:
                 value = _default_of(chromatin_fields, key)
                 setattr(fs, key, tuple(value) if isinstance(value, (list, tuple)) else value)
@@ -523,6 +542,10 @@ class LoadedInput:
         Euchromatin density on the same pixels, when a second channel was given.
     n_localizations : int or None
         Number of localizations read (None for image inputs).
+    n_molecules : int or None
+        Rows left after blink merging (``render.merge_blinks``), or None.
+    blinks : str or None
+        What blink merging did, in words (``"off"``, ``"not merged: ..."`` or the counts).
     source : str
         Path of the input file.
     kind : {"localizations", "image"}
@@ -539,6 +562,10 @@ class LoadedInput:
     #: :data:`HALF_FRAME_BLOCK` frames) on the same pixels, or None (images; tables without
     #: frames, or too few of them). :func:`compute_fields` turns it into ``fields.half``.
     half: tuple | None = None
+    #: rows after blink merging (one per molecule), or None when the blinks were not merged
+    n_molecules: int | None = None
+    #: what blink merging did, in words (None for images)
+    blinks: str | None = None
 
 
 @dataclass
@@ -662,7 +689,31 @@ def _read_table(path: Path, settings: PipelineSettings | None = None):
     if len(locs) == 0:
         raise InputError("no localizations in the file", path=path)
     _check_extent(locs, path)
+    if rs.merge_blinks:
+        from .blinks import merge_blinks
+
+        cols = set(locs.columns)
+        skipped = ("no frame column" if "frame" not in cols else
+                   "already merged by the software that wrote the file" if {"n_localizations", "frame_mean"} & cols
+                   else "no localization precision (uncertainty) column" if "uncertainty" not in cols else None)
+        if skipped is None:
+            locs = merge_blinks(locs, max_dark_frames=rs.max_dark_frames)
+        else:
+            locs.attrs["merged_blinks"] = {"skipped": skipped}
     return locs
+
+
+def _blink_note(attrs) -> str:
+    """What blink merging did to a table, in words for the summary."""
+    info = (attrs or {}).get("merged_blinks")
+    if info is None:
+        return "off"
+    if "skipped" in info:
+        return f"not merged: {info['skipped']}"
+    chance = info.get("chance_link_fraction", float("nan"))
+    return (f"{info['localizations']} localizations -> {info['molecules']} molecules (at most "
+            f"{info['max_dark_frames']} dark frame(s) between blinks"
+            + ("" if not np.isfinite(chance) else f"; ~{100 * chance:.1f} % of links by chance") + ")")
 
 
 def _check_extent(locs, path):
@@ -771,11 +822,14 @@ def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
     kind = _input_kind(path)
     fs = settings.fields
     euchromatin = None
-    n_locs = None
+    n_locs = n_molecules = blinks = None
     half = None
     if kind == "localizations":
         locs = _read_table(path, settings)
-        n_locs = int(len(locs))
+        merged = locs.attrs.get("merged_blinks", {})
+        n_locs = int(merged.get("localizations", len(locs)))
+        n_molecules = int(merged["molecules"]) if "molecules" in merged else None
+        blinks = _blink_note(locs.attrs)
         if fs.euchromatin_channel is not None:
             if "channel" not in locs.columns:
                 raise InputError(f"a euchromatin channel ({fs.euchromatin_channel!r}; --euchromatin-channel, config "
@@ -815,7 +869,7 @@ def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
     if data.size == 0 or not np.isfinite(data).all():
         raise InputError("density image is empty or has non-finite values", path=path)
     return LoadedInput(density=density, euchromatin=euchromatin, n_localizations=n_locs, source=str(path), kind=kind,
-                       half=half)
+                       half=half, n_molecules=n_molecules, blinks=blinks)
 
 
 def segment(density: Image, settings: PipelineSettings | None = None) -> np.ndarray:
@@ -946,7 +1000,7 @@ def compute_fields(density: Image, mask, settings: PipelineSettings | None = Non
         options["euchromatin"] = euchromatin
     if fs.total_mean is not None:
         options["total_mean"] = fs.total_mean
-    for key in ("split", "split_range", "margin", "smoothing"):
+    for key in ("split", "split_range", "margin", "smoothing", "background"):
         value = getattr(fs, key)
         if value is not None:
             options[key] = tuple(value) if key == "split_range" else value
@@ -1050,12 +1104,20 @@ def _jsonable(value):
     return str(value)
 
 
+def _background_keys(background) -> dict:
+    values = [None, None] if background is None else list(np.atleast_1d(background)) + [None]
+    return {"background_h": values[0], "background_e": values[1]}
+
+
 def summarize(loaded: LoadedInput, mask, fields, result, settings: PipelineSettings, timings=None) -> dict:
     """The summary row of one run (flat dict of numbers and strings, JSON- and CSV-ready).
 
     Keys: ``file``, ``stem``, ``status`` (``"ok"``), ``kind``, ``two_channel``, ``split`` (how
     ``phi_h``/``phi_e`` were obtained: measured in two channels, or assumed by the split rule),
-    ``n_localizations``, ``pixel_size_nm``, ``image_shape``, ``nucleus_area_um2`` (mask pixels
+    ``n_localizations``, ``n_molecules`` and ``blinks`` (blink merging: rows after it, and what
+    it did in words), ``background_h`` and ``background_e`` (per pixel, subtracted from each
+    channel's density: ``fields.background``; None when none was),
+    ``pixel_size_nm``, ``image_shape``, ``nucleus_area_um2`` (mask pixels
     of the density image times the pixel area), ``grid`` (``"ny x nx"`` as ``"64x64"``),
     ``grid_spacing_nm``; the rate statistics of :meth:`RateMapResult.summary` (``mean_rate``,
     ``median_rate``, ``std_rate``, ``p05_rate``, ``p95_rate``, ``mean_uncertainty``,
@@ -1077,6 +1139,9 @@ def summarize(loaded: LoadedInput, mask, fields, result, settings: PipelineSetti
         "kind": loaded.kind,
         "two_channel": loaded.euchromatin is not None,
         "n_localizations": loaded.n_localizations,
+        "n_molecules": loaded.n_molecules,
+        "blinks": loaded.blinks,
+        **_background_keys((fields.settings or {}).get("background")),
         "pixel_size_nm": pixel_size,
         "image_shape": "x".join(str(n) for n in loaded.density.shape),
         "nucleus_area_um2": float(np.count_nonzero(mask)) * (pixel_size / 1000.0) ** 2,

@@ -218,3 +218,52 @@ def test_check_channels_refuses_a_missing_channel_inside_the_nucleus():
     with pytest.raises(InputError, match="euchromatin channel"):
         chromatin_fields(Image(het + 0.01 * np.indices((40, 40))[0], 20.0), mask, grid=16,
                          euchromatin=Image(eu_outside, 20.0))
+
+
+def _two_channel_with_background(bg_h, bg_e, seed=0, neighbour=False):
+    """Counts of a disc nucleus in a wide field of view, with uniform backgrounds."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    yy, xx = np.indices((n, n))
+    mask = (yy - 150) ** 2 + (xx - 150) ** 2 < 80 ** 2
+    phi_h = 0.3 + 0.1 * np.sin(xx / 9.0)
+    phi_e = 0.25 + 0.05 * np.cos(yy / 7.0)
+    lam_h = np.where(mask, 40.0 * phi_h, 0.0) + bg_h
+    lam_e = np.where(mask, 40.0 * phi_e, 0.0) + bg_e
+    if neighbour:  # a second nucleus in a corner of the field of view
+        other = (yy - 20) ** 2 + (xx - 20) ** 2 < 40 ** 2
+        lam_h, lam_e = lam_h + 12.0 * other, lam_e + 10.0 * other
+    return (Image(rng.poisson(lam_h).astype(float), 20.0), Image(rng.poisson(lam_e).astype(float), 20.0),
+            mask, phi_h, phi_e)
+
+
+def test_background_is_measured_outside_and_subtracted():
+    from chromflow.fields import estimate_background
+
+    for neighbour in (False, True):
+        h, e, mask, _, _ = _two_channel_with_background(1.5, 2.5, neighbour=neighbour)
+        assert estimate_background(h, mask) == pytest.approx(1.5, rel=0.05)
+        assert estimate_background(e, mask) == pytest.approx(2.5, rel=0.05)
+    # a field of view cropped to the nucleus has no far pixels: nothing is subtracted
+    assert estimate_background(h.data[70:230, 70:230], mask[70:230, 70:230], pixel_size=20.0) == 0.0
+    clean = chromatin_fields(*_two_channel_with_background(0.0, 0.0)[:1], _two_channel_with_background(0.0, 0.0)[2],
+                             grid=48, euchromatin=_two_channel_with_background(0.0, 0.0)[1])
+    raw = chromatin_fields(h, mask, grid=48, euchromatin=e, background=None)
+    auto = chromatin_fields(h, mask, grid=48, euchromatin=e)  # "auto" is the default
+    fixed = chromatin_fields(h, mask, grid=48, euchromatin=e, background=(1.5, 2.5))
+    assert auto.settings["background"] == pytest.approx([1.5, 2.5], rel=0.05)
+    assert fixed.settings["background"] == [1.5, 2.5] and raw.settings["background"] is None
+    core = ndimage.binary_erosion(clean.mask, iterations=2)
+    ratio = [f.phi_h[core] / f.phi_e[core] for f in (clean, raw, auto, fixed)]
+    # the background pulls the ratio towards its own (1.5 / 2.5, and its spread down);
+    # subtracted, the ratio has the clean one's level and spread
+    level = [np.median(r) for r in ratio]
+    spread = [np.subtract(*np.percentile(r, [90, 10])) for r in ratio]
+    assert level[1] / level[0] < 0.95 and spread[1] / spread[0] < 0.9
+    for lv, sp in zip(level[2:], spread[2:]):
+        assert lv / level[0] == pytest.approx(1.0, abs=0.02)
+        assert sp / spread[0] == pytest.approx(1.0, abs=0.06)
+    with pytest.raises(InputError, match="background"):
+        chromatin_fields(h, mask, grid=48, background="median")
+    with pytest.raises(InputError, match="background"):
+        chromatin_fields(h, mask, grid=48, background=-1.0)

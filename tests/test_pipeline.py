@@ -645,3 +645,36 @@ def test_summary_mean_rate_deep_leaves_out_the_edge_bias_zone():
     small = RateMapResult(rate=rate, uncertainty=values, residual=values, phi_h=values, phi_e=values,
                           mask=mask, spacing=5.0, origin=(0.0, 0.0))   # 0.225 um: all edge zone
     assert np.isnan(small.summary()["mean_rate_deep"])
+
+
+def test_blink_merging_and_background_in_the_pipeline(simulated, tmp_path):
+    """render.merge_blinks turns localizations into molecules; fields.background is measured and
+    subtracted; both are said in the summary, and a table without frames is rendered as it is."""
+    from chromflow.io import write_localizations
+    from chromflow.pipeline import compute_fields, load_input, segment, summarize
+
+    sim, path = simulated
+    s = fast_settings()
+    s.fields.euchromatin_channel = 1
+    s.render.merge_blinks = False
+    plain = load_input(path, s)
+    assert plain.n_molecules is None and plain.blinks == "off"
+    s.render.merge_blinks = True
+    merged = load_input(path, s)
+    n = len(sim.localizations)
+    assert merged.n_localizations == n and n / 4 < merged.n_molecules < n
+    assert merged.blinks.startswith(f"{n} localizations -> {merged.n_molecules} molecules")
+    # merging keeps the structure: the densities correlate, with fewer counts
+    inside = segment(plain.density, s)
+    assert merged.density.data.sum() < 0.8 * plain.density.data.sum()
+    assert np.corrcoef(plain.density.data[inside], merged.density.data[inside])[0, 1] > 0.5
+    s.fields.background = "auto"
+    fields = compute_fields(merged.density, inside, s, merged.euchromatin)
+    row = summarize(merged, inside, fields, _hand_made_result(), s)
+    assert row["n_molecules"] == merged.n_molecules and row["blinks"] == merged.blinks
+    assert row["background_h"] == fields.settings["background"][0] >= 0
+    assert row["background_e"] == fields.settings["background"][1] >= 0
+    frameless = tmp_path / "noframes.csv"
+    write_localizations(sim.localizations.drop(columns="frame"), frameless, format="csv")
+    loaded = load_input(frameless, s)
+    assert loaded.n_molecules is None and loaded.blinks == "not merged: no frame column"

@@ -1,0 +1,113 @@
+"""Merging the blinks of one molecule (chromflow.blinks)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from chromflow import InputError
+from chromflow.blinks import _candidate_pairs, merge_blinks
+
+
+def _blinking(n_mol=400, mean_blinks=3.0, precision=8.0, frames=4000, gap_p=1.0, seed=0, side=20000.0):
+    """Molecules at known places, each localized in a geometric number of frames whose gaps are
+    1 + geometric(gap_p) - 1 frames (gap_p = 1: consecutive frames)."""
+    rng = np.random.default_rng(seed)
+    my, mx = rng.random(n_mol) * side, rng.random(n_mol) * side
+    k = rng.geometric(1.0 / mean_blinks, n_mol)
+    idx = np.repeat(np.arange(n_mol), k)
+    gaps = rng.geometric(gap_p, idx.size)
+    starts = np.concatenate([[0], np.cumsum(k)[:-1]])
+    gaps[starts] = 0
+    csum = np.cumsum(gaps)
+    frame = rng.integers(1, frames, n_mol)[idx] + csum - np.repeat(csum[starts], k)
+    u = precision * np.exp(0.2 * rng.standard_normal(idx.size))
+    locs = pd.DataFrame({"x": mx[idx] + u * rng.standard_normal(idx.size),
+                         "y": my[idx] + u * rng.standard_normal(idx.size),
+                         "frame": frame.astype(np.int64), "uncertainty": u,
+                         "photons": np.full(idx.size, 100.0), "molecule": idx})
+    return locs.sort_values("frame", kind="stable").reset_index(drop=True), mx, my
+
+
+def test_merged_rows_are_the_molecules():
+    locs, mx, my = _blinking()
+    merged = merge_blinks(locs)
+    # every merged row holds the blinks of exactly one molecule; with consecutive frames a
+    # molecule splits only where a link falls outside the 99 % distance (rarely: others bridge it)
+    assert 400 <= len(merged) <= 404
+    assert merged["n_localizations"].sum() == len(locs)
+    assert (locs.groupby("molecule")["frame"].size().sort_index().to_numpy()
+            == merged.groupby("molecule")["n_localizations"].sum().sort_index().to_numpy()).all()
+    mol = merged["molecule"].to_numpy()
+    assert np.unique(mol).size == 400
+    # position: the precision-weighted mean of the blinks is closer to the truth than one blink
+    err = np.hypot(merged["x"] - mx[mol], merged["y"] - my[mol])
+    assert np.median(err) < 8.0
+    k = merged["n_localizations"].to_numpy()
+    # combined precision of k blinks of ~8 nm each
+    ratio = merged["uncertainty"].to_numpy() * np.sqrt(k) / 8.0
+    assert 0.8 < np.median(ratio) < 1.2
+    assert np.allclose(merged["photons"], 100.0 * k)
+    assert merged["frame"].is_monotonic_increasing
+    assert merged.attrs["merged_blinks"]["molecules"] == len(merged)
+
+
+def test_dark_frames_link_blinks_across_gaps():
+    # blinks separated by up to a few dark frames: 0 dark frames splits molecules, 3 joins them
+    locs, _, _ = _blinking(gap_p=0.5, seed=1)
+    tight = merge_blinks(locs, max_dark_frames=0)
+    loose = merge_blinks(locs, max_dark_frames=8)
+    assert len(tight) > 440
+    assert 400 <= len(loose) <= 404
+    # never two molecules in one row
+    assert loose.groupby("molecule").size().max() == 1
+
+
+def test_candidate_pairs_match_brute_force():
+    rng = np.random.default_rng(3)
+    n = 600
+    x, y = rng.random(n) * 500, rng.random(n) * 400
+    frame = rng.integers(0, 30, n).astype(float)
+    chan = rng.integers(0, 2, n)
+    i, j = _candidate_pairs(x, y, frame, chan, 40.0, 2)
+    found = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
+    assert len(found) == i.size  # each pair once
+    d = np.maximum(abs(x[:, None] - x[None]), abs(y[:, None] - y[None]))
+    lag = abs(frame[:, None] - frame[None])
+    near = (d <= 40.0) & (lag >= 1) & (lag <= 2) & (chan[:, None] == chan[None])
+    a, b = np.nonzero(np.triu(near, 1))
+    # every close pair is a candidate; candidates are the pairs in neighbouring cells
+    assert {(p, q) for p, q in zip(a.tolist(), b.tolist())} <= found
+    ii, jj = np.array(sorted(found)).T
+    assert np.all(abs(frame[ii] - frame[jj]) <= 2) and np.all(frame[ii] != frame[jj])
+    assert np.all(chan[ii] == chan[jj]) and np.all(d[ii, jj] < 80.0)
+
+
+def test_channels_are_never_merged():
+    locs = pd.DataFrame({"x": [100.0, 100.0], "y": [100.0, 100.0], "frame": [1, 2],
+                         "uncertainty": [10.0, 10.0], "channel": [0, 1]})
+    assert len(merge_blinks(locs)) == 2
+    assert len(merge_blinks(locs.assign(channel=0))) == 1
+
+
+def test_same_frame_and_far_apart_stay_separate():
+    locs = pd.DataFrame({"x": [0.0, 5.0, 0.0, 300.0], "y": [0.0, 0.0, 0.0, 0.0], "frame": [1, 1, 5, 6],
+                         "uncertainty": [10.0, 10.0, 10.0, 10.0]})
+    merged = merge_blinks(locs, max_dark_frames=1)
+    # same frame: two molecules; frame 5 is 3 dark frames after 1; frame 6 is 300 nm away
+    assert merged["n_localizations"].tolist() == [1, 1, 1, 1]
+    fixed = merge_blinks(locs, max_dark_frames=4, max_distance=4.0)
+    assert fixed["n_localizations"].tolist() == [2, 1, 1]
+
+
+def test_bad_tables_are_refused():
+    locs = pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0], "frame": [1, 2], "uncertainty": [5.0, 5.0]})
+    locs.attrs["source"] = "cell.csv"
+    with pytest.raises(InputError, match="cell.csv.*'frame'"):
+        merge_blinks(locs.drop(columns="frame"))
+    with pytest.raises(InputError, match="uncertainty"):
+        merge_blinks(locs.drop(columns="uncertainty"))
+    assert len(merge_blinks(locs.drop(columns="uncertainty"), max_distance=5.0)) == 1
+    with pytest.raises(InputError, match="already merged"):
+        merge_blinks(merge_blinks(locs))
+    with pytest.raises(InputError, match="non-finite"):
+        merge_blinks(locs.assign(x=[np.nan, 1.0]))
+    assert len(merge_blinks(locs.iloc[:0])) == 0
