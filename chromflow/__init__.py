@@ -40,10 +40,11 @@ _LAZY = {
     "run_file": "chromflow.pipeline",
     "PipelineSettings": "chromflow.pipeline",
     "run_batch": "chromflow.batch",
+    "merge_blinks": "chromflow.blinks",
     "analyze_domains": "chromflow.domains",
     "DomainAnalysis": "chromflow.domains",
 }
-_SUBMODULES = {"io", "mollifier", "models", "physics", "simulate", "nucleus", "fields",
+_SUBMODULES = {"io", "blinks", "mollifier", "models", "physics", "simulate", "nucleus", "fields",
                "inverse", "pipeline", "batch", "cli", "report", "training", "domains", "conditions",
                "evaluate"}
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 
 from .errors import InputError
+from .render import MAX_SIGMA_NM
 
-__all__ = ["merge_blinks", "DEFAULT_MAX_DARK_FRAMES", "DISTANCE_FACTOR", "CHANCE_LAG", "MAX_CHANCE_FRACTION"]
+__all__ = ["merge_blinks", "merge_blinks_where_possible", "why_not_mergeable", "merge_note", "DEFAULT_MAX_DARK_FRAMES", "DISTANCE_FACTOR", "CHANCE_LAG", "MAX_CHANCE_FRACTION"]
 
 #: Frames a molecule may stay dark between two of its blinks and still be linked (as Picasso's
 #: ``max_dark_time`` and ThunderSTORM's "off frames", whose defaults are 1).
@@ -75,8 +75,39 @@ def _candidate_pairs(x, y, frame, chan, radius, max_lag, min_lag=1):
     return np.concatenate(out_i), np.concatenate(out_j)
 
 
-def merge_blinks(locs: pd.DataFrame, max_dark_frames: int = DEFAULT_MAX_DARK_FRAMES,
-                 max_distance: float | None = None) -> pd.DataFrame:
+def _valid_precision(u) -> np.ndarray:
+    u = np.asarray(u, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(u) & (u > 0) & (u <= MAX_SIGMA_NM)
+
+
+def why_not_mergeable(locs) -> str | None:
+    """Why :func:`merge_blinks` cannot merge this table, in words; None when it can.
+
+    A table needs a ``frame`` column and localization precisions (``uncertainty``), and must not
+    be merged already (Picasso's *link* writes ``frame_mean``; :func:`merge_blinks` writes
+    ``n_localizations``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> why_not_mergeable(pd.DataFrame({"x": [0.0], "y": [0.0]}))
+    'no frame column'
+    """
+    cols = set(getattr(locs, "columns", ()))
+    if "frame" not in cols:
+        return "no frame column"
+    if {"n_localizations", "frame_mean"} & cols:
+        return "already merged by the software that wrote the file"
+    if "uncertainty" not in cols:
+        return "no localization precision (uncertainty) column"
+    if len(locs) and not _valid_precision(locs["uncertainty"].to_numpy(np.float64)).any():
+        return f"no valid localization precision (in (0, {MAX_SIGMA_NM:g}] nm)"
+    return None
+
+
+def merge_blinks(locs: "pd.DataFrame", max_dark_frames: int = DEFAULT_MAX_DARK_FRAMES,
+                 max_distance: float | None = None) -> "pd.DataFrame":
     """Merge the repeated localizations of each molecule into one row.
 
     Two localizations are linked when they are in the same channel, in different frames at most
@@ -122,6 +153,7 @@ def merge_blinks(locs: pd.DataFrame, max_dark_frames: int = DEFAULT_MAX_DARK_FRA
     >>> merged[["x", "frame", "n_localizations"]].values.tolist()
     [[101.0, 1.0, 2.0], [5000.0, 2.0, 1.0]]
     """
+    import pandas as pd
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -142,18 +174,17 @@ def merge_blinks(locs: pd.DataFrame, max_dark_frames: int = DEFAULT_MAX_DARK_FRA
     frame = locs["frame"].to_numpy(np.float64)
     if not (np.isfinite(x).all() and np.isfinite(y).all() and np.isfinite(frame).all()):
         raise InputError("non-finite x, y or frame values; cannot merge blinks", source)
-    u = locs["uncertainty"].to_numpy(np.float64) if "uncertainty" in cols else None
-    if u is not None:
-        ok = np.isfinite(u) & (u > 0)
-        u = np.where(ok, u, np.median(u[ok]) if ok.any() else np.nan)
-        if not np.isfinite(u).all():
-            u = None
+    u_raw = locs["uncertainty"].to_numpy(np.float64) if "uncertainty" in cols else None
+    # rows without a usable precision (missing, <= 0, or absurd: render replaces or refuses
+    # those, and says so) are never linked: they stay as they are, for render to see
+    linkable = np.ones(n, bool) if u_raw is None else _valid_precision(u_raw)
+    u = None if u_raw is None or (n and not linkable.any()) else np.where(linkable, u_raw, 1.0)
     if max_distance is None:
         if u is None:
-            raise InputError("merging blinks needs localization precisions (an 'uncertainty' column) or a fixed "
-                             "max_distance (nm)", source)
+            raise InputError("merging blinks needs localization precisions (an 'uncertainty' column with "
+                             f"values in (0, {MAX_SIGMA_NM:g}] nm) or a fixed max_distance (nm)", source)
         # candidates within the radius that links two localizations of the 99th-percentile precision
-        radius = DISTANCE_FACTOR * np.sqrt(2.0) * float(np.quantile(u, 0.99)) if n else 1.0
+        radius = DISTANCE_FACTOR * np.sqrt(2.0) * float(np.quantile(u[linkable], 0.99)) if n else 1.0
     else:
         radius = float(max_distance)
         if not (np.isfinite(radius) and radius > 0):
@@ -166,7 +197,7 @@ def merge_blinks(locs: pd.DataFrame, max_dark_frames: int = DEFAULT_MAX_DARK_FRA
             i, j = pair
             d2 = (x[i] - x[j]) ** 2 + (y[i] - y[j]) ** 2
             limit2 = radius ** 2 if max_distance is not None else DISTANCE_FACTOR ** 2 * (u[i] ** 2 + u[j] ** 2)
-            keep = d2 <= limit2
+            keep = (d2 <= limit2) & linkable[i] & linkable[j]
             return i[keep], j[keep]
 
         lag = max_dark_frames + 1
@@ -195,14 +226,15 @@ def merge_blinks(locs: pd.DataFrame, max_dark_frames: int = DEFAULT_MAX_DARK_FRA
     first_rows = order[np.sort(first_pos)]
 
     count = np.bincount(group, minlength=m).astype(np.float64)
-    w = 1.0 / u ** 2 if u is not None else np.ones(n)
+    w = np.where(linkable, 1.0 / u ** 2, 1.0) if u is not None else np.ones(n)
     wsum = np.bincount(group, w, minlength=m)
     out = locs.iloc[first_rows].copy()
     for col in ("x", "y", "z"):
         if col in cols:
             out[col] = np.bincount(group, w * locs[col].to_numpy(np.float64), minlength=m) / wsum
-    if u is not None:
-        out["uncertainty"] = 1.0 / np.sqrt(wsum)
+    if u_raw is not None:
+        # a row of one localization keeps its own precision, valid or not
+        out["uncertainty"] = np.where(count == 1, u_raw[first_rows], 1.0 / np.sqrt(wsum))
     if "photons" in cols:
         out["photons"] = np.bincount(group, locs["photons"].to_numpy(np.float64), minlength=m)
     if "sigma" in cols:
@@ -219,4 +251,37 @@ def merge_blinks(locs: pd.DataFrame, max_dark_frames: int = DEFAULT_MAX_DARK_FRA
         warnings.warn(f"{source + ': ' if source else ''}blink merging: about {100 * chance_fraction:.0f} % of "
                       "the links may join different molecules (localizations close by chance: dense data); "
                       "lower max_dark_frames or max_distance", UserWarning, stacklevel=2)
+    return out
+
+
+def merge_note(locs) -> str:
+    """What blink merging did to a table, in words (from ``locs.attrs["merged_blinks"]``).
+
+    ``"off"`` when it was not asked for, ``"not merged: <reason>"`` when the table could not be
+    merged, else the counts, e.g. ``"1000553 localizations -> 433283 molecules (at most 1 dark
+    frame(s) between blinks; ~1.7 % of links by chance)"``.
+    """
+    info = (getattr(locs, "attrs", None) or {}).get("merged_blinks")
+    if info is None:
+        return "off"
+    if "skipped" in info:
+        return f"not merged: {info['skipped']}"
+    chance = info.get("chance_link_fraction", float("nan"))
+    return (f"{info['localizations']} localizations -> {info['molecules']} molecules (at most "
+            f"{info['max_dark_frames']} dark frame(s) between blinks"
+            + ("" if not np.isfinite(chance) else f"; ~{100 * chance:.1f} % of links by chance") + ")")
+
+
+def merge_blinks_where_possible(locs, max_dark_frames: int = DEFAULT_MAX_DARK_FRAMES):
+    """:func:`merge_blinks` for tables that allow it; other tables come back as they are.
+
+    What the pipeline (``render.merge_blinks``) and the napari reader do: a table without frames
+    or precisions, or one its software merged already, is rendered as it is, and
+    ``attrs["merged_blinks"] = {"skipped": reason}`` says why (see :func:`merge_note`).
+    """
+    reason = why_not_mergeable(locs)
+    if reason is None:
+        return merge_blinks(locs, max_dark_frames=max_dark_frames)
+    out = locs.copy(deep=False)
+    out.attrs = {**dict(getattr(locs, "attrs", None) or {}), "merged_blinks": {"skipped": reason}}
     return out

@@ -57,6 +57,16 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _column_mapping(text):
     """``x=X_nm,y=Y_nm`` -> {"x": "X_nm", "y": "Y_nm"}."""
     mapping = {}
@@ -247,6 +257,12 @@ def _add_settings_options(parser, d):
     parser.add_argument("--camera-pixel-size", type=float, metavar="NM",
                         help="camera pixel size in nm, for coordinates in camera pixels (ThunderSTORM "
                              "'x [px]', --units px) or a Picasso file without its .yaml")
+    parser.add_argument("--no-merge-blinks", action="store_true",
+                        help="render every localization as it is; by default the blinks of one molecule "
+                             "(nearby frames, within 3 precisions) are merged first (config render.merge_blinks)")
+    parser.add_argument("--max-dark-frames", type=_non_negative_int, metavar="N",
+                        help=f"frames a molecule may stay dark between two merged blinks "
+                             f"(default: {d.render.max_dark_frames})")
     parser.add_argument("--allow-several-objects", action="store_true",
                         help="accept an image whose nucleus is one of several dense objects (cells, bacteria); "
                              "refused by default")
@@ -346,6 +362,8 @@ def _settings_from_args(args):
         ("render", "columns"): getattr(args, "columns", None),
         ("render", "units"): getattr(args, "units", None),
         ("render", "camera_pixel_size"): getattr(args, "camera_pixel_size", None),
+        ("render", "merge_blinks"): False if getattr(args, "no_merge_blinks", False) else None,
+        ("render", "max_dark_frames"): getattr(args, "max_dark_frames", None),
         ("segmentation", "allow_several_objects"): True if getattr(args, "allow_several_objects", False) else None,
     }
     for (section, key), value in overrides.items():

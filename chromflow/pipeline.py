@@ -45,6 +45,7 @@ from . import __version__
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import ChromflowError, InputError, OutputError
 from ._validate import check_input_file
+from .blinks import DEFAULT_MAX_DARK_FRAMES, merge_note
 from .fields import MAX_GRID, MIN_GRID
 from .image import Image
 from .io._atomic import atomic_path
@@ -144,7 +145,7 @@ class RenderSettings:
     units: str | None = None
     camera_pixel_size: float | None = None
     merge_blinks: bool = True
-    max_dark_frames: int = 1
+    max_dark_frames: int = DEFAULT_MAX_DARK_FRAMES
 
 
 @dataclass
@@ -690,30 +691,10 @@ def _read_table(path: Path, settings: PipelineSettings | None = None):
         raise InputError("no localizations in the file", path=path)
     _check_extent(locs, path)
     if rs.merge_blinks:
-        from .blinks import merge_blinks
+        from .blinks import merge_blinks_where_possible
 
-        cols = set(locs.columns)
-        skipped = ("no frame column" if "frame" not in cols else
-                   "already merged by the software that wrote the file" if {"n_localizations", "frame_mean"} & cols
-                   else "no localization precision (uncertainty) column" if "uncertainty" not in cols else None)
-        if skipped is None:
-            locs = merge_blinks(locs, max_dark_frames=rs.max_dark_frames)
-        else:
-            locs.attrs["merged_blinks"] = {"skipped": skipped}
+        locs = merge_blinks_where_possible(locs, rs.max_dark_frames)
     return locs
-
-
-def _blink_note(attrs) -> str:
-    """What blink merging did to a table, in words for the summary."""
-    info = (attrs or {}).get("merged_blinks")
-    if info is None:
-        return "off"
-    if "skipped" in info:
-        return f"not merged: {info['skipped']}"
-    chance = info.get("chance_link_fraction", float("nan"))
-    return (f"{info['localizations']} localizations -> {info['molecules']} molecules (at most "
-            f"{info['max_dark_frames']} dark frame(s) between blinks"
-            + ("" if not np.isfinite(chance) else f"; ~{100 * chance:.1f} % of links by chance") + ")")
 
 
 def _check_extent(locs, path):
@@ -829,7 +810,7 @@ def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
         merged = locs.attrs.get("merged_blinks", {})
         n_locs = int(merged.get("localizations", len(locs)))
         n_molecules = int(merged["molecules"]) if "molecules" in merged else None
-        blinks = _blink_note(locs.attrs)
+        blinks = merge_note(locs)
         if fs.euchromatin_channel is not None:
             if "channel" not in locs.columns:
                 raise InputError(f"a euchromatin channel ({fs.euchromatin_channel!r}; --euchromatin-channel, config "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chromflow.blinks import merge_blinks_where_possible, merge_note
 from chromflow.pipeline import RenderSettings
 
 from ._layers import NM_UNITS, image_layer_kwargs, report_error
@@ -24,6 +25,9 @@ __all__ = ["get_reader", "read_layers", "localization_layers", "channel_values",
 #: Pixel size (nm) of the density image rendered when localizations are opened: the pipeline's
 #: default (``chromflow.pipeline.RenderSettings().pixel_size``), so napari and the CLI agree.
 DEFAULT_PIXEL_SIZE_NM = RenderSettings().pixel_size
+#: Blink merging when a file is opened: the pipeline's default, for the same reason.
+DEFAULT_MERGE_BLINKS = RenderSettings().merge_blinks
+DEFAULT_MAX_DARK_FRAMES = RenderSettings().max_dark_frames
 LOCALIZATION_SUFFIXES = (".csv", ".hdf5", ".h5")
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -72,7 +76,8 @@ def _read_for_napari(path):
 
 
 def read_layers(path, as_points: bool = False, pixel_size: float = DEFAULT_PIXEL_SIZE_NM,
-                method: str = "gaussian") -> list:
+                method: str = "gaussian", merge_blinks: bool = DEFAULT_MERGE_BLINKS,
+                max_dark_frames: int = DEFAULT_MAX_DARK_FRAMES) -> list:
     """Read a localization table or TIFF into napari layer-data tuples.
 
     Parameters
@@ -85,6 +90,9 @@ def read_layers(path, as_points: bool = False, pixel_size: float = DEFAULT_PIXEL
         Pixel size in nm of the rendered density image (localizations only).
     method : {"gaussian", "histogram"}
         Rendering method, passed to :func:`chromflow.render`.
+    merge_blinks, max_dark_frames
+        Merge each molecule's blinks before rendering, as ``chromflow run`` does
+        (``RenderSettings.merge_blinks``, on by default).
 
     Returns
     -------
@@ -115,13 +123,15 @@ def read_layers(path, as_points: bool = False, pixel_size: float = DEFAULT_PIXEL
         return [(image.data, kwargs, "image")]
     locs = cf.read_localizations(path)
     return localization_layers(locs, as_points=as_points, pixel_size=pixel_size, method=method,
-                               name=path.stem, source=str(path))
+                               name=path.stem, source=str(path), merge_blinks=merge_blinks,
+                               max_dark_frames=max_dark_frames)
 
 
 def localization_layers(locs, as_points: bool = False, pixel_size: float = DEFAULT_PIXEL_SIZE_NM,
                         method: str = "gaussian", name: str | None = None,
                         source: str | None = None, sigma: float | None = None,
-                        split_channels: bool = True) -> list:
+                        split_channels: bool = True, merge_blinks: bool = DEFAULT_MERGE_BLINKS,
+                        max_dark_frames: int = DEFAULT_MAX_DARK_FRAMES) -> list:
     """Layer-data tuples for a localization table: density image(s) or a points layer.
 
     A table with a ``channel`` column holding two or more values (a heterochromatin and a
@@ -145,6 +155,13 @@ def localization_layers(locs, as_points: bool = False, pixel_size: float = DEFAU
         Fixed Gaussian width in nm (``RenderSettings.sigma``); None: each localization's precision.
     split_channels : bool
         One image per value of a ``channel`` column (default); False renders all rows together.
+    merge_blinks : bool
+        Render molecules: each molecule's blinks merged first
+        (:func:`chromflow.blinks.merge_blinks_where_possible`, ``RenderSettings.merge_blinks``);
+        ``metadata["blinks"]`` says what was done. ``metadata["localizations"]`` keeps the
+        table as read, for re-rendering and the domain analysis.
+    max_dark_frames : int
+        ``RenderSettings.max_dark_frames``.
 
     Returns
     -------
@@ -173,23 +190,26 @@ def localization_layers(locs, as_points: bool = False, pixel_size: float = DEFAU
         kwargs = {"name": f"{name} localizations", "size": size, "border_width": 0,
                   "face_color": "magenta", "units": NM_UNITS, "metadata": metadata}
         return [(coords, kwargs, "points")]
+    drawn = merge_blinks_where_possible(locs, max_dark_frames) if merge_blinks else locs
+    blinks = merge_note(drawn)
     channels = channel_values(locs) if split_channels else []
     if len(channels) < 2:
-        parts = [(None, locs, f"{name} density")]
+        parts = [(None, locs, drawn, f"{name} density")]
         fov = None
     else:
-        parts = [(c, locs[locs["channel"].astype(str) == str(c)], f"{name} channel {c} density")
-                 for c in channels]
+        parts = [(c, locs[locs["channel"].astype(str) == str(c)], drawn[drawn["channel"].astype(str) == str(c)],
+                  f"{name} channel {c} density") for c in channels]
         # every channel on the pixels of all localizations: same shape, same origin
         fov = pixel_fov(cf.render(locs, pixel_size=pixel_size, method="histogram"))
     layers = []
-    for channel, rows, layer_name in parts:
-        image = cf.render(rows, pixel_size=pixel_size, method=method, sigma=sigma, fov=fov)
+    for channel, rows, drawn_rows, layer_name in parts:
+        image = cf.render(drawn_rows, pixel_size=pixel_size, method=method, sigma=sigma, fov=fov)
         image.name = layer_name
         image.metadata = {**image.metadata, "source": source, "localizations": rows,
                           "format": locs.attrs.get("format"), "kind": "density",
                           "pixel_size": image.pixel_size, "render_method": method,
-                          "units": "localizations per pixel", "base": name}
+                          "units": "localizations per pixel" if blinks.startswith(("off", "not")) else
+                          "molecules per pixel (blinks merged)", "blinks": blinks, "base": name}
         if channel is not None:
             image.metadata.update(channel=channel, channels=list(channels), all_localizations=locs)
         layers.append((image.data, image_layer_kwargs(image, colormap="gray"), "image"))

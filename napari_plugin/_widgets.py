@@ -303,9 +303,13 @@ class RenderWidget(ScrollableContainer):
                                        min=1.0, max=1000.0, step=1.0)
         self.method = ComboBox(label="method", choices=list(RENDER_METHODS),
                                value=self.settings.render.method)
+        self.merge_blinks = CheckBox(label="merge blinks (one molecule, nearby frames)",
+                                     value=self.settings.render.merge_blinks,
+                                     tooltip="render molecules: the repeated localizations of one molecule in "
+                                             "nearby frames become one, as chromflow run does")
         self.as_points = CheckBox(label="show as points (slow for millions)", value=False)
         self.run_button = PushButton(text="Render")
-        super().__init__(widgets=[self.source, self.pixel_size, self.method, self.as_points,
+        super().__init__(widgets=[self.source, self.pixel_size, self.method, self.merge_blinks, self.as_points,
                                   self.run_button])
         self.run_button.changed.connect(self.render)
         self.source.changed.connect(self._follow_source)
@@ -333,6 +337,7 @@ class RenderWidget(ScrollableContainer):
             return None
         render = self.settings.render
         render.pixel_size, render.method = float(self.pixel_size.value), self.method.value
+        render.merge_blinks = bool(self.merge_blinks.value)
         metadata = layer.metadata
         # all channels of a multi-channel file together (on common pixels), else this layer's
         locs = metadata.get("all_localizations", metadata["localizations"])
@@ -342,7 +347,8 @@ class RenderWidget(ScrollableContainer):
             layers = localization_layers(
                 locs, as_points=self.as_points.value, pixel_size=render.pixel_size,
                 method=render.method, sigma=render.sigma, name=base, source=metadata.get("source"),
-                split_channels="channel" in metadata)
+                split_channels="channel" in metadata, merge_blinks=render.merge_blinks,
+                max_dark_frames=render.max_dark_frames)
         except Exception as error:  # noqa: BLE001 - shown to the user, layers untouched
             report_error(error, "Render")
             return None

@@ -111,3 +111,18 @@ def test_bad_tables_are_refused():
     with pytest.raises(InputError, match="non-finite"):
         merge_blinks(locs.assign(x=[np.nan, 1.0]))
     assert len(merge_blinks(locs.iloc[:0])) == 0
+
+
+def test_rows_without_a_usable_precision_are_never_merged():
+    # an absurd (1e7 nm), missing or zero precision: the row stays as it is, for render to flag
+    locs = pd.DataFrame({"x": [0.0, 1.0, 2.0, 0.5, 1.5], "y": [0.0] * 5, "frame": [1, 2, 3, 4, 5],
+                         "uncertainty": [10.0, 1e7, np.nan, 0.0, 10.0]})
+    merged = merge_blinks(locs, max_dark_frames=3)
+    assert merged["n_localizations"].tolist() == [2, 1, 1, 1]
+    assert merged["uncertainty"].tolist()[1] == 1e7 and np.isnan(merged["uncertainty"].tolist()[2])
+    assert merged["x"].tolist() == [0.75, 1.0, 2.0, 0.5]
+    from chromflow.blinks import merge_blinks_where_possible, why_not_mergeable
+
+    assert why_not_mergeable(locs.assign(uncertainty=1e7)).startswith("no valid localization precision")
+    same = merge_blinks_where_possible(locs.assign(uncertainty=1e7))
+    assert len(same) == 5 and same.attrs["merged_blinks"]["skipped"].startswith("no valid")

@@ -249,9 +249,10 @@ def test_new_options_reach_the_settings(tmp_path, monkeypatch):
     path.write_text("x,y\n1,2\n")
     code = main(["run", str(path), "--out", str(tmp_path / "o"), "--ensemble", "4", "--no-uncertainty",
                  "--columns", "x=east,y=north", "--units", "um", "--camera-pixel-size", "160",
-                 "--allow-several-objects", "--device", "cpu", "-q"])
+                 "--allow-several-objects", "--no-merge-blinks", "--max-dark-frames", "3", "--device", "cpu", "-q"])
     assert code == EXIT_CANCELLED
     s = seen["settings"]
+    assert (s.render.merge_blinks, s.render.max_dark_frames) == (False, 3)
     assert (s.inference.ensemble, s.inference.uncertainty) == (4, False)
     assert s.render.columns == {"x": "east", "y": "north"} and s.render.units == "um"
     assert s.render.camera_pixel_size == 160.0 and s.segmentation.allow_several_objects is True
@@ -260,6 +261,7 @@ def test_new_options_reach_the_settings(tmp_path, monkeypatch):
     s = seen["settings"]
     assert (s.inference.ensemble, s.inference.uncertainty, s.render.columns) == (None, None, None)
     assert s.fields.grid == 128  # chromatin_fields' default
+    assert (s.render.merge_blinks, s.render.max_dark_frames) == (True, 1)
 
 
 def test_bad_column_mapping_is_a_usage_error(tmp_path, capsys):

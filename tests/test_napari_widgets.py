@@ -33,7 +33,10 @@ def test_sample_data_contribution(make_napari_viewer):
         extent = layer.extent.world
         np.testing.assert_allclose(extent[0], [0, 0], atol=layer.scale[-1])
         np.testing.assert_allclose(extent[1], [128 * sim.spacing_nm] * 2, atol=layer.scale[-1])
-    assert density.data.sum() == pytest.approx(len(density.metadata["localizations"]), rel=1e-3)
+    # the density counts molecules: the table's blinks merged, as a file opened in napari is
+    from chromflow.blinks import merge_blinks
+
+    assert density.data.sum() == pytest.approx(len(merge_blinks(density.metadata["localizations"])), rel=1e-3)
 
 
 def test_render_widget_rerenders_and_shows_points(viewer_with_sample):
@@ -49,6 +52,13 @@ def test_render_widget_rerenders_and_shows_points(viewer_with_sample):
     assert density.scale[-1] == 160.0
     assert density.data.sum() == pytest.approx(total, rel=1e-9)
     assert density.metadata["render_method"] == "histogram"
+    # blinks merged by default (as the sample was drawn); unmerged, every localization counts
+    locs = density.metadata["localizations"]
+    assert density.metadata["blinks"].startswith(f"{len(locs)} localizations ->") and total < 0.8 * len(locs)
+    widget.merge_blinks.value = False
+    widget.render()
+    assert density.data.sum() == pytest.approx(len(locs), rel=1e-9) and density.metadata["blinks"] == "off"
+    assert widget.settings.render.merge_blinks is False
     widget.as_points.value = True
     points = widget.render()
     locs = density.metadata["localizations"]

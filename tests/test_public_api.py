@@ -17,7 +17,7 @@ def test_render_stays_the_function_after_submodule_imports():
 def test_public_names_resolve():
     for name in ["read_localizations", "write_localizations", "read_image", "write_image", "render",
                  "segment_nucleus", "chromatin_fields", "ChromatinFields", "infer_rates", "RateMapResult",
-                 "run_file", "PipelineSettings", "run_batch", "Image", "InputError"]:
+                 "run_file", "PipelineSettings", "run_batch", "Image", "InputError", "merge_blinks"]:
         assert getattr(cf, name) is not None, name
     assert callable(cf.mollifier.derivative)
     assert cf.mollifier.MollifierLayer.__module__.startswith("chromflow.mollifier")
