@@ -12,11 +12,15 @@ turns counts of localizations into counts of molecules.
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError
 from .render import MAX_SIGMA_NM
+
+if TYPE_CHECKING:  # pandas is imported when a table is merged, not with the module
+    import pandas as pd
 
 __all__ = ["merge_blinks", "merge_blinks_where_possible", "why_not_mergeable", "merge_note", "DEFAULT_MAX_DARK_FRAMES", "DISTANCE_FACTOR", "CHANCE_LAG", "MAX_CHANCE_FRACTION"]
 
