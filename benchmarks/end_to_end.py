@@ -13,6 +13,7 @@ Usage::
     python benchmarks/end_to_end.py --quick               # one seed, 3e5 localizations
     python benchmarks/end_to_end.py --device cuda --counts 3e5 1e6 3e6
     python benchmarks/end_to_end.py --methods pinn --uncertainty off   # without the uncertainty refits
+    python benchmarks/end_to_end.py --no-merge-blinks     # every localization rendered, blinks not merged
 """
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ from chromflow.cli import rate_correlation
 from chromflow.pipeline import PipelineSettings, run_file
 
 
-def one_case(seed, count, method, device, grid, workdir, iterations=None, uncertainty=None):
+def one_case(seed, count, method, device, grid, workdir, iterations=None, uncertainty=None, merge_blinks=True):
     sim = cf.simulate.simulate_nucleus(grid=grid, seed=seed, n_localizations=int(count))
     path = Path(workdir) / f"nucleus_s{seed}_n{int(count)}.csv"
     if not path.exists():
         cf.write_localizations(sim.localizations, path, format="csv")
     truth = cf.Image(np.where(sim.mask, sim.rate, np.nan), pixel_size=sim.spacing_nm, origin=sim.origin)
     settings = PipelineSettings.from_dict({
-        "render": {"pixel_size": 50.0},
+        "render": {"pixel_size": 50.0, "merge_blinks": merge_blinks},
         "fields": {"grid": 128, "euchromatin_channel": 1},
         "inference": {"method": method, "device": device, "seed": seed, "iterations": iterations,
                       **({} if uncertainty is None else {"uncertainty": uncertainty})},
@@ -49,6 +50,7 @@ def one_case(seed, count, method, device, grid, workdir, iterations=None, uncert
     corr, n = rate_correlation(result, truth)
     return {"seed": seed, "localizations": int(count), "method": method, "device": row.get("device", device),
             "uncertainty": "default (on)" if uncertainty is None else str(uncertainty),
+            "blinks": "merged" if merge_blinks else "not merged", "molecules": row.get("n_molecules"),
             "corr": corr, "cells": n, "wall_s": wall,
             **{k: v for k, v in row.items() if str(k).startswith("time_")}}
 
@@ -64,6 +66,8 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, default=None, help="PINN iterations (default: infer_rates')")
     parser.add_argument("--uncertainty", choices=("default", "off"), default="default",
                         help="the pipeline's default (on: fission and bootstrap refits) or off")
+    parser.add_argument("--no-merge-blinks", action="store_true",
+                        help="render every localization (render.merge_blinks = false); default: merged")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -74,11 +78,12 @@ def main(argv=None):
             for count in args.counts:
                 for method in args.methods:
                     unc = {"default": None, "off": False}[args.uncertainty]
-                    row = one_case(seed, count, method, args.device, args.grid, workdir, args.iterations, unc)
+                    row = one_case(seed, count, method, args.device, args.grid, workdir, args.iterations, unc,
+                                   merge_blinks=not args.no_merge_blinks)
                     print(f"[end_to_end] {row}", flush=True)
                     rows.append(row)
     table = pd.DataFrame(rows)
-    cols = ["seed", "localizations", "method", "device", "uncertainty", "corr", "wall_s"] + \
+    cols = ["seed", "localizations", "method", "device", "uncertainty", "blinks", "corr", "wall_s"] + \
         [c for c in table.columns if c.startswith("time_")]
     print("\n## End to end: localization file -> rate map (128x128 fields)\n")
     print(table[cols].to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else table[cols].to_string(index=False))
