@@ -33,6 +33,8 @@ DEFAULT_MAX_DARK_FRAMES = 1
 DISTANCE_FACTOR = 3.03
 #: Chance links are counted with the same test this many frames apart, where no blink is left.
 CHANCE_LAG = 500
+#: ... by every this-many-th localization (the count is scaled back).
+CHANCE_STRIDE = 4
 #: A warning when more than this share of the links may be chance ones.
 MAX_CHANCE_FRACTION = 0.10
 
@@ -42,14 +44,15 @@ def _source(locs) -> str | None:
     return None if src is None else str(src)
 
 
-def _candidate_pairs(x, y, frame, chan, radius, max_lag, min_lag=1):
+def _candidate_pairs(x, y, frame, chan, radius, max_lag, min_lag=1, stride=1):
     """Pairs ``(i, j)`` of rows in the same channel, in cells of side ``radius`` next to each
     other, with ``min_lag <= frame[j] - frame[i] <= max_lag``: every pair closer than
     ``radius`` with such a lag is among them, each once (``min_lag >= 1``).
 
     The rows are sorted by (channel, cell, frame); a row's partners in each of the 9
     neighbouring cells are then one contiguous run, found by binary search. Vectorised, so its
-    cost grows as n log n whatever the density per frame.
+    cost grows as n log n whatever the density per frame. With ``stride`` > 1 only every
+    ``stride``-th row (in that order) looks for partners: a sample, for counting.
     """
     cy = np.floor((y - y.min()) / radius).astype(np.int64) + 1    # +1: neighbours never wrap
     cx = np.floor((x - x.min()) / radius).astype(np.int64) + 1
@@ -59,20 +62,20 @@ def _candidate_pairs(x, y, frame, chan, radius, max_lag, min_lag=1):
     comp = ((chan.astype(np.int64) * nyc + cy) * nxc + cx) * big + fr
     order = np.argsort(comp, kind="stable")
     cs = comp[order]
+    rows_q = np.arange(0, cs.size, int(stride))
     out_i, out_j = [], []
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            q = cs + (dy * nxc + dx) * big
+            q = cs[rows_q] + (dy * nxc + dx) * big
             lo = np.searchsorted(cs, q + min_lag, side="left")
             hi = np.searchsorted(cs, q + max_lag, side="right")
             cnt = hi - lo
             total = int(cnt.sum())
             if total == 0:
                 continue
-            rows = np.repeat(np.arange(cs.size), cnt)
-            starts = np.cumsum(cnt) - cnt
-            partner = lo[rows] + (np.arange(total) - starts[rows])
-            out_i.append(order[rows])
+            at = np.repeat(np.arange(rows_q.size), cnt)
+            partner = lo[at] + (np.arange(total) - (np.cumsum(cnt) - cnt)[at])
+            out_i.append(order[rows_q[at]])
             out_j.append(order[partner])
     if not out_i:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -210,8 +213,10 @@ def merge_blinks(locs: "pd.DataFrame", max_dark_frames: int = DEFAULT_MAX_DARK_F
         if span > CHANCE_LAG + lag:
             # the same test CHANCE_LAG frames later finds pairs that are close by chance (or a
             # molecule that came back); as many join different molecules among the links
-            ci, _ = close(_candidate_pairs(x, y, frame, chan, radius, CHANCE_LAG + lag, CHANCE_LAG + 1))
-            chance = ci.size * span / (span - CHANCE_LAG)
+            # (every CHANCE_STRIDE-th localization looks: a count, not the links, is needed)
+            ci, _ = close(_candidate_pairs(x, y, frame, chan, radius, CHANCE_LAG + lag, CHANCE_LAG + 1,
+                                           stride=CHANCE_STRIDE))
+            chance = ci.size * CHANCE_STRIDE * span / (span - CHANCE_LAG)
             chance_fraction = chance / max(i.size, 1)
         _, labels = connected_components(coo_matrix((np.ones(i.size, np.int8), (i, j)), shape=(n, n)),
                                          directed=False)
