@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import InputError
-from .render import MAX_SIGMA_NM
+from .render import MAX_SIGMA_NM, _source
 
 if TYPE_CHECKING:  # pandas is imported when a table is merged, not with the module
     import pandas as pd
@@ -37,11 +37,6 @@ CHANCE_LAG = 500
 CHANCE_STRIDE = 4
 #: A warning when more than this share of the links may be chance ones.
 MAX_CHANCE_FRACTION = 0.10
-
-
-def _source(locs) -> str | None:
-    src = (getattr(locs, "attrs", None) or {}).get("source")
-    return None if src is None else str(src)
 
 
 def _candidate_pairs(x, y, frame, chan, radius, max_lag, min_lag=1, stride=1):
