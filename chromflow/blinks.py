@@ -39,42 +39,19 @@ CHANCE_STRIDE = 4
 MAX_CHANCE_FRACTION = 0.10
 
 
-def _candidate_pairs(x, y, frame, chan, radius, max_lag, min_lag=1, stride=1):
-    """Pairs ``(i, j)`` of rows in the same channel, in cells of side ``radius`` next to each
-    other, with ``min_lag <= frame[j] - frame[i] <= max_lag``: every pair closer than
-    ``radius`` with such a lag is among them, each once (``min_lag >= 1``).
-
-    The rows are sorted by (channel, cell, frame); a row's partners in each of the 9
-    neighbouring cells are then one contiguous run, found by binary search. Vectorised, so its
-    cost grows as n log n whatever the density per frame. With ``stride`` > 1 only every
-    ``stride``-th row (in that order) looks for partners: a sample, for counting.
-    """
+def _sorted_keys(x, y, frame, chan, radius, max_lag):
+    """The rows sorted by a key of (channel, cell of side ``radius``, frame), and the key steps
+    to the 9 neighbouring cells: every pair closer than ``radius`` with a frame lag of at most
+    ``max_lag`` lies within one such step, and keys of different channels or cells never meet."""
     cy = np.floor((y - y.min()) / radius).astype(np.int64) + 1    # +1: neighbours never wrap
     cx = np.floor((x - x.min()) / radius).astype(np.int64) + 1
     nyc, nxc = int(cy.max()) + 2, int(cx.max()) + 2
     fr = (frame - frame.min()).astype(np.int64)
-    big = int(fr.max()) + max_lag + 2
-    comp = ((chan.astype(np.int64) * nyc + cy) * nxc + cx) * big + fr
-    order = np.argsort(comp, kind="stable")
-    cs = comp[order]
-    rows_q = np.arange(0, cs.size, int(stride))
-    out_i, out_j = [], []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            q = cs[rows_q] + (dy * nxc + dx) * big
-            lo = np.searchsorted(cs, q + min_lag, side="left")
-            hi = np.searchsorted(cs, q + max_lag, side="right")
-            cnt = hi - lo
-            total = int(cnt.sum())
-            if total == 0:
-                continue
-            at = np.repeat(np.arange(rows_q.size), cnt)
-            partner = lo[at] + (np.arange(total) - (np.cumsum(cnt) - cnt)[at])
-            out_i.append(order[rows_q[at]])
-            out_j.append(order[partner])
-    if not out_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out_i), np.concatenate(out_j)
+    big = int(fr.max()) + int(max_lag) + 2
+    keys = ((chan.astype(np.int64) * nyc + cy) * nxc + cx) * big + fr
+    order = np.argsort(keys)
+    offsets = np.array([(dy * nxc + dx) * big for dy in (-1, 0, 1) for dx in (-1, 0, 1)], np.int64)
+    return keys[order], order, offsets
 
 
 def _valid_precision(u) -> np.ndarray:
@@ -156,8 +133,6 @@ def merge_blinks(locs: "pd.DataFrame", max_dark_frames: int = DEFAULT_MAX_DARK_F
     [[101.0, 1.0, 2.0], [5000.0, 2.0, 1.0]]
     """
     import pandas as pd
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     source = _source(locs)
     cols = set(getattr(locs, "columns", ()))
@@ -195,39 +170,33 @@ def merge_blinks(locs: "pd.DataFrame", max_dark_frames: int = DEFAULT_MAX_DARK_F
     if n:
         chan = pd.factorize(locs["channel"])[0] if "channel" in cols else np.zeros(n, np.int64)
 
-        def close(pair):
-            i, j = pair
-            d2 = (x[i] - x[j]) ** 2 + (y[i] - y[j]) ** 2
-            limit2 = radius ** 2 if max_distance is not None else DISTANCE_FACTOR ** 2 * (u[i] ** 2 + u[j] ** 2)
-            keep = (d2 <= limit2) & linkable[i] & linkable[j]
-            return i[keep], j[keep]
+        from ._blink_kernels import _groups_in_frame_order, _link_pairs
 
         lag = max_dark_frames + 1
-        i, j = close(_candidate_pairs(x, y, frame, chan, radius, lag))
+        keys, order, offsets = _sorted_keys(x, y, frame, chan, radius, CHANCE_LAG + lag)
+        xs, ys, oks = x[order], y[order], linkable[order]
+        u2 = np.zeros(n) if u is None else (u * u)[order]
+        fixed_r2 = radius * radius if max_distance is not None else 0.0
+        factor2 = DISTANCE_FACTOR ** 2
+        parent = np.arange(n, dtype=np.int64)
+        n_links = _link_pairs(keys, xs, ys, u2, oks, offsets, 1, lag, factor2, fixed_r2, 1, parent)
         span = float(np.ptp(frame)) + 1
         if span > CHANCE_LAG + lag:
             # the same test CHANCE_LAG frames later finds pairs that are close by chance (or a
-            # molecule that came back); as many join different molecules among the links
-            # (every CHANCE_STRIDE-th localization looks: a count, not the links, is needed)
-            ci, _ = close(_candidate_pairs(x, y, frame, chan, radius, CHANCE_LAG + lag, CHANCE_LAG + 1,
-                                           stride=CHANCE_STRIDE))
-            chance = ci.size * CHANCE_STRIDE * span / (span - CHANCE_LAG)
-            chance_fraction = chance / max(i.size, 1)
-        _, labels = connected_components(coo_matrix((np.ones(i.size, np.int8), (i, j)), shape=(n, n)),
-                                         directed=False)
+            # molecule that came back); as many join different molecules among the links.
+            # Every CHANCE_STRIDE-th localization looks: a count, not the links, is needed
+            chance = _link_pairs(keys, xs, ys, u2, oks, offsets, CHANCE_LAG + 1, CHANCE_LAG + lag, factor2,
+                                 fixed_r2, CHANCE_STRIDE, np.zeros(0, np.int64))
+            chance_fraction = chance * CHANCE_STRIDE * span / (span - CHANCE_LAG) / max(n_links, 1)
+        pos = np.empty(n, np.int64)
+        pos[order] = np.arange(n)
+        by_frame = np.arange(n) if np.all(frame[1:] >= frame[:-1]) else np.argsort(frame, kind="stable")
+        group = np.empty(n, np.int64)
+        first_rows = np.empty(n, np.int64)
+        m = _groups_in_frame_order(parent, pos, by_frame, group, first_rows)
+        first_rows = first_rows[:m]
     else:
-        labels = np.zeros(0, np.int64)
-    # groups numbered in the order of their first blink (frame, then row); labels are 0..k-1
-    order = np.arange(n) if np.all(frame[1:] >= frame[:-1]) else np.argsort(frame, kind="stable")
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    m = int(labels.max()) + 1 if n else 0
-    first_pos = np.full(m, n, np.int64)
-    np.minimum.at(first_pos, labels, rank)
-    relabel = np.empty(m, np.int64)
-    relabel[np.argsort(first_pos, kind="stable")] = np.arange(m)
-    group = relabel[labels]
-    first_rows = order[np.sort(first_pos)]
+        group, first_rows, m = np.zeros(0, np.int64), np.zeros(0, np.int64), 0
 
     count = np.bincount(group, minlength=m).astype(np.float64)
     w = np.where(linkable, 1.0 / u ** 2, 1.0) if u is not None else np.ones(n)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from chromflow import InputError
-from chromflow.blinks import _candidate_pairs, merge_blinks
+from chromflow.blinks import DISTANCE_FACTOR, merge_blinks
 
 
 def _blinking(n_mol=400, mean_blinks=3.0, precision=8.0, frames=4000, gap_p=1.0, seed=0, side=20000.0):
@@ -61,24 +61,30 @@ def test_dark_frames_link_blinks_across_gaps():
     assert loose.groupby("molecule").size().max() == 1
 
 
-def test_candidate_pairs_match_brute_force():
+def test_links_match_brute_force_components():
+    """The compiled neighbour search joins exactly the connected components of all close pairs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     rng = np.random.default_rng(3)
-    n = 600
-    x, y = rng.random(n) * 500, rng.random(n) * 400
-    frame = rng.integers(0, 30, n).astype(float)
-    chan = rng.integers(0, 2, n)
-    i, j = _candidate_pairs(x, y, frame, chan, 40.0, 2)
-    found = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
-    assert len(found) == i.size  # each pair once
-    d = np.maximum(abs(x[:, None] - x[None]), abs(y[:, None] - y[None]))
-    lag = abs(frame[:, None] - frame[None])
-    near = (d <= 40.0) & (lag >= 1) & (lag <= 2) & (chan[:, None] == chan[None])
-    a, b = np.nonzero(np.triu(near, 1))
-    # every close pair is a candidate; candidates are the pairs in neighbouring cells
-    assert {(p, q) for p, q in zip(a.tolist(), b.tolist())} <= found
-    ii, jj = np.array(sorted(found)).T
-    assert np.all(abs(frame[ii] - frame[jj]) <= 2) and np.all(frame[ii] != frame[jj])
-    assert np.all(chan[ii] == chan[jj]) and np.all(d[ii, jj] < 80.0)
+    n = 700
+    locs = pd.DataFrame({"x": rng.random(n) * 400, "y": rng.random(n) * 300,
+                         "frame": np.sort(rng.integers(0, 40, n)), "uncertainty": rng.uniform(3, 12, n),
+                         "channel": rng.integers(0, 2, n)})
+    x, y, f, u, c = (locs[k].to_numpy() for k in ("x", "y", "frame", "uncertainty", "channel"))
+    for dark in (0, 2):
+        close = ((x[:, None] - x[None]) ** 2 + (y[:, None] - y[None]) ** 2
+                 <= DISTANCE_FACTOR ** 2 * (u[:, None] ** 2 + u[None] ** 2))
+        lag = abs(f[:, None] - f[None])
+        pairs = np.triu(close & (lag >= 1) & (lag <= dark + 1) & (c[:, None] == c[None]), 1)
+        i, j = np.nonzero(pairs)
+        k, labels = connected_components(coo_matrix((np.ones(i.size), (i, j)), shape=(n, n)), directed=False)
+        merged = merge_blinks(locs.assign(row=np.arange(n)), max_dark_frames=dark)
+        assert len(merged) == k and k < n
+        # each merged row's first blink is the first row of a component, and sizes agree
+        sizes = np.bincount(labels)
+        assert sorted(merged["n_localizations"].tolist()) == sorted(sizes.tolist())
+        assert (sizes[labels[merged["row"].to_numpy()]] == merged["n_localizations"].to_numpy()).all()
 
 
 def test_channels_are_never_merged():
