@@ -3,8 +3,9 @@
 A fluorophore in SMLM blinks: it is localized in several frames, close in time, at the same
 place up to its precision. Counted as they are, these repeats make a density image noisier
 than the number of molecules warrants: the number of localizations in a cell is a sum of
-random blink counts, whose variance is ``E[K^2] / E[K]`` times its mean (1.67 for geometric
-blinking with 3 blinks on average) instead of the mean itself. Merging them is the usual first
+random blink counts ``K``, whose variance is ``E[K^2] / E[K]`` times its mean instead of the mean
+itself (5 for geometric blinking with 3 blinks on average; relative to the mean, 1.67 times the
+variance of a count of molecules). Merging them is the usual first
 step of SMLM post-processing (ThunderSTORM "merging", Picasso "link"); it keeps the positions
 (each merged row is the precision-weighted mean of its blinks, with the combined precision) and
 turns counts of localizations into counts of molecules.
@@ -22,7 +23,8 @@ from .render import MAX_SIGMA_NM, _source
 if TYPE_CHECKING:  # pandas is imported when a table is merged, not with the module
     import pandas as pd
 
-__all__ = ["merge_blinks", "merge_blinks_where_possible", "why_not_mergeable", "merge_note", "DEFAULT_MAX_DARK_FRAMES", "DISTANCE_FACTOR", "CHANCE_LAG", "MAX_CHANCE_FRACTION"]
+__all__ = ["merge_blinks", "merge_blinks_where_possible", "why_not_mergeable", "merge_note",
+           "DEFAULT_MAX_DARK_FRAMES", "DISTANCE_FACTOR", "CHANCE_LAG", "MAX_CHANCE_FRACTION"]
 
 #: Frames a molecule may stay dark between two of its blinks and still be linked (as Picasso's
 #: ``max_dark_time`` and ThunderSTORM's "off frames", whose defaults are 1).
