@@ -407,6 +407,8 @@ def _print_summary(row, out_dir, stream=None):
           f"than 0.5 um), median {fmt(row.get('median_rate'), '.3f')}; "
           f"heterochromatin fraction {fmt(row.get('heterochromatin_fraction'), '.3f')}; "
           f"{row.get('n_domains')} domains, mean {fmt(row.get('domain_area_um2'), '.4f')} um^2", file=stream)
+    if row.get("blinks") not in (None, "off"):
+        print(f"  blinks: {row['blinks']}", file=stream)
     if not row.get("two_channel", True):
         rule = str(row.get("split") or "density rule").split(" (")[0]
         print(f"  note: single channel: phi_h/phi_e are assumed from the density ({rule}), not measured; "

@@ -91,6 +91,8 @@ def test_run_prints_summary_and_uses_config(cell_csv, tmp_path, capsys):
     assert f"wrote outputs of {cell_csv}" in captured.out and "rate lambda: mean" in captured.out
     summary = json.loads((out / "cell_summary.json").read_text())
     assert summary["grid"] == "40x40" and summary["seed"] == 4  # the option wins over the config
+    # what blink merging did is said on the terminal too
+    assert f"  blinks: {summary['blinks']}" in captured.out and "molecules" in summary["blinks"]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_csv", "header_only", "no_nucleus", "bad_suffix"])
