@@ -236,11 +236,22 @@ def estimate_background(image, mask, pixel_size: float | None = None,
     0.3
     """
     ps = float(image.pixel_size if pixel_size is None and isinstance(image, Image) else (pixel_size or 1.0))
-    data = np.asarray(getattr(image, "data", image), dtype=np.float64)
-    far = ndimage.distance_transform_edt(~np.asarray(mask, bool)) * ps >= distance
-    if far.sum() < MIN_BACKGROUND_PIXELS:
+    return _background_level(getattr(image, "data", image), _far_from(mask, ps, distance), ps)
+
+
+def _far_from(mask, pixel_size: float, distance: float) -> np.ndarray | None:
+    """Pixels at least ``distance`` nm from ``mask``; None when fewer than
+    :data:`MIN_BACKGROUND_PIXELS` are (no background can be measured)."""
+    far = ndimage.distance_transform_edt(~np.asarray(mask, bool)) * pixel_size >= distance
+    return far if far.sum() >= MIN_BACKGROUND_PIXELS else None
+
+
+def _background_level(data, far, pixel_size: float) -> float:
+    """The median of ``data``, smoothed by :data:`BACKGROUND_SMOOTHING_NM`, over ``far`` (0 if None)."""
+    if far is None:
         return 0.0
-    smooth = ndimage.gaussian_filter(data, BACKGROUND_SMOOTHING_NM / ps, mode="nearest")
+    data = np.asarray(data, dtype=np.float64)
+    smooth = ndimage.gaussian_filter(data, BACKGROUND_SMOOTHING_NM / pixel_size, mode="nearest")
     return max(float(np.median(smooth[far])), 0.0)
 
 
@@ -412,6 +423,7 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
     n_negative = int((rho_img < 0).sum()) + (0 if rho_e_img is None else int((rho_e_img < 0).sum()))
     if rho_e_img is not None:
         check_channels(rho_img, euchromatin_gain * rho_e_img, mask, source)
+        rho_e_pos = np.clip(rho_e_img, 0, None)     # the density the euchromatin field is made of
     rho_img = np.clip(rho_img, 0, None)            # densities cannot be negative (e.g. background-subtracted TIFF)
 
     # 1. square box around the nucleus, in pixel-edge coordinates
@@ -441,8 +453,8 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
     elif isinstance(background, str):
         if background != "auto":
             raise InputError(f"background must be None, 'auto' or a number per pixel, got {background!r}", source)
-        bg = (estimate_background(rho_img, mask, ps),
-              0.0 if rho_e_img is None else estimate_background(np.clip(rho_e_img, 0, None), mask, ps))
+        far = _far_from(mask, ps, BACKGROUND_DISTANCE_NM)   # one region for both channels
+        bg = (_background_level(rho_img, far, ps), 0.0 if rho_e_img is None else _background_level(rho_e_pos, far, ps))
     else:
         bg = tuple(float(b) for b in np.broadcast_to(np.asarray(background, dtype=np.float64), (2,)))
         if not all(np.isfinite(b) and b >= 0 for b in bg):
@@ -459,7 +471,7 @@ def chromatin_fields(image, mask, grid: int = 128, euchromatin=None, total_mean:
 
     if rho_e_img is not None:
         rho_e = euchromatin_gain * np.where(
-            gmask, _masked_smooth(np.clip(resample(np.clip(rho_e_img, 0, None)) - bg[1], 0, None), gmask,
+            gmask, _masked_smooth(np.clip(resample(rho_e_pos) - bg[1], 0, None), gmask,
                                   sigma_cells), 0.0)
         total = rho + rho_e
         if not (total[gmask] > 0).any():
