@@ -18,7 +18,7 @@ from chromflow.pipeline import RenderSettings
 
 from ._layers import NM_UNITS, image_layer_kwargs, report_error
 
-__all__ = ["get_reader", "read_layers", "localization_layers", "channel_values", "pixel_fov",
+__all__ = ["get_reader", "read_layers", "localization_layers", "rows_to_draw", "channel_values", "pixel_fov",
            "DEFAULT_PIXEL_SIZE_NM",
            "LOCALIZATION_SUFFIXES", "IMAGE_SUFFIXES"]
 
@@ -190,8 +190,7 @@ def localization_layers(locs, as_points: bool = False, pixel_size: float = DEFAU
         kwargs = {"name": f"{name} localizations", "size": size, "border_width": 0,
                   "face_color": "magenta", "units": NM_UNITS, "metadata": metadata}
         return [(coords, kwargs, "points")]
-    drawn = merge_blinks_where_possible(locs, max_dark_frames) if merge_blinks else locs
-    blinks = merge_note(drawn)
+    drawn, drawn_meta = rows_to_draw(locs, merge_blinks, max_dark_frames)
     channels = channel_values(locs) if split_channels else []
     if len(channels) < 2:
         parts = [(None, locs, drawn, f"{name} density")]
@@ -207,13 +206,25 @@ def localization_layers(locs, as_points: bool = False, pixel_size: float = DEFAU
         image.name = layer_name
         image.metadata = {**image.metadata, "source": source, "localizations": rows,
                           "format": locs.attrs.get("format"), "kind": "density",
-                          "pixel_size": image.pixel_size, "render_method": method,
-                          "units": "localizations per pixel" if blinks.startswith(("off", "not")) else
-                          "molecules per pixel (blinks merged)", "blinks": blinks, "base": name}
+                          "pixel_size": image.pixel_size, "render_method": method, **drawn_meta,
+                          "base": name}
         if channel is not None:
             image.metadata.update(channel=channel, channels=list(channels), all_localizations=locs)
         layers.append((image.data, image_layer_kwargs(image, colormap="gray"), "image"))
     return layers
+
+
+def rows_to_draw(locs, merge_blinks: bool = DEFAULT_MERGE_BLINKS, max_dark_frames: int = DEFAULT_MAX_DARK_FRAMES):
+    """The rows a density layer is rendered from, and the metadata that says so.
+
+    Returns ``(rows, {"blinks": ..., "units": ...})``: the table with each molecule's blinks merged
+    where it allows it (:func:`chromflow.blinks.merge_blinks_where_possible`), or as it is; what
+    merging did, in words; and the units of the rendered values.
+    """
+    rows = merge_blinks_where_possible(locs, max_dark_frames) if merge_blinks else locs
+    merged = "molecules" in rows.attrs.get("merged_blinks", {})
+    return rows, {"blinks": merge_note(rows),
+                  "units": "molecules per pixel (blinks merged)" if merged else "localizations per pixel"}
 
 
 def channel_values(locs) -> list:

@@ -42,10 +42,9 @@ def simulated_nucleus(pixel_size: float = 40.0, **settings) -> list:
     ['simulated nucleus density', 'simulated nucleus true rate']
     """
     import chromflow as cf
-    from chromflow.blinks import merge_blinks_where_possible, merge_note
     from chromflow.simulate import simulate_nucleus
 
-    from ._reader import DEFAULT_MAX_DARK_FRAMES, DEFAULT_MERGE_BLINKS
+    from ._reader import rows_to_draw
 
     sim = simulate_nucleus(**{**SAMPLE_SETTINGS, **settings})
     locs = sim.localizations
@@ -55,15 +54,12 @@ def simulated_nucleus(pixel_size: float = 40.0, **settings) -> list:
     edge = n * sim.spacing_nm
     oy, ox = (o - sim.spacing_nm / 2 for o in sim.origin)
     # rendered as a file opened in napari is (the reader's blink merging)
-    drawn = merge_blinks_where_possible(locs, DEFAULT_MAX_DARK_FRAMES) if DEFAULT_MERGE_BLINKS else locs
+    drawn, drawn_meta = rows_to_draw(locs)
     density = cf.render(drawn, pixel_size=pixel_size, method="gaussian",
                         fov=(oy, ox, oy + edge, ox + edge))
     density.name = "simulated nucleus density"
-    blinks = merge_note(drawn)
     density.metadata = {**density.metadata, "kind": "density", "source": None,
-                        "localizations": locs, "render_method": "gaussian", "blinks": blinks,
-                        "units": "localizations per pixel" if blinks.startswith(("off", "not")) else
-                        "molecules per pixel (blinks merged)"}
+                        "localizations": locs, "render_method": "gaussian", **drawn_meta}
     truth = cf.Image(sim.rate, pixel_size=sim.spacing_nm, origin=sim.origin,
                      name="simulated nucleus true rate",
                      metadata={"kind": "true_rate", "source": None, "simulation": sim})
