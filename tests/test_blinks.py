@@ -132,3 +132,20 @@ def test_rows_without_a_usable_precision_are_never_merged():
     assert why_not_mergeable(locs.assign(uncertainty=1e7)).startswith("no valid localization precision")
     same = merge_blinks_where_possible(locs.assign(uncertainty=1e7))
     assert len(same) == 5 and same.attrs["merged_blinks"]["skipped"].startswith("no valid")
+
+
+def test_chance_links_are_estimated_and_warned_about():
+    # no blinking at all: every link is between different molecules, close by chance, so the
+    # estimate (the same test 500 frames apart) must read ~1 and warn; real blinks read ~0
+    rng = np.random.default_rng(7)
+    n = 60_000
+    dense = pd.DataFrame({"x": rng.random(n) * 3000, "y": rng.random(n) * 3000,
+                          "frame": np.sort(rng.integers(1, 3000, n)), "uncertainty": np.full(n, 20.0)})
+    with pytest.warns(UserWarning, match="links may join different molecules"):
+        merged = merge_blinks(dense)
+    assert 0.8 < merged.attrs["merged_blinks"]["chance_link_fraction"] < 1.25
+    locs, _, _ = _blinking(frames=4000)
+    sparse = merge_blinks(locs)
+    assert sparse.attrs["merged_blinks"]["chance_link_fraction"] < 0.02
+    # too short an acquisition to look 500 frames apart: not known
+    assert np.isnan(merge_blinks(locs.assign(frame=locs["frame"] % 300)).attrs["merged_blinks"]["chance_link_fraction"])
