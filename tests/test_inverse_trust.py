@@ -221,6 +221,13 @@ def test_network_is_needed_only_within_the_kernel_halo_of_the_nucleus():
         assert torch.equal(a[key][0][inside], b[key][0][inside]), key
         assert not torch.equal(a[key][0], b[key][0]), key  # the outside did change the rest
     assert needed.sum() < needed.numel()
+    # so the fit convolves the bounding box of the needed cells only: its valid outputs are the
+    # whole grid's on the cells of the box
+    (y0, y1), (x0, x1) = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(needed.numpy())]
+    assert (y1 - y0, x1 - x0) < tuple(needed.shape)
+    c = layer(g[:, y0:y1, x0:x1])
+    for key in a:
+        assert torch.equal(c[key][0], a[key][0][y0:y1 - 2 * pad, x0:x1 - 2 * pad]), key
 
 
 @pytest.mark.parametrize("method,backbone", [("pinn", "mlp"), ("pinn", "grid"), ("autodiff", "mlp")])

@@ -77,7 +77,7 @@ def test_bump_profile_derivatives_match_finite_differences():
 # polynomials: exact in 1D, 2D, 3D
 
 
-@pytest.mark.parametrize("method", ["direct", "fft"])
+@pytest.mark.parametrize("method", ["direct", "fft", "matmul"])
 def test_polynomial_moments_2d(method):
     y, x = grid(40, 44)
     checks = [
@@ -196,9 +196,46 @@ def test_direct_and_fft_agree_all_orders():
         torch.testing.assert_close(derivative(g1, k, 3, method="direct"), derivative(g1, k, 3, method="fft"))
 
 
+def test_matmul_agrees_with_direct_in_1d_2d_3d():
+    """The banded-matrix products are the same sums as the convolutions, in any dimension."""
+    g = torch.randn(2, 3, 40, 37, dtype=F64, generator=torch.Generator().manual_seed(0))
+    orders = ["u", "lap", "biharmonic", (1, 0), (0, 1), (3, 1), (2, 2), (0, 4)]
+    for boundary in ("valid", "reflect", "zeros"):
+        a = MollifierLayer(6, orders, boundary=boundary, method="direct")(g)
+        b = MollifierLayer(6, orders, boundary=boundary, method="matmul")(g)
+        for key in orders:
+            assert b[key].shape == a[key].shape
+            torch.testing.assert_close(b[key], a[key], rtol=1e-12, atol=1e-12)
+    g3 = torch.randn(2, 12, 14, 16, dtype=F64, generator=torch.Generator().manual_seed(7))
+    orders3 = ["lap", "biharmonic", (1, 0, 2), "u"]
+    kw = dict(ndim=3, spacing=(1, 1.5, 1), boundary="valid")
+    a = MollifierLayer((2.5, 3, 2), orders3, method="direct", **kw)(g3)
+    b = MollifierLayer((2.5, 3, 2), orders3, method="matmul", **kw)(g3)
+    for key in orders3:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-12, atol=1e-12)
+    g1 = g3[0, 0, 0]
+    for k in range(5):
+        torch.testing.assert_close(derivative(g1, k, 3, method="matmul"), derivative(g1, k, 3, method="direct"))
+
+
+def test_auto_takes_matmul_on_small_cpu_grids_only():
+    from chromflow.mollifier import layer as L
+
+    plan = L._cached_plan(("u", "lap"), 2, (3.0, 3.0), (1.0, 1.0), "bump", "auto")
+    assert plan.pick_method("auto", "cpu", (136, 136)) == "matmul"
+    assert plan.pick_method("auto", "cpu", (136, L.MATMUL_MAX_SIZE + 1)) == "direct"
+    assert plan.pick_method("auto", "cuda", (136, 136)) == "direct"
+    wide = L._cached_plan(("u",), 2, (30.0, 30.0), (1.0, 1.0), "bump", "auto")
+    assert wide.pick_method("auto", "cpu", (136, 136)) == "fft"
+    # the matrices are built once per axis length, dtype and device
+    m1 = plan.band_matrix(1, 40, torch.float32, "cpu")
+    assert plan.band_matrix(1, 40, torch.float32, "cpu") is m1
+    assert m1.shape == (len(plan.axis_orders[1]), 40, 40 - plan.widths[1] + 1)
+
+
 def test_float32_matches_float64():
     g = torch.randn(1, 1, 48, 48, dtype=F64, generator=torch.Generator().manual_seed(1))
-    for method in ("direct", "fft"):
+    for method in ("direct", "fft", "matmul"):
         a = derivative(g, "biharmonic", 5, method=method)
         b = derivative(g.float(), "biharmonic", 5, method=method)
         assert b.dtype == torch.float32
@@ -332,7 +369,7 @@ def test_noise_robust_fourth_derivative():
     assert mol_err < 0.5 * w**4  # FD error is ~300x the signal here
 
 
-@pytest.mark.parametrize("method", ["direct", "fft"])
+@pytest.mark.parametrize("method", ["direct", "fft", "matmul"])
 @pytest.mark.parametrize("boundary", ["valid", "reflect", "mask"])
 def test_gradcheck(method, boundary):
     mask = np.ones((8, 9), bool)
@@ -371,7 +408,7 @@ def test_cuda_matches_cpu():
     mask = np.zeros((64, 64), bool)
     mask[10:50, 12:55] = True
     for boundary in ("valid", "reflect", "mask"):
-        for method in ("direct", "fft"):
+        for method in ("direct", "fft", "matmul"):
             layer = MollifierLayer(6, ("u", "lap", "biharmonic"), boundary=boundary, method=method,
                                    mask=mask if boundary == "mask" else None)
             cpu = layer(g)

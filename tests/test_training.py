@@ -149,3 +149,48 @@ def test_adam_is_fused_unless_the_caller_asks_for_foreach():
             (p ** 2).sum().backward()
             opt.step()
     assert torch.allclose(a[0], b[0], rtol=1e-12, atol=1e-14)
+
+
+def test_fused_adam_is_torch_adam_step_for_step():
+    """FusedAdam runs torch's fused kernel with the same state as ``torch.optim.Adam(fused=True)``:
+    the same parameters after every step, also when the learning rate changes between steps."""
+    from chromflow.training import FusedAdam, make_optimizer
+
+    for dtype in (torch.float32, torch.float64):
+        gen = torch.Generator().manual_seed(3)
+        start = [torch.randn(4, 3, dtype=dtype, generator=gen), torch.randn(3, dtype=dtype, generator=gen)]
+        ours = [torch.nn.Parameter(t.clone()) for t in start]
+        ref = [torch.nn.Parameter(t.clone()) for t in start]
+        opt_ours = make_optimizer("adam", ours, 0.05)
+        assert isinstance(opt_ours, FusedAdam)
+        opt_ref = torch.optim.Adam(ref, lr=0.05, fused=True)
+        for it in range(40):
+            for params, opt in ((ours, opt_ours), (ref, opt_ref)):
+                for group in opt.param_groups:
+                    group["lr"] = 0.05 * (1.0 - it / 50)
+                opt.zero_grad(set_to_none=True)
+                (torch.sin(params[0]).sum() * params[1].square().sum()).backward()
+                opt.step()
+            for a, b in zip(ours, ref):
+                assert torch.equal(a, b)
+    # mixed dtypes, or options, take torch's class
+    mixed = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2, dtype=torch.float64))]
+    assert isinstance(make_optimizer("adam", mixed, 0.1), torch.optim.Adam)
+    assert isinstance(make_optimizer("adam", ours, 0.1, betas=(0.8, 0.99)), torch.optim.Adam)
+
+
+def test_a_fit_does_not_import_the_compiler():
+    """torch.optim's first use imports torch._dynamo (1.5-2.7 s per process here); a fit must not."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, chromflow as cf\n"
+            "from types import SimpleNamespace\n"
+            "m = np.zeros((24, 24), bool); m[4:20, 4:20] = True\n"
+            "f = SimpleNamespace(phi_h=np.full((24, 24), 0.3), phi_e=np.full((24, 24), 0.2), mask=m, spacing=50.0,"
+            " origin=(0.0, 0.0), source=None)\n"
+            "cf.infer_rates(f, iterations=3, uncertainty=False)\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -224,10 +224,10 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
             pad = layer.halo[0]
             full = tuple(n + 2 * pad for n in shape)
 
-            def on_nucleus(dd):
+            def on_nucleus(dd, at=cells_t):
                 # the layer's (2, ny, nx) outputs, gathered on the nucleus cells in one call
                 stacked = torch.stack([dd[k] for k in ORDERS]).reshape(len(ORDERS) * 2, -1)
-                v = stacked.index_select(1, cells_t).unbind(0)
+                v = stacked.index_select(1, at).unbind(0)
                 return derivatives_um(v[0::2], spacing_um), derivatives_um(v[1::2], spacing_um)
 
             if param == "grid":
@@ -244,19 +244,27 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
                 # the network is evaluated only where its values reach the nucleus: the mask
                 # widened by the kernel's halo (about half of a typical grid); elsewhere the
                 # padded grid holds a constant (finite) start value the loss never sees
-                needed_np = np.flatnonzero(_within_halo(mask, pad))
-                needed = torch.as_tensor(needed_np, device=device)
-                coords = coords.index_select(0, needed)
+                within = _within_halo(mask, pad)
+                needed_np = np.flatnonzero(within)
+                coords = coords.index_select(0, torch.as_tensor(needed_np, device=device))
                 iy, ix = np.divmod(cells, shape[1])
                 rate_rows = torch.as_tensor(np.searchsorted(needed_np, (iy + pad) * full[1] + ix + pad), device=device)
                 background = torch.as_tensor([centre[0], centre[1]], dtype=dtype, device=device)
-                n_full = full[0] * full[1]
+                # the convolutions run on the nucleus's bounding box (plus the halo) only: the
+                # valid outputs there read exactly the same inputs as on the whole padded grid,
+                # at ~40 % less work for a nucleus filling half the grid
+                (y0, y1), (x0, x1) = [(int(a.min()), int(a.max()) + 1) for a in np.nonzero(within)]
+                box = (y1 - y0, x1 - x0)
+                needed = torch.as_tensor(np.flatnonzero(within[y0:y1, x0:x1]), device=device)
+                # valid output (r, c) of the box is data cell (y0 + r, x0 + c)
+                box_cells = torch.as_tensor((iy - y0) * (box[1] - 2 * pad) + ix - x0, device=device)
+                n_box = box[0] * box[1]
 
                 def fields_and_rate():
                     raw = net(coords)
-                    # (M, 2) fields on the needed cells -> (2, ny, nx), contiguous for the convolutions
-                    g = background.expand(n_full, 2).index_copy(0, needed, raw[:, :2]).T.contiguous()
-                    h, e = on_nucleus(layer(g.reshape(2, *full)))
+                    # (M, 2) fields on the needed cells -> (2, box), contiguous for the convolutions
+                    g = background.expand(n_box, 2).index_copy(0, needed, raw[:, :2]).T.contiguous()
+                    h, e = on_nucleus(layer(g.reshape(2, *box)), box_cells)
                     return h, e, raw[:, 2].index_select(0, rate_rows)
         else:
             if param == "grid":

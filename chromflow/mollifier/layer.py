@@ -25,12 +25,17 @@ from .kernels import DISCRETIZATIONS, KERNELS, MAX_ORDER, halo, kernel_1d
 __all__ = ["derivative", "gradient", "MollifierLayer", "BOUNDARIES", "METHODS", "valid_shape", "expand_order"]
 
 BOUNDARIES = ("valid", "reflect", "zeros", "constant", "mask")
-METHODS = ("auto", "direct", "fft")
+METHODS = ("auto", "direct", "fft", "matmul")
 #: ``method="auto"`` switches from direct (separable) convolution to FFT when a 1D kernel is
 #: wider than this many samples: on CPU FFT wins from ~35 samples, on an H100 direct
 #: convolution was as fast up to 99 (benchmarks/derivatives.py, docs/mollifier.md).
 FFT_MIN_WIDTH = 40
 FFT_MIN_WIDTH_CUDA = 128
+#: on CPU, ``method="auto"`` takes the banded-matrix products (``"matmul"``) for narrow
+#: kernels on arrays up to this many samples per axis (padding included): a dense product
+#: multiplies ~``n / width`` times more numbers than the convolution, but BLAS runs them far
+#: faster than the grouped 1D convolutions (measured in benchmarks/derivatives.py --layer-methods)
+MATMUL_MAX_SIZE = 256
 
 _NAMED = {"lap", "laplacian", "biharmonic", "bilap", "u"}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -138,6 +143,7 @@ class _Plan:
         # per axis: the orders used on it and their kernels (rows), scaled to physical units
         self.axis_orders = []
         self.banks = []
+        self._bands = {}          # (axis, n, dtype, device) -> banded matrices of method "matmul"
         for a in range(ndim):
             used = sorted({t[a] for t in self.terms})
             self.axis_orders.append(used)
@@ -147,13 +153,70 @@ class _Plan:
     def widths(self) -> tuple:
         return tuple(2 * h + 1 for h in self.halos)
 
-    def pick_method(self, method: str, device_type: str = "cpu") -> str:
+    def pick_method(self, method: str, device_type: str = "cpu", sizes=None) -> str:
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method == "auto":
             limit = FFT_MIN_WIDTH_CUDA if device_type == "cuda" else FFT_MIN_WIDTH
-            return "fft" if max(self.widths) > limit else "direct"
+            if max(self.widths) > limit:
+                return "fft"
+            if device_type == "cpu" and sizes is not None and max(sizes) <= MATMUL_MAX_SIZE:
+                return "matmul"
+            return "direct"
         return method
+
+    # -- matmul: each 1D pass as a product with a banded (Toeplitz) matrix -----------------------
+    def band_matrix(self, axis: int, n: int, dtype, device) -> torch.Tensor:
+        """(orders on ``axis``, n, n - 2 halo) matrices: ``x @ M[k]`` is the valid correlation of
+        the last axis of ``x`` with the k-th kernel of the axis (the convolution)."""
+        key = (axis, n, dtype, str(device))
+        cached = self._bands.get(key)
+        if cached is None:
+            bank = np.asarray(self.banks[axis])
+            width = bank.shape[1]
+            m = n - width + 1
+            if m < 1:
+                raise GridError(f"axis of {n} samples is narrower than the kernel ({width} samples)")
+            mats = np.zeros((bank.shape[0], n, m))
+            cols = np.arange(m)
+            for t in range(width):
+                # output j reads input j + t with the flipped kernel (a convolution)
+                mats[:, cols + t, cols] = bank[:, width - 1 - t][:, None]
+            cached = torch.as_tensor(mats, dtype=dtype, device=device)
+            if len(self._bands) > 32:
+                self._bands.clear()
+            self._bands[key] = cached
+        return cached
+
+    def matmul(self, x: torch.Tensor, banks=None) -> dict:
+        """``x``: (B, 1, *padded spatial) -> {term: (B, *valid spatial)}: the passes of
+        :meth:`direct`, each 1D convolution written as a product with a banded matrix."""
+        nd = self.ndim
+        channels = {(): 0}
+        for a in reversed(range(nd)):
+            suffixes = sorted({t[a:] for t in self.terms})
+            n = x.shape[2 + a]
+            mats = self.band_matrix(a, n, x.dtype, x.device)
+            outs, order = [], []
+            for row, k in enumerate(self.axis_orders[a]):
+                group = [s for s in suffixes if s[0] == k]
+                if not group:
+                    continue
+                src = [channels[s[1:]] for s in group]
+                part = x if src == list(range(x.shape[1])) else x[:, src]
+                if a == nd - 1:
+                    y = part @ mats[row]
+                else:
+                    # (m, n) @ (..., n, rest): the axis in the middle, no transpose copied
+                    shape = part.shape
+                    lead, rest = shape[:2 + a], int(np.prod(shape[3 + a:], dtype=np.int64))
+                    y = (mats[row].T @ part.reshape(*lead, n, rest)).reshape(*lead, -1, *shape[3 + a:])
+                outs.append(y)
+                order += group
+            x = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+            channels = {s: i for i, s in enumerate(order)}
+        parts = x.unbind(1)
+        return {t: parts[channels[t]] for t in self.terms}
 
     # -- direct: separable grouped convolutions, last axis first --------------------------------
     def direct(self, x: torch.Tensor, banks: Sequence[torch.Tensor]) -> dict:
@@ -364,8 +427,11 @@ def _run(plan: _Plan, u: torch.Tensor, banks, boundary: str, method: str, extens
     lead, spatial = u.shape[:-nd], u.shape[-nd:]
     x = u.reshape((-1, 1) + tuple(spatial))
     x = _prepare(x, plan.halos, boundary, extension)
-    how = plan.pick_method(method, u.device.type)
-    out = plan.combine(plan.direct(x, banks)) if how == "direct" else plan.fft(x, banks)
+    how = plan.pick_method(method, u.device.type, tuple(x.shape[2:]))
+    if how == "fft":
+        out = plan.fft(x, banks)
+    else:
+        out = plan.combine(plan.direct(x, banks) if how == "direct" else plan.matmul(x))
     result = {}
     for key, val in out.items():
         if mask_t is not None:
