@@ -26,6 +26,8 @@ Usage::
     python benchmarks/chromatin_step.py                        # 128^2, CPU, 1 thread
     python benchmarks/chromatin_step.py --device cuda --steps 50
     python benchmarks/chromatin_step.py --steps 20 --dtype float32 --modes mollifier autodiff --rounds 5
+    python benchmarks/chromatin_step.py --steps 60 --dtype float32 --rounds 5 --no-tensor-peak \
+        --modes mollifier_direct mollifier_fft mollifier_matmul     # the layer's methods in the fit
 """
 from __future__ import annotations
 
@@ -47,8 +49,12 @@ if str(HERE) not in sys.path:
 import _tasks  # noqa: E402
 
 MODES = ("mollifier", "autodiff", "autodiff_recursive")
+#: the mollifier fit with each of the layer's methods forced (``mollifier`` is its ``"auto"``
+#: choice); not run by default: ``--modes mollifier_direct mollifier_fft mollifier_matmul``
+LAYER_MODES = {"mollifier_direct": "direct", "mollifier_fft": "fft", "mollifier_matmul": "matmul"}
 LABEL = {"mollifier": "mollifier (pinn)", "autodiff": "autodiff, Taylor mode",
-         "autodiff_recursive": "autodiff, recursive reverse mode"}
+         "autodiff_recursive": "autodiff, recursive reverse mode",
+         **{m: f"mollifier (pinn), layer method {k!r}" for m, k in LAYER_MODES.items()}}
 
 
 def worker(spec: dict) -> dict:
@@ -88,9 +94,18 @@ def worker(spec: dict) -> dict:
             saved.clear()
 
     autodiff = "recursive" if spec["mode"] == "autodiff_recursive" else "taylor"
+    if spec["mode"] in LAYER_MODES:
+        import chromflow.inverse.fit as fit_module
+        from chromflow.inverse.direct import ORDERS
+        from chromflow.mollifier import MollifierLayer
+
+        how = LAYER_MODES[spec["mode"]]
+        fit_module.mollifier_layer = (lambda radius, kernel="bump", boundary="valid", mask=None: MollifierLayer(
+            radius, orders=ORDERS, ndim=2, kernel=kernel, boundary=boundary, mask=mask, method=how))
     # one fit: the uncertainty's refits (a split-half companion in a second thread, a bootstrap
     # refit) would share the timed core and add their own memory to both modes
-    fit = functools.partial(infer_rates, fields, method="pinn" if spec["mode"] == "mollifier" else "autodiff",
+    network_method = "autodiff" if spec["mode"].startswith("autodiff") else "pinn"
+    fit = functools.partial(infer_rates, fields, method=network_method,
                             device=device, seed=0, dtype=spec["dtype"], **{"uncertainty": False, **spec["options"]})
     start = time.perf_counter()
     with use_method(autodiff), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -128,7 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=None, help="default: infer_rates' (\"auto\": from the noise share)")
     p.add_argument("--depth", type=int, default=None, help="default: infer_rates' (\"auto\")")
     p.add_argument("--dtype", default="float64")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES + tuple(LAYER_MODES))
     p.add_argument("--noise", type=float, default=0.01)
     p.add_argument("--no-tensor-peak", dest="tensor_peak", action="store_false",
                    help="CPU: skip the second, profiled fit that measures the tensors' peak")
@@ -170,7 +185,9 @@ def main(argv=None) -> int:
                 print(f"[chromatin_step] round {k + 1}: {runs[-1][-1]}", file=sys.stderr, flush=True)
     rows = combine_rounds(runs, args.modes)
     ref = {r["mode"]: r for r in rows if "error" not in r}
-    moll = ref.get("mollifier")
+    # ratios against the mollifier fit ("auto" layer method), else against the first mode asked for
+    ref_mode = "mollifier" if "mollifier" in args.modes else args.modes[0]
+    moll = ref.get(ref_mode)
     networks = sorted({r["network"] for r in rows if "network" in r})
     print(f"## 4th-order chromatin fit, {args.grid}x{args.grid}, {args.device} ({args.threads} thread(s)), "
           f"{args.backbone} {'/'.join(networks)} {options}, {args.dtype}, {args.steps} steps per mode\n")
@@ -189,15 +206,15 @@ def main(argv=None) -> int:
               f"{r['saved_mb']:.1f} | {t:.1f}x | {m:.1f}x | {tm:.1f}x | {sv:.1f}x |")
     if args.rounds > 1:
         print(f"\nMedians over {args.rounds} rounds (modes alternated in order). Each round's own ratios "
-              "(time / peak RSS against the mollifier run of the same round):\n")
-        others = [m for m in args.modes if m != "mollifier"]
+              f"(time / peak RSS against the {LABEL[ref_mode]} run of the same round):\n")
+        others = [m for m in args.modes if m != ref_mode]
         print("| round | mollifier ms / step | " + " | ".join(f"{LABEL[m]}: time, RSS" for m in others) + " |")
         print("|---|---:|" + "---:|" * len(others))
-        for k, ratios in enumerate(round_ratios(runs)):
-            if "mollifier" not in ratios:
+        for k, ratios in enumerate(round_ratios(runs, ref_mode)):
+            if ref_mode not in ratios:
                 continue
-            cells = [f"{ratios[m][0]:.1f}x, {ratios[m][1]:.1f}x" if m in ratios else "failed" for m in others]
-            print(f"| {k + 1} | {ratios['mollifier'][2]:.1f} | " + " | ".join(cells) + " |")
+            cells = [f"{ratios[m][0]:.2f}x, {ratios[m][1]:.1f}x" if m in ratios else "failed" for m in others]
+            print(f"| {k + 1} | {ratios[ref_mode][2]:.1f} | " + " | ".join(cells) + " |")
     return 0
 
 
@@ -219,12 +236,12 @@ def combine_rounds(runs, modes):
     return rows
 
 
-def round_ratios(runs):
-    """Per round: ``{mode: (time ratio, RSS ratio, ms per step)}`` against that round's mollifier run."""
+def round_ratios(runs, ref_mode="mollifier"):
+    """Per round: ``{mode: (time ratio, RSS ratio, ms per step)}`` against that round's ``ref_mode`` run."""
     out = []
     for run in runs:
         done = {r["mode"]: r for r in run if "error" not in r}
-        moll = done.get("mollifier")
+        moll = done.get(ref_mode)
         out.append({m: (r["ms_per_step"] / moll["ms_per_step"], r["peak_mb"] / max(moll["peak_mb"], 0.1),
                         r["ms_per_step"]) for m, r in done.items()} if moll else {})
     return out
