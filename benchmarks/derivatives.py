@@ -110,11 +110,16 @@ def run_case(method: str, size: int, depth: int, radius: float, repeats: int, de
     return {"method": method, "grid": size, "depth": depth, "time_s": statistics.median(times), "peak_mb": peak}
 
 
-def layer_case(size: int, radius: float, method: str, repeats: int, device: str) -> dict:
+#: the outputs the rate fits take from the layer (chromflow.inverse.direct.ORDERS)
+FIT_ORDERS = ("u", (1, 0), (0, 1), "lap", "biharmonic")
+
+
+def layer_case(size: int, radius: float, method: str, repeats: int, device: str,
+               orders=("u", "lap", "biharmonic"), fields: int = 1) -> dict:
     dev = torch.device(device)
-    layer = MollifierLayer(radius, ("u", "lap", "biharmonic"), boundary="valid", method=method).to(dev)
+    layer = MollifierLayer(radius, orders, boundary="valid", method=method).to(dev)
     h = layer.halo[0]
-    g = torch.randn(1, 1, size + 2 * h, size + 2 * h, device=dev, requires_grad=True)
+    g = torch.randn(fields, 1, size + 2 * h, size + 2 * h, device=dev, requires_grad=True)
     times = []
     for i in range(repeats + 1):
         _sync(dev)
@@ -300,7 +305,7 @@ def speed_table(args):
 
 
 def layer_table(args):
-    """The layer alone: direct vs FFT against kernel width."""
+    """The layer alone: direct vs FFT against kernel width; then direct, FFT and matmul against grid size."""
     size = 128 if args.quick else 256
     radii = [4, 16, 32] if args.quick else [4, 8, 16, 24, 32, 48]
     print(f"\nMollifierLayer(('u', 'lap', 'biharmonic')) forward + backward on a {size}x{size} grid "
@@ -315,6 +320,22 @@ def layer_table(args):
         print(f"| {radius} | {d['width']} | {d['time_ms']:.2f} | {f['time_ms']:.2f} |", flush=True)
     path = RESULTS / f"mollifier_layer_{args.device}.csv"
     _write_csv(layer_rows, path)
+    print(f"\nwrote {path}")
+    # the three methods on the fits' five outputs against the grid size, at the fits' radius 3
+    methods = ("direct", "fft", "matmul")
+    sizes = [64, 128] if args.quick else [64, 100, 128, 192, 256, 384]
+    print(f"\nMollifierLayer({FIT_ORDERS}) (the rate fits' outputs) on two fields, radius 3, forward + backward, "
+          "float32, "
+          f"median of {max(args.repeats, 5)}, ms\n")
+    print("| grid | " + " | ".join(methods) + " |")
+    print("|---:|" + "---:|" * len(methods))
+    size_rows = []
+    for size in sizes:
+        row = {m: layer_case(size, 3.0, m, max(args.repeats, 5), args.device, FIT_ORDERS, fields=2) for m in methods}
+        size_rows += list(row.values())
+        print(f"| {size} | " + " | ".join(f"{row[m]['time_ms']:.2f}" for m in methods) + " |", flush=True)
+    path = RESULTS / f"mollifier_layer_sizes_{args.device}.csv"
+    _write_csv(size_rows, path)
     print(f"\nwrote {path}")
 
 

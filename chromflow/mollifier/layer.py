@@ -33,9 +33,11 @@ FFT_MIN_WIDTH = 40
 FFT_MIN_WIDTH_CUDA = 128
 #: on CPU, ``method="auto"`` takes the banded-matrix products (``"matmul"``) for narrow
 #: kernels on arrays up to this many samples per axis (padding included): a dense product
-#: multiplies ~``n / width`` times more numbers than the convolution, but BLAS runs them far
-#: faster than the grouped 1D convolutions (measured in benchmarks/derivatives.py --layer-methods)
-MATMUL_MAX_SIZE = 256
+#: multiplies ~``n / width`` times more numbers than the convolution, but BLAS runs them faster
+#: than the grouped 1D convolutions up to ~128 samples; from ~192 the two tie, then the
+#: convolutions win (``benchmarks/derivatives.py --parts layer``, second table; inside a rate
+#: fit on a rendered nucleus 11 % less time per step than direct, benchmarks/README.md)
+MATMUL_MAX_SIZE = 160
 
 _NAMED = {"lap", "laplacian", "biharmonic", "bilap", "u"}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
