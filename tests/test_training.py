@@ -151,14 +151,17 @@ def test_adam_is_fused_unless_the_caller_asks_for_foreach():
     assert torch.allclose(a[0], b[0], rtol=1e-12, atol=1e-14)
 
 
-def test_fused_adam_is_torch_adam_step_for_step():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_fused_adam_is_torch_adam_step_for_step(device):
     """FusedAdam runs torch's fused kernel with the same state as ``torch.optim.Adam(fused=True)``:
     the same parameters after every step, also when the learning rate changes between steps."""
     from chromflow.training import FusedAdam, make_optimizer
 
     for dtype in (torch.float32, torch.float64):
         gen = torch.Generator().manual_seed(3)
-        start = [torch.randn(4, 3, dtype=dtype, generator=gen), torch.randn(3, dtype=dtype, generator=gen)]
+        start = [torch.randn(4, 3, dtype=dtype, generator=gen).to(device),
+                 torch.randn(3, dtype=dtype, generator=gen).to(device)]
         ours = [torch.nn.Parameter(t.clone()) for t in start]
         ref = [torch.nn.Parameter(t.clone()) for t in start]
         opt_ours = make_optimizer("adam", ours, 0.05)
