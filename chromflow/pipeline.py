@@ -729,8 +729,24 @@ def _render(locs, settings: PipelineSettings, fov=None, name="", source=None) ->
     return image
 
 
+def _in_channel(locs, value) -> np.ndarray:
+    """Rows whose ``channel`` is ``value``: numerically for a numeric column (1 matches 1 and 1.0),
+    else as text. (Text for every row took ~0.1 s per million rows.)"""
+    import pandas as pd
+
+    col = locs["channel"]
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None:
+            return col.to_numpy() == number
+    return (col.astype(str) == str(value)).to_numpy()
+
+
 def _select_channel(locs, value, path):
-    rows = locs[locs["channel"].astype(str) == str(value)]
+    rows = locs[_in_channel(locs, value)]
     if len(rows) == 0:
         found = ", ".join(sorted(locs["channel"].astype(str).unique()))
         raise InputError(f"no localizations in channel {value!r} (channels in the file: {found})", path=path)
@@ -819,7 +835,7 @@ def load_input(path, settings: PipelineSettings | None = None) -> LoadedInput:
             if fs.heterochromatin_channel is not None:
                 het_locs = _select_channel(locs, fs.heterochromatin_channel, path)
             else:
-                het_locs = locs[locs["channel"].astype(str) != str(fs.euchromatin_channel)]
+                het_locs = locs[~_in_channel(locs, fs.euchromatin_channel)]
                 if len(het_locs) == 0:
                     raise InputError("every localization is in the euchromatin channel; no heterochromatin channel",
                                      path=path)

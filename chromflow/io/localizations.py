@@ -259,7 +259,9 @@ def _finalise(df: pd.DataFrame, path, fmt: str, pixel_size, on_invalid: str) -> 
 
     order = [c for c in STANDARD_COLUMNS if c in df.columns]
     order += [c for c in df.columns if c not in order]
-    df = df[order].copy()
+    # a new frame that shares the columns (pandas' copy-on-write copies a column only when it
+    # is written): a deep copy here took ~0.5 s for 1e6 rows, mostly consolidating the blocks
+    df = df[order]
     df.attrs = {"source": str(path), "format": fmt, "pixel_size": pixel_size}
     return df
 
