@@ -6,7 +6,8 @@ derivative is therefore a sum of separable terms ``K_a(y) K_b(x)`` (``lap`` = ``
 K_0 K_2``; ``biharmonic`` = ``K_4 K_0 + 2 K_2 K_2 + K_0 K_4``), and the terms share passes:
 along x the field is convolved once with each distinct x-kernel, then each of those results
 with the y-kernels it needs. Cost is a handful of 1D convolutions, whatever the derivative
-order and whatever produced ``g``.
+order and whatever produced ``g``. On small CPU grids each 1D convolution is done as a product
+with a banded matrix (``method="matmul"``), which BLAS runs faster.
 """
 from __future__ import annotations
 
@@ -477,10 +478,11 @@ def derivative(u, order, radius, spacing=1.0, kernel: str = "bump", boundary: st
         and the result is set to 0 outside the mask.
     mask : bool array of the spatial shape, optional
         Domain for ``boundary="mask"``.
-    method : {"auto", "direct", "fft"}
-        Separable direct convolution or FFT; ``"auto"`` takes FFT for kernels wider than
-        ``FFT_MIN_WIDTH`` (40) samples on CPU, ``FFT_MIN_WIDTH_CUDA`` (128) on CUDA. Both agree
-        to rounding.
+    method : {"auto", "direct", "fft", "matmul"}
+        Separable direct convolution, FFT, or the direct passes as products with banded
+        matrices; ``"auto"`` takes FFT for kernels wider than ``FFT_MIN_WIDTH`` (40) samples on
+        CPU, ``FFT_MIN_WIDTH_CUDA`` (128) on CUDA, else on CPU ``"matmul"`` for arrays of at
+        most ``MATMUL_MAX_SIZE`` (160) samples per axis, else direct. All agree to rounding.
     ndim : int, optional
         Number of spatial axes. Default: ``len(order)`` for a tuple; 1 for a nonzero int; for
         ``0``, ``"u"``, ``"lap"``, ``"biharmonic"`` it is 2 (1 for a 1D tensor): pass ``ndim=3``
@@ -582,7 +584,8 @@ class MollifierLayer(nn.Module):
     boundary : {"valid", "reflect", "zeros", "constant", "mask"}
         ``"valid"`` (default) shrinks each axis by ``2 * halo`` cells: evaluate the network on
         a grid padded by ``self.halo`` cells to get derivatives on the grid you care about.
-    method : {"auto", "direct", "fft"}
+    method : {"auto", "direct", "fft", "matmul"}
+        See :func:`derivative`.
     mask : bool array, optional
         Domain for ``boundary="mask"`` (its shape fixes the spatial shape).
     discretization : {"auto", "analytic", "difference"}
