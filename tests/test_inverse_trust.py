@@ -431,3 +431,42 @@ def test_leading_refit_ends_when_the_main_fit_has_failed(steady):
     assert out.stop_reason == "its companion fit failed" and out.iterations_run == 1
     alone = fit_fields("pinn", data, weights, m, np.zeros_like(m), stop_event=StopSignal(), **common)
     assert alone.iterations_run > 1
+
+
+def test_fit_on_the_bounding_box_equals_the_whole_padded_grid():
+    """The fit convolves only the bounding box of the cells its network is evaluated on: its
+    fitted fields must be what the layer gives on the whole padded grid (an off-centre nucleus,
+    so that the box and the grid differ on every side by different amounts)."""
+    import torch
+
+    from chromflow.inverse import DEFAULTS, _data_weights
+    from chromflow.inverse.direct import mollifier_layer
+    from chromflow.inverse.fit import _network, _within_halo, fit_fields
+    from chromflow.models import build_backbone, grid_coordinates
+    from chromflow.physics.chromatin import ChromatinModel
+
+    shape = (48, 56)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    mask = ((yy - 17) / 11.0) ** 2 + ((xx - 34) / 14.0) ** 2 <= 1.0
+    rng = np.random.default_rng(4)
+    phi_h = 0.3 + 0.05 * np.sin(xx / 5.0) + 0.01 * rng.standard_normal(shape)
+    phi_e = 0.2 + 0.03 * np.cos(yy / 4.0) + 0.01 * rng.standard_normal(shape)
+    data = np.stack([phi_h, phi_e])
+    weights = _data_weights(data, [np.full(shape, 1e-4)] * 2, mask)
+    opts = {**DEFAULTS["pinn"], "width": 16, "depth": 2, "backbone": "mlp", "optimizer": "adam", "radius": 3.0}
+    out = fit_fields("pinn", data, weights, mask, np.zeros(shape, bool), mask=mask, spacing_um=0.05, opts=opts,
+                     model=ChromatinModel(), seed=0, device=torch.device("cpu"), dtype=torch.float64, iterations=5)
+    layer = mollifier_layer(3.0)
+    pad = layer.halo[0]
+    net = _network("mlp", opts, np.zeros(2), np.ones(2), 1.0, build_backbone).to(torch.float64)
+    net.load_state_dict(out.state)
+    coords, _ = grid_coordinates(shape, pad=pad, dtype=torch.float64)
+    with torch.no_grad():
+        fields = net(coords)[:, :2]
+        needed = torch.as_tensor(_within_halo(mask, pad).reshape(-1))
+        # outside the needed cells the fit holds its start constant, the fields' centre
+        g = torch.where(needed[:, None], fields, net.centre.to(torch.float64)).T
+        whole = layer(g.reshape(2, shape[0] + 2 * pad, shape[1] + 2 * pad))["u"]
+    for c, fitted in enumerate((out.phi_h, out.phi_e)):
+        np.testing.assert_allclose(fitted[mask], whole[c].numpy()[mask], rtol=0, atol=1e-12)
+        assert np.isnan(fitted[~mask]).all()
