@@ -82,11 +82,15 @@ class FieldNet(torch.nn.Module):
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64))
         self.lam_offset = inverse_softplus(lam0)
 
-    def forward(self, coords):
+    def split(self, coords):
+        """``(fields (N, 2), lambda (N,))``: the outputs apart, without the copy of a concatenation."""
         raw = self.backbone(coords)
         fields = self.centre.to(raw.dtype) + self.scale.to(raw.dtype) * raw[:, :2]
-        lam = F.softplus(raw[:, 2:3] + self.lam_offset)
-        return torch.cat([fields, lam], dim=1)
+        return fields, F.softplus(raw[:, 2] + self.lam_offset)
+
+    def forward(self, coords):
+        fields, lam = self.split(coords)
+        return torch.cat([fields, lam[:, None]], dim=1)
 
 
 class GridFields(torch.nn.Module):
@@ -249,7 +253,7 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
                 coords = coords.index_select(0, torch.as_tensor(needed_np, device=device))
                 iy, ix = np.divmod(cells, shape[1])
                 rate_rows = torch.as_tensor(np.searchsorted(needed_np, (iy + pad) * full[1] + ix + pad), device=device)
-                background = torch.as_tensor([centre[0], centre[1]], dtype=dtype, device=device)
+                background = torch.as_tensor([[centre[0]], [centre[1]]], dtype=dtype, device=device)
                 # the convolutions run on the nucleus's bounding box (plus the halo) only: the
                 # valid outputs there read exactly the same inputs as on the whole padded grid,
                 # at ~40 % less work for a nucleus filling half the grid
@@ -261,11 +265,11 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
                 n_box = box[0] * box[1]
 
                 def fields_and_rate():
-                    raw = net(coords)
+                    fields, lam = net.split(coords)
                     # (M, 2) fields on the needed cells -> (2, box), contiguous for the convolutions
-                    g = background.expand(n_box, 2).index_copy(0, needed, raw[:, :2]).T.contiguous()
+                    g = background.expand(2, n_box).index_copy(1, needed, fields.T)
                     h, e = on_nucleus(layer(g.reshape(2, *box)), box_cells)
-                    return h, e, raw[:, 2].index_select(0, rate_rows)
+                    return h, e, lam.index_select(0, rate_rows)
         else:
             if param == "grid":
                 raise ValueError("backbone='grid' needs the mollifier (method='pinn'): a grid has no autograd derivatives")

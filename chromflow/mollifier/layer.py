@@ -216,10 +216,12 @@ class _Plan:
                     y = (mats[row].T @ part.reshape(*lead, n, rest)).reshape(*lead, -1, *shape[3 + a:])
                 outs.append(y)
                 order += group
+            if a == 0:
+                # the last pass: each term straight from its product, no concatenated copy
+                parts = [p for y in outs for p in y.unbind(1)]
+                return {t: parts[order.index(t)] for t in self.terms}
             x = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
             channels = {s: i for i, s in enumerate(order)}
-        parts = x.unbind(1)
-        return {t: parts[channels[t]] for t in self.terms}
 
     # -- direct: separable grouped convolutions, last axis first --------------------------------
     def direct(self, x: torch.Tensor, banks: Sequence[torch.Tensor]) -> dict:
