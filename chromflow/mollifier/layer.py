@@ -191,9 +191,10 @@ class _Plan:
             self._bands[key] = cached
         return cached
 
-    def matmul(self, x: torch.Tensor, banks=None) -> dict:
+    def matmul(self, x: torch.Tensor) -> dict:
         """``x``: (B, 1, *padded spatial) -> {term: (B, *valid spatial)}: the passes of
-        :meth:`direct`, each 1D convolution written as a product with a banded matrix."""
+        :meth:`direct`, each 1D convolution written as a product with a banded matrix (built
+        from the plan's own kernels by :meth:`band_matrix`, in ``x``'s dtype and device)."""
         nd = self.ndim
         channels = {(): 0}
         for a in reversed(range(nd)):
