@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from chromflow.blinks import merge_blinks_where_possible, merge_note
-from chromflow.pipeline import RenderSettings
+from chromflow.pipeline import RenderSettings, rows_in_channel
 
 from ._layers import NM_UNITS, image_layer_kwargs, report_error
 
@@ -196,7 +196,7 @@ def localization_layers(locs, as_points: bool = False, pixel_size: float = DEFAU
         parts = [(None, locs, drawn, f"{name} density")]
         fov = None
     else:
-        parts = [(c, locs[locs["channel"].astype(str) == str(c)], drawn[drawn["channel"].astype(str) == str(c)],
+        parts = [(c, locs[rows_in_channel(locs, c)], drawn[rows_in_channel(drawn, c)],
                   f"{name} channel {c} density") for c in channels]
         # every channel on the pixels of all localizations: same shape, same origin
         fov = pixel_fov(cf.render(locs, pixel_size=pixel_size, method="histogram"))

@@ -684,14 +684,14 @@ def test_channel_selection_by_number_or_text():
     """Channels are matched numerically in a numeric column (1 = "1" = 1.0) and as text otherwise."""
     import pandas as pd
 
-    from chromflow.pipeline import _in_channel
+    from chromflow.pipeline import rows_in_channel
 
     ints = pd.DataFrame({"channel": [0, 1, 1, 2]})
     for value in (1, "1", 1.0, "1.0"):
-        assert _in_channel(ints, value).tolist() == [False, True, True, False]
-    assert not _in_channel(ints, "H2B").any()
+        assert rows_in_channel(ints, value).tolist() == [False, True, True, False]
+    assert not rows_in_channel(ints, "H2B").any()
     floats = pd.DataFrame({"channel": [0.0, 1.0, 2.5]})
-    assert _in_channel(floats, "2.5").tolist() == [False, False, True]
+    assert rows_in_channel(floats, "2.5").tolist() == [False, False, True]
     names = pd.DataFrame({"channel": ["H2B", "H3K9me3", "H2B"]})
-    assert _in_channel(names, "H2B").tolist() == [True, False, True]
-    assert not _in_channel(names, 1).any()
+    assert rows_in_channel(names, "H2B").tolist() == [True, False, True]
+    assert not rows_in_channel(names, 1).any()
