@@ -184,7 +184,7 @@ def test_summary_and_image(nucleus):
     h, e = fields.phi_h[m], fields.phi_e[m]
     assert s["heterochromatin_fraction"] == pytest.approx(r.phi_h[m].sum() / (r.phi_h[m] + r.phi_e[m]).sum())
     assert 0.3 < s["heterochromatin_fraction"] < 0.8 and h.sum() > e.sum() * 0.5
-    assert s["network"] == "" and np.isnan(s["closed_form_weight"]) and np.isnan(s["transport_weight"])  # direct: no mixing
+    assert s["network"] == "" and np.isnan(s["closed_form_weight"])      # direct: no network, no mixing
     img = r.to_image("rate")
     assert img.pixel_size == SPACING_NM and img.origin == (100.0, 200.0) and img.source == "sim.tif"
     assert np.array_equal(img.data, r.rate, equal_nan=True)

@@ -53,7 +53,7 @@ from .noise import estimate_noise, fission, local_level
 from .result import RateMapResult, _jsonable, edge_bias_zone
 
 __all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells",
-           "closed_form_weight", "reading_weights", "mix_readings", "network_size", "noise_share"]
+           "closed_form_weight", "network_size", "noise_share"]
 
 METHODS = ("pinn", "direct", "autodiff")
 
@@ -427,63 +427,6 @@ def closed_form_weight(rate, closed, plus_rate, plus_closed, cells) -> float:
     return float(np.clip(num / den, 0.0, 1.0)) if den > 0 else 0.0
 
 
-def reading_weights(readings, plus, cells) -> tuple[float, float]:
-    """Weights ``(k, w)`` of a network fit's three readings of ``lambda``, from one split-half refit.
-
-    The readings are the rate channel ``rate``, the closed form of the fitted fields ``closed``
-    and the fitted fields' ratio ``field_ratio = u_h / u_e``, which leaves the transport term
-    ``lap(mu_d) / 2`` out. First ``k`` mixes the two physical readings,
-    ``mixed = rate + k (closed - rate)``; then ``w`` mixes that with the field ratio,
-    ``lambda = field_ratio + w (mixed - field_ratio)``, both by :func:`closed_form_weight`. The
-    transport term needs up to 4th derivatives of the fields, so on sparse data it carries most of
-    the map's noise: its true size, ``b^2``, is then small beside that noise and ``w`` shrinks the
-    map towards the field ratio. Where the transport is resolved (dense data, low noise) ``w``
-    is near 1 and the map is the physical one.
-
-    Parameters
-    ----------
-    readings, plus : tuple of three ndarray (ny, nx)
-        ``(rate, closed, field_ratio)`` of the fit and of the split-half refit at the same step.
-    cells : ndarray (ny, nx) bool
-        Cells to average over (the nucleus).
-
-    Returns
-    -------
-    tuple of float
-        ``(k, w)``, each in [0, 1].
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(1)
-    >>> truth = 1.0 + 0.2 * rng.standard_normal((40, 40))
-    >>> ratio = truth + 0.3                           # transport left out: a biased reading
-    >>> exact = (truth, truth, ratio)                 # noise-free physical readings
-    >>> half = (truth + 1e-3 * rng.standard_normal((40, 40)), truth, ratio)
-    >>> k, w = reading_weights(exact, half, np.ones((40, 40), bool))
-    >>> round(w, 2)
-    1.0
-    """
-    rate, closed, field_ratio = readings
-    k = closed_form_weight(rate, closed, plus[0], plus[1], cells)
-    mixed, plus_mixed = rate + k * (closed - rate), plus[0] + k * (plus[1] - plus[0])
-    return k, closed_form_weight(field_ratio, mixed, plus[2], plus_mixed, cells)
-
-
-def mix_readings(readings, weights) -> np.ndarray:
-    """The map ``field_ratio + w (rate + k (closed - rate) - field_ratio)`` of :func:`reading_weights`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> float(mix_readings((np.array(1.0), np.array(2.0), np.array(0.0)), (0.5, 0.5)))
-    0.75
-    """
-    rate, closed, field_ratio = readings
-    k, w = weights
-    return field_ratio + w * (rate + k * (closed - rate) - field_ratio)
-
-
 def _half_data(fields, phi_h, phi_e, mask, variances, seed):
     """The data of the split-half refit and where it came from.
 
@@ -731,19 +674,18 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         rate, res, hf, ef, training = fit["rate"], fit["residual"], fit["phi_h"], fit["phi_e"], {}
         history, device_used = {}, "cpu"
     else:
-        readings, res, hf, ef, history, training, plus = _network_fits(
+        rate, closed, res, hf, ef, history, training, plus = _network_fits(
             method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev, progress, cancel,
             half)
-        rate = readings[0]
-        weights = (0.0, 1.0)
+        weight = 0.0
         if plus is not None:
-            # three readings of the rate, mixed by their expected error (needs the split-half
-            # refit; without it the rate channel)
-            weights = reading_weights(readings, plus, mask)
-            mixed = mix_readings(readings, weights)
+            # the rate channel and the closed form of the fitted fields, mixed by their
+            # expected error (needs the split-half refit; without it the rate channel)
+            weight = closed_form_weight(rate, closed, plus[0], plus[1], mask)
+            mixed = rate + weight * (closed - rate)
             res = res + 2.0 * (mixed - rate) * ef     # the residual of the reported map
-            rate, plus = mixed, mix_readings(plus, weights)
-        training["closed_form_weight"], training["transport_weight"] = weights
+            rate, plus = mixed, plus[0] + weight * (plus[1] - plus[0])
+        training["closed_form_weight"] = weight
         device_used = str(dev)
     unc = np.full(mask.shape, np.nan)
     split_r = float("nan")
@@ -758,9 +700,9 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
             boot = _direct(bh, be, mask, interior, spacing_um, opts, model)["rate"]
             report(progress, 2, 2, "uncertainty: bootstrap refit")
         else:
-            boot = mix_readings(_refit(method, np.stack([bh, be]), variances, mask, interior, spacing_um, opts,
-                                       model, seed, dev, training, progress, cancel),
-                                (training["closed_form_weight"], training["transport_weight"]))
+            boot_rate, boot_closed = _refit(method, np.stack([bh, be]), variances, mask, interior, spacing_um, opts,
+                                            model, seed, dev, training, progress, cancel)
+            boot = boot_rate + training["closed_form_weight"] * (boot_closed - boot_rate)
         # the error model's two factors differ between the deep cells and the edge-bias zone
         zone = edge_bias_zone(mask, spacing)
         inflation = np.where(zone, EDGE_BIAS_INFLATION[method], BIAS_INFLATION[method])
@@ -823,7 +765,7 @@ def _refit(method, data, variances, mask, interior, spacing_um, opts, model, see
                      message=f"{method} uncertainty: bootstrap refit")
     bar = _bootstrap_span(opts)[2]
     report(progress, bar, bar, f"{method} uncertainty: bootstrap refit")
-    return out.rate, out.closed, out.field_ratio
+    return out.rate, out.closed
 
 
 def _bar_total(opts):
@@ -890,7 +832,6 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
     first = members[0]
     rate = np.mean([m.rate for m in members], axis=0)
     closed = np.mean([m.closed for m in members], axis=0)
-    field_ratio = np.mean([m.field_ratio for m in members], axis=0)
     if companion:
         # the companion read at the main fit's step; if it stopped before, its last state
         at = first.best_iteration if first.best_iteration in fitted.checkpoints else max(fitted.checkpoints)
@@ -909,4 +850,4 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                         other_half_misfit=fitted.held_out_misfit)
     else:
         training["stopping"] = "held-out cells"
-    return (rate, closed, field_ratio), res, first.phi_h, first.phi_e, first.losses, training, plus
+    return rate, closed, res, first.phi_h, first.phi_e, first.losses, training, plus

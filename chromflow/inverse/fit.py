@@ -61,8 +61,6 @@ class StopSignal:
 #: noise variance, so it starts to fit noise earlier. Chosen on the held-out simulator's
 #: rendered tuning cases (seeds 100-101) among 1, 1.5, 2 and 3 (docs/inference.md, "Stopping")
 VALIDATION_STEP_FACTOR = 2.0
-#: smallest euchromatin value divided by in the closed form and the field ratio (volume fraction)
-_MIN_FIELD = 1e-6
 
 
 def inverse_softplus(y: float) -> float:
@@ -136,22 +134,15 @@ class FitOutput:
     #: channel (see :func:`chromflow.inverse.closed_form_weight`)
     closed: np.ndarray = field(repr=False, default=None)
     state: dict = field(repr=False, default_factory=dict)
-    #: iteration -> ``(3, n)`` tensor of ``rate``, ``closed`` and ``field_ratio`` on the nucleus
-    #: cells at that check (only with ``keep_checkpoints``); :meth:`checkpoint_maps` turns one
-    #: into grids
+    #: iteration -> ``(2, n)`` tensor of ``rate`` and ``closed`` on the nucleus cells at that check
+    #: (only with ``keep_checkpoints``); :meth:`checkpoint_maps` turns one into grids
     checkpoints: dict = field(repr=False, default_factory=dict)
     cells: np.ndarray = field(repr=False, default=None)
 
-    @property
-    def field_ratio(self) -> np.ndarray:
-        """``u_h / u_e`` of the fitted fields: the rate with the transport term left out (the
-        steady state without ``lap(mu_d)``), the low-noise reading of the three (see
-        :func:`chromflow.inverse.closed_form_weight`)."""
-        return self.phi_h / np.maximum(self.phi_e, _MIN_FIELD)
-
-    def checkpoint_maps(self, iteration: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(rate, closed, field_ratio)`` grids (NaN outside the nucleus) kept at a check."""
-        return tuple(_on_grid(v, self.cells, self.rate.shape) for v in self.checkpoints[iteration])
+    def checkpoint_maps(self, iteration: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rate, closed)`` grids (NaN outside the nucleus) kept at a check."""
+        values = self.checkpoints[iteration]
+        return _on_grid(values[0], self.cells, self.rate.shape), _on_grid(values[1], self.cells, self.rate.shape)
 
 
 def _padded_start(phi, region, pad):
@@ -221,7 +212,7 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
     region = fit_cells | held_out
     centre = np.array([data[0][region].mean(), data[1][region].mean()])
     scale = np.maximum(np.array([data[0][region].std(), data[1][region].std()]), 1e-3 * np.abs(centre) + 1e-12)
-    ratio = data[0][region] / np.maximum(data[1][region], _MIN_FIELD)
+    ratio = data[0][region] / np.maximum(data[1][region], 1e-6)
     lam0 = float(np.clip(np.median(ratio), 1e-3, 1e3))
     # residual scale: the size of each reaction term, so w_r is O(1) whatever the data
     r_scale = 2.0 * float(data[0][region].mean())
@@ -353,8 +344,7 @@ def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opt
         at_check = it % check_every == 0 or it == iterations - 1
         if keep_checkpoints and at_check:
             # on the nucleus cells, in the fit's dtype (a grid is made only for the one read)
-            checkpoints[it] = torch.stack([lam, _closed_form(lam, e, res * r_scale),
-                                           h.value / e.value.clamp_min(_MIN_FIELD)]).detach().to("cpu")
+            checkpoints[it] = torch.stack([lam, _closed_form(lam, e, res * r_scale)]).detach().to("cpu")
         if n_hold and at_check:
             held_at[it] = float((mis.detach() * m_hold).sum() / n_hold)
             losses["held_out"].append(held_at[it])
@@ -424,7 +414,7 @@ def _validated_step(best_half_step: int, iterations: int, check_every: int) -> i
 def _closed_form(lam, e, residual):
     """``(u_h - lap(mu_d) / 2) / u_e`` from the fitted rate, fields and residual (physical units):
     ``R = lap(mu_d) + 2 (lambda u_e - u_h)`` gives it as ``lambda - R / (2 u_e)``."""
-    return lam - residual / (2.0 * e.value.clamp_min(_MIN_FIELD))
+    return lam - residual / (2.0 * e.value.clamp_min(1e-6))
 
 
 def _on_grid(values: torch.Tensor, cells: np.ndarray, shape) -> np.ndarray:

@@ -159,10 +159,7 @@ class RateMapResult:
         independent halves of the data; NaN when not computed), ``flags`` (warnings, ``"; "``
         separated, empty when none), ``method``, ``network`` (the networks' ``width x depth``,
         empty for ``direct``), ``closed_form_weight`` (the networks' share of the closed-form
-        reading in the map, NaN for ``direct``; docs/inference.md), ``transport_weight`` (the
-        share of the physical readings against the fitted fields' ratio ``u_h / u_e``: 1 keeps
-        the transport term whole, lower values shrink the map towards the ratio on noisy data;
-        NaN for ``direct``), ``time_s``, ``device``.
+        reading in the map, NaN for ``direct``; docs/inference.md), ``time_s``, ``device``.
         """
         m = self.mask
         lam = self.rate[m]
@@ -194,8 +191,6 @@ class RateMapResult:
                         if self.method != "direct" and "width" in (self.settings or {}) else ""),
             "closed_form_weight": float((self.diagnostics.get("training") or {}).get("closed_form_weight",
                                                                                      float("nan"))),
-            "transport_weight": float((self.diagnostics.get("training") or {}).get("transport_weight",
-                                                                                   float("nan"))),
             "time_s": float(self.timing),
             "device": self.device,
         }
