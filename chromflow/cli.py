@@ -409,6 +409,11 @@ def _print_summary(row, out_dir, stream=None):
           f"{row.get('n_domains')} domains, mean {fmt(row.get('domain_area_um2'), '.4f')} um^2", file=stream)
     if row.get("blinks") not in (None, "off"):
         print(f"  blinks: {row['blinks']}", file=stream)
+    r = row.get("split_half_r")
+    if isinstance(r, (int, float)) and np.isfinite(r):
+        print(f"  quality: split-half reproducibility r = {r:.2f} (1 = a map that repeats exactly)", file=stream)
+    for flag in filter(None, str(row.get("flags") or "").split("; ")):
+        print(f"  WARNING: {flag}", file=stream)
     if not row.get("two_channel", True):
         rule = str(row.get("split") or "density rule").split(" (")[0]
         print(f"  note: single channel: phi_h/phi_e are assumed from the density ({rule}), not measured; "

@@ -213,6 +213,10 @@ def test_demo_fast(tmp_path, capsys):
     # least as good as the fixed demo radius on the same fields
     assert direct == pytest.approx(summary["direct_truth_correlation"], abs=1e-3) and direct >= corr - 1e-3
     assert ("smoothed ratio reads the rate better" in text) == (corr < ratio)
+    # the quality score and every flag of the summary are printed
+    assert f"split-half reproducibility r = {summary['split_half_r']:.2f}" in text
+    flags = [f for f in summary["flags"].split("; ") if f]
+    assert text.count("  WARNING: ") == len(flags) and all(f"WARNING: {f}" in text for f in flags)
     # the direct method on the two-channel sample recovers the rate map well
     assert corr > 0.6
     assert (out / "nucleus_two_channel_report.png").stat().st_size > 20_000

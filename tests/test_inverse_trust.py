@@ -179,6 +179,19 @@ def test_noise_only_map_is_flagged(steady):
     assert "low reproducibility" in flags
     assert "negative" in flags                        # the closed form goes negative in noise
     assert "low reproducibility" in r.summary()["flags"]
+    # summary() joins the flags with "; ", so no flag may hold the separator itself
+    assert r.summary()["flags"].split("; ") == r.diagnostics["flags"]
+
+
+@pytest.mark.parametrize("level, sparse", [(0.01, False), (0.3, True)])
+def test_sparse_data_are_flagged_from_the_noise_share(steady, level, sparse):
+    from chromflow.inverse import SPARSE_NOISE_SHARE
+
+    r = infer_rates(_noisy(steady, level, 7), method="direct", radius=3, uncertainty=False)
+    shares = [r.diagnostics["noise"][c]["share"] for c in ("phi_h", "phi_e")]
+    flagged = any(f.startswith("sparse data") for f in r.diagnostics["flags"])
+    assert flagged == sparse == (np.mean(shares) >= SPARSE_NOISE_SHARE), (shares, r.diagnostics["flags"])
+    assert ("sparse data" in r.summary()["flags"]) == sparse
 
 
 def test_no_euchromatin_is_refused(steady):

@@ -115,6 +115,12 @@ LOW_NOISE_SHARE = 0.4
 NETWORK_SIZE = {"low noise": (48, 4), "default": (32, 3)}
 #: a map whose two halves correlate less than this is flagged as dominated by noise
 LOW_REPRODUCIBILITY = 0.5
+#: mean noise share of the two channels (:func:`noise_share`) from which a map is flagged as made
+#: from sparse data. Chosen on the held-out simulator's rendered tuning cases (seeds 100-104, 50 nm
+#: cells): 1e5 and 3e5 localizations per nucleus read 0.705-0.766, and there the oracle smoothed
+#: ratio was as accurate as the network or more (8 of 9 nuclei); 1e6 and domain-scale 2e6 read
+#: 0.58-0.69, and there the network was ahead on all 10 (docs/inference.md)
+SPARSE_NOISE_SHARE = 0.7
 #: rates outside this range are flagged as absurd (lambda = Gamma_me / Gamma_ac)
 PLAUSIBLE_RATE = (1e-2, 1e2)
 #: euchromatin below this share of the chromatin inside the nucleus makes lambda meaningless
@@ -499,7 +505,7 @@ def uncertainty_variance(noise_var, excess, inflation, floor=0.0):
 _RING_EDGES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 15.0, 20.0, np.inf)
 
 
-def _flags(rate, mask, interior, split_r, edge):
+def _flags(rate, mask, interior, split_r, edge, shares=()):
     flags = []
     lam = rate[mask]
     lam = lam[np.isfinite(lam)]
@@ -512,9 +518,14 @@ def _flags(rate, mask, interior, split_r, edge):
         flags.append(f"implausible lambda (outside {lo:g}-{hi:g}) in {100 * np.mean(absurd):.1f} % of the nucleus")
     if np.isfinite(split_r) and split_r < LOW_REPRODUCIBILITY:
         flags.append(f"low reproducibility: the maps of two halves of the data correlate {split_r:.2f} "
-                     f"(< {LOW_REPRODUCIBILITY}); the map is dominated by noise")
+                     f"(< {LOW_REPRODUCIBILITY}): the map is dominated by noise")
     if edge.sum() > 0.5 * mask.sum():
         flags.append(f"{100 * edge.sum() / mask.sum():.0f} % of the nucleus is edge band: little data to fit")
+    share = float(np.mean(shares)) if len(shares) else float("nan")
+    if np.isfinite(share) and share >= SPARSE_NOISE_SHARE:
+        flags.append(f"sparse data: the cell-to-cell counting scatter is {share:.2f} of the fields' spread "
+                     f"(>= {SPARSE_NOISE_SHARE}): on such data the map was no more accurate than a smoothed "
+                     "phi_h/phi_e (chromflow.evaluate.smoothed_ratio, docs/inference.md)")
     return flags
 
 
@@ -540,8 +551,9 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     seed : int
         Seed of every random step (network start, held-out cells, data fission).
     iterations : int, optional
-        Most optimiser steps per fit (default 2000); the fit usually stops earlier, when the
-        misfit on held-out cells stops improving.
+        Most optimiser steps per fit (default ``DEFAULTS[method]["iterations"]``, 1000); the fit
+        usually stops earlier, at the step chosen from the split-half refit's misfit to the other
+        half (or, without the uncertainty, on held-out cells).
     radius : float or "auto", optional
         Mollifier support radius in grid cells. Default 3 for the networks (their own
         smoothness regularises); ``"auto"`` for direct: about 400 nm (the reaction-diffusion
@@ -716,7 +728,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
                                       "edge_model_error_floor": EDGE_MODEL_ERROR_FLOOR[method],
                                       "edge_zone_cells": int(zone.sum())}
     diagnostics["training"] = training
-    diagnostics["flags"] = _flags(rate, mask, interior, split_r, edge)
+    diagnostics["flags"] = _flags(rate, mask, interior, split_r, edge,
+                                  [m["share"] for m in noise_models if np.isfinite(m.get("share", np.nan))])
     settings["training"] = training
     return RateMapResult(rate=out(rate), uncertainty=out(unc), residual=out(res), phi_h=out(hf), phi_e=out(ef),
                          mask=mask, edge=edge, spacing=spacing, origin=origin, loss_history=history,
