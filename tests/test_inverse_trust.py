@@ -194,6 +194,21 @@ def test_sparse_data_are_flagged_from_the_noise_share(steady, level, sparse):
     assert ("sparse data" in r.summary()["flags"]) == sparse
 
 
+def test_an_ensemble_keeps_the_quality_score_and_weight_of_its_first_fit(steady):
+    """The split-half refit shares its start with the ensemble's first member; the other members
+    differ by their own start, which is not noise of the data. So the score and the mixing weight
+    are the single fit's, while the map is the members' mean."""
+    f = _noisy(steady, 0.05, 8)
+    one = infer_rates(f, iterations=120, uncertainty="noise", device="cpu", seed=0)
+    two = infer_rates(f, iterations=120, uncertainty="noise", device="cpu", seed=0, ensemble=2)
+    assert two.diagnostics["split_half_r"] == one.diagnostics["split_half_r"] > 0.5
+    k1, k2 = (r.diagnostics["training"]["closed_form_weight"] for r in (one, two))
+    assert k1 == k2
+    m = steady.mask
+    assert not np.allclose(one.rate[m], two.rate[m])                 # the map is the mean of two fits
+    assert np.allclose(one.uncertainty[m], two.uncertainty[m])      # one fit's noise: an upper bound
+
+
 def test_no_euchromatin_is_refused(steady):
     f = _noisy(steady, 0.0, 0)
     f.phi_e = np.where(f.mask, 1e-5, 0.0)

@@ -562,7 +562,9 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         Coordinate network, or ``"grid"``: free values per cell (no network).
     optimizer : {"adam", "soap"}
     ensemble : int, optional
-        Number of fits with different seeds averaged into ``rate`` (default 1).
+        Number of fits with different seeds averaged into ``rate`` (default 1). The split-half
+        refit shares its start with the first; the mixing weight, ``split_half_r`` and the noise
+        part of the uncertainty come from that pair (one fit's noise: an upper bound).
     uncertainty : bool, optional
         Refit a half of the data (``fields.half``, else a data-fission draw) and a parametric
         bootstrap for the ``uncertainty`` map and the ``split_half_r`` quality score (default
@@ -675,6 +677,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         diagnostics["split"] = str(split)
     out = (lambda a: np.where(mask, a, np.nan))
     half = None                # the data of the split-half refit
+    single = None              # the one fit the split-half refit is compared with (None: the map)
     if opts["uncertainty"] != "none":
         half, diagnostics["split_half"] = _half_data(fields, phi_h, phi_e, mask, variances, seed + 10_000)
 
@@ -686,23 +689,29 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         rate, res, hf, ef, training = fit["rate"], fit["residual"], fit["phi_h"], fit["phi_e"], {}
         history, device_used = {}, "cpu"
     else:
-        rate, closed, res, hf, ef, history, training, plus = _network_fits(
+        rate, closed, res, hf, ef, history, training, plus, first = _network_fits(
             method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev, progress, cancel,
             half)
         weight = 0.0
         if plus is not None:
             # the rate channel and the closed form of the fitted fields, mixed by their
-            # expected error (needs the split-half refit; without it the rate channel)
-            weight = closed_form_weight(rate, closed, plus[0], plus[1], mask)
+            # expected error (needs the split-half refit; without it the rate channel). The
+            # refit is compared with the fit that shares its start (the first of an ensemble):
+            # the other members differ from it by their own start, which is not noise of the data
+            weight = closed_form_weight(first[0], first[1], plus[0], plus[1], mask)
             mixed = rate + weight * (closed - rate)
             res = res + 2.0 * (mixed - rate) * ef     # the residual of the reported map
             rate, plus = mixed, plus[0] + weight * (plus[1] - plus[0])
+            single = first[0] + weight * (first[1] - first[0])
         training["closed_form_weight"] = weight
         device_used = str(dev)
     unc = np.full(mask.shape, np.nan)
     split_r = float("nan")
     if plus is not None:
-        noise_var, split_r = _fission_uncertainty(rate, plus, mask, interior, float(opts["radius"]))
+        # networks: the member that shares the refit's start (with one fit, the map itself); the
+        # noise part is then that of one fit, an upper bound for an ensemble's mean
+        noise_var, split_r = _fission_uncertainty(rate if single is None else single, plus, mask, interior,
+                                                  float(opts["radius"]))
         diagnostics["split_half_r"] = split_r
         unc = np.where(mask, np.sqrt(noise_var), np.nan)
     if plus is not None and opts["uncertainty"] == "full":
@@ -863,4 +872,4 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                         other_half_misfit=fitted.held_out_misfit)
     else:
         training["stopping"] = "held-out cells"
-    return rate, closed, res, first.phi_h, first.phi_e, first.losses, training, plus
+    return rate, closed, res, first.phi_h, first.phi_e, first.losses, training, plus, (first.rate, first.closed)
