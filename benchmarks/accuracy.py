@@ -130,9 +130,10 @@ def field_data(geometry, rate, cell_nm, seed, noise=FIELD_NOISE, relative_to="st
     return sim, fields, np.where(mask, lam, np.nan)
 
 
-def localization_file(rate, count, seed):
-    """The cached ThunderSTORM CSV of a simulated nucleus and the simulation."""
-    sim = _sim("nucleus", rate, seed)
+def localization_file(rate, count, seed, sim=None):
+    """The cached ThunderSTORM CSV of a simulated nucleus and the simulation (``sim``: another
+    nucleus than the default one of ``rate`` and ``seed``; the cache key holds its parameters)."""
+    sim = _sim("nucleus", rate, seed) if sim is None else sim
     key = hashlib.sha256(json.dumps([sim.info["params"], count, seed, "label-v1"]).encode()).hexdigest()[:12]
     path = CACHE / f"e2e_{rate}_n{count:.0e}_s{seed}_{key}.csv"
     if not path.is_file():
@@ -180,12 +181,10 @@ def run_field_case(case, seed, args):
     return _row(case, seed, result, truth, fields, all_cells, seconds, sim)
 
 
-def run_e2e_case(case, seed, args):
+def e2e_settings(sim):
+    """Pipeline settings of an end-to-end case: two channels, a grid of ~50 nm cells."""
     from chromflow import pipeline as pl
 
-    _, rate, count_key = case.split("-")
-    sim, path = localization_file(rate, {**COUNTS, **LARGE_COUNTS}[count_key], seed)
-    truth_img = sim.truth_image()
     # grid for ~50 nm cells: the pipeline's box is the nucleus' longer side plus 2 margins
     ys, xs = np.nonzero(sim.inside)
     side_nm = max(np.ptp(ys), np.ptp(xs)) * sim.spacing_nm
@@ -193,6 +192,16 @@ def run_e2e_case(case, seed, args):
     settings.fields.euchromatin_channel = 1
     margin = 0.1 if settings.fields.margin is None else settings.fields.margin
     settings.fields.grid = int(round(side_nm * (1 + 2 * margin) / E2E_CELL_NM))
+    return settings
+
+
+def run_e2e_case(case, seed, args):
+    from chromflow import pipeline as pl
+
+    _, rate, count_key = case.split("-")
+    sim, path = localization_file(rate, {**COUNTS, **LARGE_COUNTS}[count_key], seed)
+    truth_img = sim.truth_image()
+    settings = e2e_settings(sim)
     for dotted, value in args.pipeline.items():
         section, key = dotted.split(".", 1)
         setattr(getattr(settings, section), key, value)
