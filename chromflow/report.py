@@ -13,7 +13,7 @@ import numpy as np
 from .inverse.result import EDGE_BIAS_DEPTH_UM, edge_bias_zone
 from .io._atomic import atomic_path
 
-__all__ = ["make_report", "make_domains_figure", "report_caption", "nice_scale_bar_length", "REPORT_PANELS",
+__all__ = ["make_report", "make_domains_figure", "report_caption", "wrap_caption", "nice_scale_bar_length", "REPORT_PANELS",
            "EDGE_BIAS_DEPTH_UM", "edge_bias_zone"]
 
 #: Titles of the panels of :func:`make_report`, in reading order.
@@ -25,6 +25,42 @@ REPORT_PANELS = (
     "residual",
     "uncertainty",
 )
+
+
+#: characters per caption line: 9 pt text across the 13.5 in page
+CAPTION_WIDTH = 170
+#: height of one caption line, inches (9 pt at line spacing 1.3)
+CAPTION_LINE_IN = 0.17
+
+
+def wrap_caption(caption: str, width: int = CAPTION_WIDTH) -> str:
+    """Break a report caption into lines of at most ``width`` characters, preferably between its
+    ``" | "``-separated parts, so that no part of it runs off the page.
+
+    Examples
+    --------
+    >>> wrap_caption("pinn | split-half r = 0.9", width=80)
+    'pinn | split-half r = 0.9'
+    >>> print(wrap_caption("pinn | a long part | another part", width=20))
+    pinn | a long part |
+    another part
+    """
+    import textwrap
+
+    lines, line = [], ""
+    for part in caption.split(" | "):
+        joined = part if not line else f"{line} | {part}"
+        if len(joined) <= width:
+            line = joined
+            continue
+        if line:
+            lines.append(line + " |")
+        # a part longer than a line is broken between words
+        pieces = textwrap.wrap(part, width) or [""]
+        lines += pieces[:-1]
+        line = pieces[-1]
+    lines.append(line)
+    return "\n".join(lines)
 
 
 def report_caption(result) -> str:
@@ -189,11 +225,16 @@ def make_report(density_image, mask, result, path=None, title=None):
     grid_extent = _extent_um(np.shape(result.rate), result.spacing, result.origin)
     grid_mask = np.asarray(result.mask, dtype=bool)
 
-    # a fixed layout: matplotlib's constrained layout would double the time of drawing the page
-    fig = Figure(figsize=(13.5, 8.2), dpi=100)
+    # a fixed layout: matplotlib's constrained layout would double the time of drawing the page;
+    # the caption is wrapped to the page's width, and each extra line moves the panels down
+    caption = wrap_caption(report_caption(result))
+    extra = caption.count("\n")
+    fig = Figure(figsize=(13.5, 8.2 + CAPTION_LINE_IN * extra), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3, gridspec_kw=dict(left=0.01, right=0.95, bottom=0.02, top=0.91, wspace=0.32,
-                                                hspace=0.14))
+    height = 8.2 + CAPTION_LINE_IN * extra
+    axes = fig.subplots(2, 3, gridspec_kw=dict(left=0.01, right=0.95, bottom=0.02 * 8.2 / height,
+                                                top=1 - 0.09 * 8.2 / height - CAPTION_LINE_IN * extra / height,
+                                                wspace=0.32, hspace=0.14))
     density_unit = density_image.metadata.get("units", "localizations / pixel") if density_image.metadata else "localizations / pixel"
     lo, hi = _robust_limits(density)
     residual = _masked(result.residual, grid_mask)
@@ -243,7 +284,9 @@ def make_report(density_image, mask, result, path=None, title=None):
         outline(axes.flat[3], deep, grid_extent, colors="white", linewidths=0.8,
                 linestyles="dotted").set_gid("edge_bias_zone")
     fig.suptitle(title if title is not None else (density_image.name or "chromflow report"))
-    fig.text(0.5, 0.935, report_caption(result), ha="center", va="bottom", fontsize=9,
+    # the caption's last line sits where a one-line caption always sat, above the panels' titles
+    fig.text(0.5, 1 - 0.065 * 8.2 / height - CAPTION_LINE_IN * extra / height, caption, ha="center", va="bottom",
+             fontsize=9, linespacing=1.3,
              color="darkred" if (getattr(result, "diagnostics", None) or {}).get("flags") else "black")
     if path is not None:
         path = os.fspath(path)

@@ -209,6 +209,28 @@ def test_edge_bias_zone_is_the_cells_within_its_depth_of_the_outline():
     assert not edge_bias_zone(mask, None).any() and not edge_bias_zone(np.zeros((5, 5), bool), 10.0).any()
 
 
+@pytest.mark.parametrize("n_flags", [0, 3])
+def test_make_report_caption_stays_on_the_page_and_clear_of_the_panels(n_flags):
+    density = Image(np.random.default_rng(0).random((100, 150)), pixel_size=20.0, name="cell")
+    mask = np.zeros(density.shape, bool)
+    mask[20:80, 30:120] = True
+    result = _hand_made_result()
+    # long flags, as the library writes them (the sparse-data one is ~230 characters)
+    result.diagnostics = {"split_half_r": 0.6, "flags": [f"flag {k}: " + "words " * 40 for k in range(n_flags)]}
+    fig = make_report(density, mask, result)
+    renderer = fig.canvas.get_renderer()
+    (caption,) = [t for t in fig.texts if t is not fig._suptitle]
+    box = caption.get_window_extent(renderer)
+    page = fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1
+    assert (caption.get_text().count("\n") > 0) == (n_flags > 0)
+    title = fig._suptitle.get_window_extent(renderer)
+    assert box.y1 <= title.y0 + 1                                   # under the page title
+    for ax in fig.axes:
+        if ax.get_title():
+            assert box.y0 >= ax.title.get_window_extent(renderer).y1 - 1   # above every panel title
+
+
 def test_make_report_rejects_mismatched_mask():
     density = Image(np.ones((10, 10)), pixel_size=20.0)
     with pytest.raises(ValueError, match="mask shape"):
