@@ -505,11 +505,37 @@ def _cmd_batch(args) -> int:
     if not args.quiet:
         print(f"chromflow: {len(table)} file(s): {processed} processed, {skipped} skipped (done before), "
               f"{failed} failed; summary in {Path(args.out) / 'summary.csv'}")
+        flagged = flag_counts(table)
+        if flagged:
+            n = int(table["flags"].fillna("").astype(str).str.len().gt(0).sum())
+            print(f"chromflow: {n} map(s) flagged ({', '.join(f'{k}: {v}' for k, v in flagged.items())}); "
+                  "the 'flags' column of summary.csv says which")
     # failures are printed even with --quiet: a silent exit code 1 leaves the user guessing
     for _, row in table[table["status"] == "failed"].iterrows() if failed else []:
         print(f"  failed: {row['input']}: {row['error']}", file=sys.stderr)
     _batch_conditions(args, table)
     return EXIT_FAILED_FILES if failed else EXIT_OK
+
+
+def flag_counts(table) -> dict:
+    """How many rows of a batch table carry each kind of flag (the words before a flag's first ':').
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> flag_counts(pd.DataFrame({"flags": ["sparse data: x; low reproducibility: y", "", None,
+    ...                                     "sparse data: z"]}))
+    {'sparse data': 2, 'low reproducibility': 1}
+    """
+    counts: dict[str, int] = {}
+    if "flags" not in getattr(table, "columns", ()):
+        return counts
+    for text in table["flags"]:
+        if not isinstance(text, str) or not text:
+            continue
+        for kind in dict.fromkeys(flag.split(":")[0].strip() for flag in text.split("; ") if flag):
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def sample_data_dir() -> Path | None:

@@ -153,8 +153,10 @@ def test_batch_passes_arguments_and_exit_code(tmp_path, monkeypatch, capsys):
     def fake_run_batch(in_dir, out_dir, **kwargs):
         calls.append((in_dir, out_dir, kwargs))
         status = ["ok", "failed", "skipped"] if kwargs["pattern"] == "*.csv" else ["ok", "skipped"]
+        flags = ["sparse data: scatter 0.8; low reproducibility: r 0.3", None, "sparse data: scatter 0.75"]
         return pd.DataFrame({"input": [f"f{i}.csv" for i in range(len(status))], "status": status,
-                             "error": [None if st != "failed" else "f.csv: no nucleus" for st in status]})
+                             "error": [None if st != "failed" else "f.csv: no nucleus" for st in status],
+                             "flags": flags[:len(status)]})
 
     monkeypatch.setitem(sys.modules, "chromflow.batch", types.SimpleNamespace(run_batch=fake_run_batch))
     config = tmp_path / "c.json"
@@ -171,6 +173,8 @@ def test_batch_passes_arguments_and_exit_code(tmp_path, monkeypatch, capsys):
     assert kwargs["settings"].fields.grid == 32 and kwargs["settings"].inference.device == "cpu"
     captured = capsys.readouterr()
     assert "1 processed, 1 skipped" in captured.out and "1 failed" in captured.out
+    # the flagged maps are counted by kind, so a folder of sparse nuclei does not go unnoticed
+    assert "2 map(s) flagged (sparse data: 2, low reproducibility: 1)" in captured.out
     assert "f1.csv: f.csv: no nucleus" in captured.err
     assert main(["batch", str(tmp_path), "--out", str(tmp_path / "o"), "--pattern", "*.tif"]) == EXIT_OK
 
