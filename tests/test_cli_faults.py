@@ -382,7 +382,10 @@ def test_ctrl_c_during_batch_prints_no_dask_traceback(cell, tmp_path, terminal_s
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "chromflow.cli", "batch", str(in_dir), "--out", str(out),
-                             "--workers", "2", "--grid", "32", "--iterations", "1000000", "--device", "cpu", "-q"],
+                             # 100 fits per file: the split-half stopping ends each fit after a few
+                             # hundred steps whatever the budget, so a large --iterations alone let a
+                             # fast machine finish both files before the Ctrl-C (exit 0, seen in CI)
+                             "--workers", "2", "--grid", "32", "--ensemble", "100", "--device", "cpu", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
