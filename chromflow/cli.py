@@ -604,9 +604,9 @@ def run_demo(out_dir, fast: bool = False, device=None, progress=None, cancel=Non
     settings.validate()
     run = process_file(folder / DEMO_INPUT, settings, progress=progress, cancel=cancel)
     truth = read_image(folder / DEMO_TRUTH, allow_nan=True)
-    correlation, n = rate_correlation(run.result, truth)
-    # every accuracy figure beside the trivial baselines on the same data (docs/evaluate.md)
+    # the map's correlation beside the trivial baselines on the same cells (docs/evaluate.md)
     row = compare(run.result, truth, run.fields)
+    correlation, n = row["corr"], row["n_cells"]
     baselines = {k: row[k] for k in ("ratio_corr", "ratio_sigma", "direct_corr", "direct_radius")}
     run.summary.update(truth_correlation=correlation, ratio_truth_correlation=row["ratio_corr"],
                        direct_truth_correlation=row["direct_corr"])

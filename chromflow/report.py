@@ -13,8 +13,8 @@ import numpy as np
 from .inverse.result import EDGE_BIAS_DEPTH_UM, edge_bias_zone
 from .io._atomic import atomic_path
 
-__all__ = ["make_report", "make_domains_figure", "report_caption", "wrap_caption", "nice_scale_bar_length", "REPORT_PANELS",
-           "EDGE_BIAS_DEPTH_UM", "edge_bias_zone"]
+__all__ = ["make_report", "make_domains_figure", "report_caption", "wrap_caption", "nice_scale_bar_length",
+           "REPORT_PANELS", "EDGE_BIAS_DEPTH_UM", "edge_bias_zone"]
 
 #: Titles of the panels of :func:`make_report`, in reading order.
 REPORT_PANELS = (
@@ -31,6 +31,9 @@ REPORT_PANELS = (
 CAPTION_WIDTH = 170
 #: height of one caption line, inches (9 pt at line spacing 1.3)
 CAPTION_LINE_IN = 0.17
+# the page of a one-line caption, inches: its height, the margin under the panels, the panels'
+# top and the caption's baseline below the page's top edge
+_PAGE_IN, _BOTTOM_IN, _PANELS_TOP_IN, _CAPTION_IN = 8.2, 0.164, 0.738, 0.533
 
 
 def wrap_caption(caption: str, width: int = CAPTION_WIDTH) -> str:
@@ -228,13 +231,13 @@ def make_report(density_image, mask, result, path=None, title=None):
     # a fixed layout: matplotlib's constrained layout would double the time of drawing the page;
     # the caption is wrapped to the page's width, and each extra line moves the panels down
     caption = wrap_caption(report_caption(result))
-    extra = caption.count("\n")
-    fig = Figure(figsize=(13.5, 8.2 + CAPTION_LINE_IN * extra), dpi=100)
+    extra_in = CAPTION_LINE_IN * caption.count("\n")
+    height = _PAGE_IN + extra_in
+    fig = Figure(figsize=(13.5, height), dpi=100)
     FigureCanvasAgg(fig)
-    height = 8.2 + CAPTION_LINE_IN * extra
-    axes = fig.subplots(2, 3, gridspec_kw=dict(left=0.01, right=0.95, bottom=0.02 * 8.2 / height,
-                                                top=1 - 0.09 * 8.2 / height - CAPTION_LINE_IN * extra / height,
-                                                wspace=0.32, hspace=0.14))
+    axes = fig.subplots(2, 3, gridspec_kw=dict(left=0.01, right=0.95, bottom=_BOTTOM_IN / height,
+                                                top=1 - (_PANELS_TOP_IN + extra_in) / height, wspace=0.32,
+                                                hspace=0.14))
     density_unit = density_image.metadata.get("units", "localizations / pixel") if density_image.metadata else "localizations / pixel"
     lo, hi = _robust_limits(density)
     residual = _masked(result.residual, grid_mask)
@@ -285,8 +288,8 @@ def make_report(density_image, mask, result, path=None, title=None):
                 linestyles="dotted").set_gid("edge_bias_zone")
     fig.suptitle(title if title is not None else (density_image.name or "chromflow report"))
     # the caption's last line sits where a one-line caption always sat, above the panels' titles
-    fig.text(0.5, 1 - 0.065 * 8.2 / height - CAPTION_LINE_IN * extra / height, caption, ha="center", va="bottom",
-             fontsize=9, linespacing=1.3,
+    fig.text(0.5, 1 - (_CAPTION_IN + extra_in) / height, caption, ha="center", va="bottom", fontsize=9,
+             linespacing=1.3,
              color="darkred" if (getattr(result, "diagnostics", None) or {}).get("flags") else "black")
     if path is not None:
         path = os.fspath(path)
