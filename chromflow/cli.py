@@ -392,6 +392,7 @@ def _channel_value(text):
 
 def _print_summary(row, out_dir, stream=None):
     stream = stream or sys.stdout
+    from .inverse.result import split_flags
     from .pipeline import output_paths
 
     print(f"chromflow: wrote outputs of {row['file']} to {out_dir}", file=stream)
@@ -412,7 +413,7 @@ def _print_summary(row, out_dir, stream=None):
     r = row.get("split_half_r")
     if isinstance(r, (int, float)) and np.isfinite(r):
         print(f"  quality: split-half reproducibility r = {r:.2f} (1 = a map that repeats exactly)", file=stream)
-    for flag in filter(None, str(row.get("flags") or "").split("; ")):
+    for flag in split_flags(row.get("flags")):
         print(f"  WARNING: {flag}", file=stream)
     if not row.get("two_channel", True):
         rule = str(row.get("split") or "density rule").split(" (")[0]
@@ -505,10 +506,9 @@ def _cmd_batch(args) -> int:
     if not args.quiet:
         print(f"chromflow: {len(table)} file(s): {processed} processed, {skipped} skipped (done before), "
               f"{failed} failed; summary in {Path(args.out) / 'summary.csv'}")
-        flagged = flag_counts(table)
-        if flagged:
-            n = int(table["flags"].fillna("").astype(str).str.len().gt(0).sum())
-            print(f"chromflow: {n} map(s) flagged ({', '.join(f'{k}: {v}' for k, v in flagged.items())}); "
+        n, kinds = flag_counts(table)
+        if n:
+            print(f"chromflow: {n} map(s) flagged ({', '.join(f'{k}: {v}' for k, v in kinds.items())}); "
                   "the 'flags' column of summary.csv says which")
     # failures are printed even with --quiet: a silent exit code 1 leaves the user guessing
     for _, row in table[table["status"] == "failed"].iterrows() if failed else []:
@@ -517,25 +517,25 @@ def _cmd_batch(args) -> int:
     return EXIT_FAILED_FILES if failed else EXIT_OK
 
 
-def flag_counts(table) -> dict:
-    """How many rows of a batch table carry each kind of flag (the words before a flag's first ':').
+def flag_counts(table) -> tuple[int, dict]:
+    """Rows of a batch table that carry a flag, and how many carry each kind (the words before a
+    flag's first ':').
 
     Examples
     --------
     >>> import pandas as pd
     >>> flag_counts(pd.DataFrame({"flags": ["sparse data: x; low reproducibility: y", "", None,
     ...                                     "sparse data: z"]}))
-    {'sparse data': 2, 'low reproducibility': 1}
+    (2, {'sparse data': 2, 'low reproducibility': 1})
     """
+    from .inverse.result import split_flags
+
+    rows = [split_flags(text) for text in table["flags"]] if "flags" in getattr(table, "columns", ()) else []
     counts: dict[str, int] = {}
-    if "flags" not in getattr(table, "columns", ()):
-        return counts
-    for text in table["flags"]:
-        if not isinstance(text, str) or not text:
-            continue
-        for kind in dict.fromkeys(flag.split(":")[0].strip() for flag in text.split("; ") if flag):
+    for flags in rows:
+        for kind in dict.fromkeys(flag.split(":")[0].strip() for flag in flags):
             counts[kind] = counts.get(kind, 0) + 1
-    return counts
+    return sum(1 for flags in rows if flags), counts
 
 
 def sample_data_dir() -> Path | None:

@@ -52,7 +52,25 @@ def edge_bias_zone(mask, spacing_nm):
     return mask & (distance_to_outline(mask) * spacing_nm / 1000.0 <= EDGE_BIAS_DEPTH_UM)
 
 
-__all__ = ["RateMapResult", "EDGE_BIAS_DEPTH_UM", "edge_bias_zone"]
+#: what :meth:`RateMapResult.summary` puts between the flags of its ``flags`` text (no flag
+#: holds it, tested); :func:`split_flags` undoes it
+FLAG_SEPARATOR = "; "
+
+
+def split_flags(text) -> list[str]:
+    """The flags of a summary's ``flags`` text (empty for ``""``, None or NaN, as a CSV reads it).
+
+    Examples
+    --------
+    >>> split_flags("sparse data: x; low reproducibility: y")
+    ['sparse data: x', 'low reproducibility: y']
+    >>> split_flags(float("nan"))
+    []
+    """
+    return [f for f in text.split(FLAG_SEPARATOR) if f] if isinstance(text, str) else []
+
+
+__all__ = ["RateMapResult", "EDGE_BIAS_DEPTH_UM", "edge_bias_zone", "FLAG_SEPARATOR", "split_flags"]
 
 _ARRAYS = ("rate", "uncertainty", "residual", "phi_h", "phi_e", "mask", "edge")
 #: arrays that files written before version 2 may lack, and their defaults
@@ -185,7 +203,7 @@ class RateMapResult:
             "n_pixels": int(m.sum()),
             "edge_fraction": float(self.edge[m].mean()) if m.any() else float("nan"),
             "split_half_r": float(self.diagnostics.get("split_half_r", float("nan"))),
-            "flags": "; ".join(self.diagnostics.get("flags", [])),
+            "flags": FLAG_SEPARATOR.join(self.diagnostics.get("flags", [])),
             "method": self.method,
             "network": (f"{self.settings['width']}x{self.settings['depth']}"
                         if self.method != "direct" and "width" in (self.settings or {}) else ""),
