@@ -195,6 +195,16 @@ def e2e_settings(sim):
     return settings
 
 
+def e2e_fields(path, settings):
+    """``(loaded, fields)`` of a localization file: what ``chromflow run`` does before the
+    inference (read, render, segment, fields with the half of the localizations)."""
+    from chromflow import pipeline as pl
+
+    loaded = pl.load_input(path, settings)
+    mask = pl.segment(loaded.density, settings)
+    return loaded, pl.compute_fields(loaded.density, mask, settings, loaded.euchromatin, loaded.half)
+
+
 def run_e2e_case(case, seed, args):
     from chromflow import pipeline as pl
 
@@ -214,9 +224,7 @@ def run_e2e_case(case, seed, args):
         setattr(settings.inference, k, v)
     settings.validate()
     start = time.perf_counter()
-    loaded = pl.load_input(path, settings)
-    mask = pl.segment(loaded.density, settings)
-    fields = pl.compute_fields(loaded.density, mask, settings, loaded.euchromatin, loaded.half)
+    loaded, fields = e2e_fields(path, settings)
     prep = time.perf_counter() - start
     start = time.perf_counter()
     if not extra:

@@ -36,7 +36,6 @@ import accuracy as A  # noqa: E402
 
 import chromflow as cf  # noqa: E402
 from chromflow import evaluate as ev  # noqa: E402
-from chromflow import pipeline as pl  # noqa: E402
 
 #: nucleus semi-axes (um) and the simulation box (um) per size; "default" is accuracy.py's nucleus
 SIZES = {"small": ((1.7, 2.1), 6.4), "default": ((2.2, 2.8), 6.4), "large": ((2.9, 3.6), 8.96)}
@@ -56,9 +55,7 @@ def sweep(size: str, seed: int, widths, density: float, device: str = "auto", ra
     sim, path = A.localization_file(rate, count, seed, sim=sim)
     settings = A.e2e_settings(sim)
     settings.inference.seed = seed
-    loaded = pl.load_input(path, settings)
-    mask = pl.segment(loaded.density, settings)
-    fields = pl.compute_fields(loaded.density, mask, settings, loaded.euchromatin, loaded.half)
+    loaded, fields = A.e2e_fields(path, settings)
     truth = ev.truth_on_grid(sim.truth_image(), fields.phi_h.shape, fields.spacing, fields.origin)
     cells = fields.mask & np.isfinite(truth)
     inner = cells & A._interior(cells, fields.spacing)

@@ -44,9 +44,9 @@ def run_one(path, grid, pixel, method, seed, uncertainty):
     if method:
         s.inference.method = method
     start = time.perf_counter()
-    loaded = pl.load_input(path, s)
-    mask = pl.segment(loaded.density, s)
-    fields = pl.compute_fields(loaded.density, mask, s, loaded.euchromatin, loaded.half)
+    import accuracy as A
+
+    _, fields = A.e2e_fields(path, s)
     result = cf.infer_rates(fields, method=s.inference.method, seed=seed,
                             **({} if uncertainty else {"uncertainty": False}))
     return fields, result, time.perf_counter() - start
