@@ -8,7 +8,8 @@ localization density (``--density`` per um^2 of nucleus: 5e4, i.e. 1e6 for the d
 nucleus) and ~50 nm cells, and infers the rate map with the band forced to each width of
 ``--widths`` (nm) and with the band the fields measure (``auto``). Every map is scored on the same
 cells: all cells of the segmented nucleus where the truth is defined (``all``), and those at
-least 250 nm inside (``interior``), beside the oracle smoothed ratio on the same cells.
+least 250 nm inside (``interior``), beside both oracle baselines on the same cells (the best
+smoothed ratio and the best-radius direct inversion, ``chromflow.evaluate``).
 
 The uncertainty runs in its ``"noise"`` mode: the split-half refit that chooses the stopping step
 runs (the maps are those of the default), the bootstrap refit, which changes only the intervals,
@@ -47,8 +48,9 @@ def nucleus(size: str, seed: int, rate: str = "smooth"):
     return H.simulate("nucleus", rate, seed=seed, box_um=box, semi_axes_um=semi, cache_dir=A.CACHE)
 
 
-def sweep(size: str, seed: int, widths, density: float, device: str = "auto", rate: str = "smooth") -> list[dict]:
-    """One nucleus: fields once, then one map per band width; rows of scores."""
+def nucleus_data(size: str, seed: int, density: float, rate: str = "smooth") -> dict:
+    """One rendered nucleus: its fields, the truth on their grid, the scored cells and both oracle
+    baselines on them (best smoothed ratio, best-radius direct)."""
     sim = nucleus(size, seed, rate)
     area_um2 = float(sim.inside.sum()) * (sim.spacing_nm / 1000.0) ** 2
     count = float(round(density * area_um2, -3))
@@ -58,21 +60,30 @@ def sweep(size: str, seed: int, widths, density: float, device: str = "auto", ra
     loaded, fields = A.e2e_fields(path, settings)
     truth = ev.truth_on_grid(sim.truth_image(), fields.phi_h.shape, fields.spacing, fields.origin)
     cells = fields.mask & np.isfinite(truth)
-    inner = cells & A._interior(cells, fields.spacing)
-    ratio = {name: ev.best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, truth, cells=c).corr
-             for name, c in (("all", cells), ("interior", inner))}
+    scored = {"all": cells, "interior": cells & A._interior(cells, fields.spacing)}
+    out = {"fields": fields, "truth": truth, "scored": scored, "area_um2": area_um2,
+           "localizations": int(loaded.n_localizations)}
+    for name, c in scored.items():
+        out[f"ratio_{name}"] = ev.best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, truth, cells=c).corr
+        out[f"direct_{name}"] = ev.best_direct(fields, truth, cells=c).corr
+    return out
+
+
+def sweep(size: str, seed: int, widths, density: float, device: str = "auto", rate: str = "smooth") -> list[dict]:
+    """One nucleus: fields once, then one map per band width; rows of scores."""
+    data = nucleus_data(size, seed, density, rate)
+    fields, truth, scored = data["fields"], data["truth"], data["scored"]
     auto_nm = float(fields.settings.get("edge_band_nm", float("nan")))
     rows = []
     for width in ["auto", *widths]:
         start = time.perf_counter()
         r = cf.infer_rates(fields, seed=seed, device=device, uncertainty="noise", edge=width)
-        rows.append({"size": size if rate == "smooth" else f"{size}, {rate}", "seed": seed, "area_um2": area_um2,
-                     "localizations": int(loaded.n_localizations),
-                     "cells": int(cells.sum()), "auto_band_nm": auto_nm,
+        rows.append({"size": size if rate == "smooth" else f"{size}, {rate}", "seed": seed,
+                     "area_um2": data["area_um2"], "localizations": data["localizations"],
+                     "cells": int(scored["all"].sum()), "auto_band_nm": auto_nm,
                      "band": "auto" if width == "auto" else f"{width:g}", "band_cells": int(r.edge.sum()),
-                     "corr_all": ev.rate_correlation(r.rate, truth, cells),
-                     "corr_interior": ev.rate_correlation(r.rate, truth, inner),
-                     "ratio_all": ratio["all"], "ratio_interior": ratio["interior"],
+                     **{f"corr_{k}": ev.rate_correlation(r.rate, truth, c) for k, c in scored.items()},
+                     **{f"{b}_{k}": data[f"{b}_{k}"] for b in ("ratio", "direct") for k in scored},
                      "step": r.diagnostics["training"]["best_iteration"], "time_s": time.perf_counter() - start})
         print(f"  {rows[-1]['size']} seed {seed} band {rows[-1]['band']:>4s} nm: all {rows[-1]['corr_all']:.3f}, "
               f"interior {rows[-1]['corr_interior']:.3f} (step {rows[-1]['step']}, {rows[-1]['time_s']:.0f} s)",
@@ -81,16 +92,16 @@ def sweep(size: str, seed: int, widths, density: float, device: str = "auto", ra
 
 
 def table(frame: pd.DataFrame, column: str) -> str:
-    """Markdown: one row per nucleus, one column per band width, the oracle ratio last."""
+    """Markdown: one row per nucleus, one column per band width, the two oracle baselines last."""
     bands = list(dict.fromkeys(frame["band"]))
     lines = ["| nucleus | seed | area um^2 | auto band nm | " + " | ".join(
-        f"{b} nm" if b != "auto" else "auto" for b in bands) + " | oracle ratio |",
-        "|" + "---|" * (len(bands) + 5)]
+        f"{b} nm" if b != "auto" else "auto" for b in bands) + " | oracle ratio | oracle direct |",
+        "|" + "---|" * (len(bands) + 6)]
     for (size, seed), g in frame.groupby(["size", "seed"], sort=False):
         by = dict(zip(g["band"], g[column]))
-        ratio = g[column.replace("corr", "ratio")].iloc[0]
+        base = [g[column.replace("corr", b)].iloc[0] for b in ("ratio", "direct")]
         lines.append(f"| {size} | {seed} | {g['area_um2'].iloc[0]:.1f} | {g['auto_band_nm'].iloc[0]:.0f} | "
-                     + " | ".join(f"{by[b]:.3f}" for b in bands) + f" | {ratio:.3f} |")
+                     + " | ".join(f"{v:.3f}" for v in [*(by[b] for b in bands), *base]) + " |")
     return "\n".join(lines)
 
 
