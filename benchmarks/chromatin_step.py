@@ -133,7 +133,7 @@ def worker(spec: dict) -> dict:
             "network": f"{result.settings.get('width')}x{result.settings.get('depth')}"}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grid", type=int, default=128)
     p.add_argument("--device", default="cpu")
@@ -151,7 +151,11 @@ def main(argv=None) -> int:
                    help="repeat all modes this many times, alternating their order; the table gives medians "
                         "and each round's own ratios (the machine's speed drifts between runs)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.worker).read_text())
         Path(spec["result"]).write_text(json.dumps(worker(spec)))

@@ -55,7 +55,7 @@ def one_case(seed, count, method, device, grid, workdir, iterations=None, uncert
             **{k: v for k, v in row.items() if str(k).startswith("time_")}}
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -69,7 +69,11 @@ def main(argv=None):
     parser.add_argument("--no-merge-blinks", action="store_true",
                         help="render every localization (render.merge_blinks = false); default: merged")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.quick:
         args.seeds, args.counts = args.seeds[:1], [3e5]
     rows = []

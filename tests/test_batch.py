@@ -381,6 +381,7 @@ def _cuda_available():
     return torch.cuda.is_available()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
 def test_gpu_batch_and_device_free_reuse(inputs, tmp_path):
     """The device reaches the pipeline (PINN on CUDA), and a CPU rerun reuses the GPU result."""

@@ -192,6 +192,7 @@ def test_summary_and_image(nucleus):
         r.to_image("nothing")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pinn_on_cuda_matches_cpu_closely(nucleus):
     fields, rate = nucleus

@@ -105,6 +105,7 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_train_on_cuda():
     target = torch.tensor([1.0, -2.0, 0.5], device="cuda")
