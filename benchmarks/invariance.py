@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import accuracy as A  # noqa: E402
+
 import chromflow as cf  # noqa: E402
 from chromflow import evaluate as ev  # noqa: E402
 from chromflow import pipeline as pl  # noqa: E402
@@ -44,8 +46,6 @@ def run_one(path, grid, pixel, method, seed, uncertainty):
     if method:
         s.inference.method = method
     start = time.perf_counter()
-    import accuracy as A
-
     _, fields = A.e2e_fields(path, s)
     result = cf.infer_rates(fields, method=s.inference.method, seed=seed,
                             **({} if uncertainty else {"uncertainty": False}))
@@ -53,8 +53,6 @@ def run_one(path, grid, pixel, method, seed, uncertainty):
 
 
 def main(argv=None):
-    import accuracy as A
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", default="smooth", choices=("smooth", "domain"))
     parser.add_argument("--count", default="1e6", choices=sorted(A.COUNTS))

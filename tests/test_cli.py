@@ -13,6 +13,7 @@ import pytest
 
 import chromflow
 from chromflow.cli import EXIT_CANCELLED, EXIT_ERROR, EXIT_FAILED_FILES, EXIT_OK, main, rate_correlation
+from chromflow.inverse.result import split_flags
 from chromflow.pipeline import OUTPUT_KINDS
 
 FAST = ["--grid", "40", "--pixel-size", "40", "--method", "direct", "--quiet"]
@@ -219,7 +220,7 @@ def test_demo_fast(tmp_path, capsys):
     assert ("smoothed ratio reads the rate better" in text) == (corr < ratio)
     # the quality score and every flag of the summary are printed
     assert f"split-half reproducibility r = {summary['split_half_r']:.2f}" in text
-    flags = [f for f in summary["flags"].split("; ") if f]
+    flags = split_flags(summary["flags"])
     assert text.count("  WARNING: ") == len(flags) and all(f"WARNING: {f}" in text for f in flags)
     # the direct method on the two-channel sample recovers the rate map well
     assert corr > 0.6
