@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,7 +334,9 @@ class HeldoutNucleus:
                 float(cell_nm), origin)
 
     def save(self, path):
-        tmp = Path(str(path) + ".tmp.npz")
+        # a temporary name of this process's own: two benchmark processes may simulate the same
+        # nucleus at once (a field case and an end-to-end case share it)
+        tmp = Path(f"{path}.{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, phi_h=self.phi_h, phi_e=self.phi_e, rate=self.rate, total=self.total,
                             inside=self.inside, spacing_nm=self.spacing_nm, geometry=self.geometry,
                             info=json.dumps(self.info))
@@ -506,7 +509,7 @@ def write_thunderstorm(table: pd.DataFrame, path) -> Path:
     """Write as ThunderSTORM does: quoted header names with units, plain numbers (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write(",".join(f'"{c}"' for c in table.columns) + "\n")
         table.to_csv(fh, header=False, index=False)

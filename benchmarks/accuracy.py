@@ -247,7 +247,9 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
     row = {"case": case, "seed": seed, "cell_nm": round(fields.spacing, 1), "grid": "x".join(map(str, fields.mask.shape)),
            "method": result.method, "time_s": seconds,
            "sim_residual": sim.info["residual"], "sim_iterations": sim.info["iterations"],
-           "sim_seconds": sim.info["seconds"]}
+           "sim_seconds": sim.info["seconds"],
+           # the weight of the envelope's boundary-layer correction (0: the data did not show it)
+           "edge_correction": float((result.diagnostics.get("boundary_layer") or {}).get("weight", np.nan))}
     row.update(_scores(result, truth, fields, cells))
     interior = cells & _interior(cells, fields.spacing)
     if interior.sum() >= 10:
@@ -263,7 +265,7 @@ MAIN_COLUMNS = [("case", "case"), ("seed", "seed"), ("cell_nm", "cell nm"), ("me
                 ("corr", "corr"), ("rmse", "RMSE"), ("coverage", "cov90"), ("ratio_corr", "ratio corr"),
                 ("ratio_sigma", "ratio sigma"), ("direct_corr", "direct corr"), ("direct_radius", "direct r"),
                 ("corr_in", "corr int"), ("coverage_in", "cov90 int"), ("ratio_corr_in", "ratio int"),
-                ("direct_corr_in", "direct int"), ("time_s", "time s")]
+                ("direct_corr_in", "direct int"), ("edge_correction", "edge corr"), ("time_s", "time s")]
 
 
 _KNOBS = {"cell_nm", "ratio_sigma", "direct_radius", "time_s"}

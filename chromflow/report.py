@@ -88,9 +88,17 @@ def report_caption(result) -> str:
     edge, mask = getattr(result, "edge", None), getattr(result, "mask", None)
     if edge is not None and mask is not None and np.any(edge):
         parts.append(f"edge band (dashed): {100 * np.sum(edge) / max(np.sum(mask), 1):.0f} % of the nucleus")
+    layer = diag.get("boundary_layer") or {}
+    if layer.get("applied"):
+        parts.append(f"envelope transport layer corrected within {layer.get('depth_um', 0):g} um of the outline "
+                     f"(weight {layer.get('weight', 0):.2f})")
     if mask is not None and np.any(edge_bias_zone(mask, getattr(result, "spacing", None))):
+        if layer.get("applied"):
+            left = "less after the correction"
+        else:
+            left = f"not corrected: {layer['reason']}" if layer.get("reason") else "not corrected"
         parts.append(f"dotted: {EDGE_BIAS_DEPTH_UM:g} um inside the outline; outside it lambda may read high "
-                     "(docs/inference.md)")
+                     f"({left}; docs/inference.md)")
     flags = diag.get("flags") or []
     if flags:
         parts.append("WARNING: " + "; ".join(flags))

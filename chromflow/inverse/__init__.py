@@ -48,6 +48,7 @@ from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..errors import GridError, InputError
 from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
+from .boundary import boundary_layer_correction
 from .direct import direct_rates
 from .noise import estimate_noise, fission, local_level
 from .result import RateMapResult, _jsonable, edge_bias_zone
@@ -60,7 +61,7 @@ METHODS = ("pinn", "direct", "autodiff")
 _COMMON = {"uncertainty": True, "edge": "auto", "held_out": 0.1}
 _NETWORK = {"iterations": 1000, "lr": 2e-2, "residual_weight": 1.0, "width": "auto", "depth": "auto", "blocks": 2,
             "fourier_scale": 1.0, "ensemble": 1, "log_every": 25, "dtype": "float32", "check_every": 10,
-            "patience": 30}
+            "patience": 30, "boundary_layer": True}
 #: Default settings per method (``infer_rates`` keyword options override them). The single
 #: source of the defaults: the pipeline, the CLI and napari read them from here.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -580,12 +581,16 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         (share of cells held out for stopping, default 0.1), ``check_every``, ``patience``
         (stopping: checks without improvement), ``lr``, ``residual_weight``, ``width``,
         ``depth``, ``blocks``, ``fourier_scale``, ``kernel``, ``log_every``, ``dtype``
-        (``"float64"`` or ``"float32"``).
+        (``"float64"`` or ``"float32"``), ``boundary_layer`` (networks; default True: correct
+        the map near the outline for the envelope's transport layer where the data show it,
+        :func:`chromflow.inverse.boundary.boundary_layer_correction`).
 
     Returns
     -------
     RateMapResult
-        ``diagnostics`` holds the noise model, the stopping point, ``split_half_r`` and flags.
+        ``diagnostics`` holds the noise model, the stopping point, ``split_half_r``, flags and
+        (networks) ``boundary_layer``: whether the edge correction was applied, its weight and
+        ring profile.
 
     Raises
     ------
@@ -704,6 +709,15 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
             rate, plus = mixed, plus[0] + weight * (plus[1] - plus[0])
             single = first[0] + weight * (first[1] - first[0])
         training["closed_form_weight"] = weight
+        shift = np.zeros(mask.shape)
+        if opts["boundary_layer"]:
+            # the envelope's transport layer, which the network's fields are too smooth to carry
+            # (module chromflow.inverse.boundary); zero unless the data show it above their noise
+            shift, diagnostics["boundary_layer"] = boundary_layer_correction(
+                phi_h, phi_e, hf, ef, mask, interior, spacing, float(opts["radius"]), opts["kernel"], model)
+            # applied to the map at the end: the quality score and the uncertainty's noise and
+            # bootstrap parts are those of the fit (a shift common to both halves would raise
+            # their correlation without making the map any more reproducible)
         device_used = str(dev)
     unc = np.full(mask.shape, np.nan)
     split_r = float("nan")
@@ -726,16 +740,25 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
             boot = boot_rate + training["closed_form_weight"] * (boot_closed - boot_rate)
         # the error model's two factors differ between the deep cells and the edge-bias zone
         zone = edge_bias_zone(mask, spacing)
-        inflation = np.where(zone, EDGE_BIAS_INFLATION[method], BIAS_INFLATION[method])
-        floor = np.where(zone, EDGE_MODEL_ERROR_FLOOR[method], MODEL_ERROR_FLOOR[method])
+        # the zone's larger factors cover the envelope layer's bias; the boundary-layer
+        # correction takes out the share ``weight`` of it, and that share of the zone's cells
+        # gets the deep cells' error model
+        taken = float(diagnostics.get("boundary_layer", {}).get("weight", 0.0)) if method != "direct" else 0.0
+        edge_inflation = (1.0 - taken) * EDGE_BIAS_INFLATION[method] + taken * BIAS_INFLATION[method]
+        edge_floor = (1.0 - taken) * EDGE_MODEL_ERROR_FLOOR[method] + taken * MODEL_ERROR_FLOOR[method]
+        inflation = np.where(zone, edge_inflation, BIAS_INFLATION[method])
+        floor = np.where(zone, edge_floor, MODEL_ERROR_FLOOR[method])
         unc, slope, bias_share = _total_uncertainty(rate, noise_var, boot, truth, mask, interior,
                                                     float(opts["radius"]), inflation, floor)
         diagnostics["uncertainty"] = {"bootstrap_slope": slope, "bias_share_of_variance": bias_share,
                                       "bias_inflation": BIAS_INFLATION[method],
                                       "model_error_floor": MODEL_ERROR_FLOOR[method],
-                                      "edge_bias_inflation": EDGE_BIAS_INFLATION[method],
-                                      "edge_model_error_floor": EDGE_MODEL_ERROR_FLOOR[method],
+                                      "edge_bias_inflation": edge_inflation,
+                                      "edge_model_error_floor": edge_floor,
                                       "edge_zone_cells": int(zone.sum())}
+    if method != "direct" and diagnostics.get("boundary_layer", {}).get("applied"):
+        rate = rate - shift
+        res = res - 2.0 * shift * ef          # the residual of the reported map
     diagnostics["training"] = training
     diagnostics["flags"] = _flags(rate, mask, interior, split_r, edge,
                                   [m["share"] for m in noise_models if np.isfinite(m.get("share", np.nan))])

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ..physics.chromatin import ChromatinModel, FieldDerivatives, chemical_potential_laplacian
 
-__all__ = ["direct_rates", "local_linear_smooth", "mollifier_layer", "layer_derivatives"]
+__all__ = ["direct_rates", "local_linear_smooth", "mollified_transport", "mollifier_layer", "layer_derivatives"]
 
 #: the field derivatives every rate method needs
 ORDERS = ("u", (1, 0), (0, 1), "lap", "biharmonic")
@@ -131,6 +131,54 @@ def _fill_nearest(values, where):
     return np.where(missing, values[tuple(idx)], values)
 
 
+def mollified_transport(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, kernel: str = "bump",
+                        model: ChromatinModel = ChromatinModel()):
+    """The transport term ``T = lap(mu_d) / 2`` (1/um^2 units of the fields) from mollified data.
+
+    The derivatives come from the mollifier with the mask's polynomial continuation of the
+    fields (``boundary="mask"``); the values outside ``mask`` are never used.
+
+    Parameters
+    ----------
+    phi_h, phi_e : (ny, nx) ndarray
+        Volume fractions.
+    mask : (ny, nx) bool ndarray
+        Cells with data.
+    spacing_um : float
+        Grid cell size in um.
+    radius : float
+        Mollifier support radius in cells.
+    kernel : str
+        Mollifier profile.
+    model : ChromatinModel
+
+    Returns
+    -------
+    transport : (ny, nx) ndarray
+        ``T`` at every cell (meaningful within the mask; exact where the kernel footprint lies
+        inside it).
+    h, e : FieldDerivatives
+        The mollified fields and their derivatives (numpy).
+
+    Examples
+    --------
+    Uniform fields carry no transport:
+
+    >>> m = np.zeros((24, 24), bool); m[4:20, 4:20] = True
+    >>> t, _ = mollified_transport(np.full((24, 24), 0.3), np.full((24, 24), 0.2), m, 0.05)
+    >>> bool(np.allclose(t[m], 0.0, atol=1e-9))
+    True
+    """
+    mask = np.asarray(mask, bool)
+    layer = mollifier_layer(radius, kernel, "mask", mask)
+    stack = torch.as_tensor(np.stack([np.where(mask, phi_h, 0.0), np.where(mask, phi_e, 0.0)]), dtype=torch.float64)
+    with torch.no_grad():
+        out = layer(stack)
+    h = FieldDerivatives(*[v.numpy() for v in layer_derivatives(out, 0, spacing_um)])
+    e = FieldDerivatives(*[v.numpy() for v in layer_derivatives(out, 1, spacing_um)])
+    return 0.5 * chemical_potential_laplacian(h, e, model), (h, e)
+
+
 def direct_rates(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, kernel: str = "bump",
                  model: ChromatinModel = ChromatinModel(), out_mask=None):
     """Closed-form rate ``lambda = (phi_h - lap(mu_d) / 2) / phi_e`` from mollified data.
@@ -172,14 +220,7 @@ def direct_rates(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, ker
     mask = np.asarray(mask, bool)
     halo = kernel_halo(radius)
     interior = ndimage.binary_erosion(mask, structure=np.ones((2 * halo + 1, 2 * halo + 1), bool))
-    # derivatives: the mollifier with the mask's polynomial continuation of the fields
-    layer = mollifier_layer(radius, kernel, "mask", mask)
-    stack = torch.as_tensor(np.stack([np.where(mask, phi_h, 0.0), np.where(mask, phi_e, 0.0)]), dtype=torch.float64)
-    with torch.no_grad():
-        out = layer(stack)
-    h = FieldDerivatives(*[v.numpy() for v in layer_derivatives(out, 0, spacing_um)])
-    e = FieldDerivatives(*[v.numpy() for v in layer_derivatives(out, 1, spacing_um)])
-    transport = 0.5 * chemical_potential_laplacian(h, e, model)
+    transport, (h, e) = mollified_transport(phi_h, phi_e, mask, spacing_um, radius, kernel, model)
     where_out = mask if out_mask is None else np.asarray(out_mask, bool) | mask
     if (where_out & ~mask).any():
         # cells beyond the data (an edge band): the transport of the nearest data cell

@@ -177,7 +177,10 @@ class RateMapResult:
         independent halves of the data; NaN when not computed), ``flags`` (warnings, ``"; "``
         separated, empty when none), ``method``, ``network`` (the networks' ``width x depth``,
         empty for ``direct``), ``closed_form_weight`` (the networks' share of the closed-form
-        reading in the map, NaN for ``direct``; docs/inference.md), ``time_s``, ``device``.
+        reading in the map, NaN for ``direct``; docs/inference.md), ``edge_correction`` (the
+        weight of the envelope's boundary-layer correction, 0 where the data did not show the
+        layer above their noise, NaN for ``direct`` or when it was switched off;
+        :mod:`chromflow.inverse.boundary`), ``time_s``, ``device``.
         """
         m = self.mask
         lam = self.rate[m]
@@ -209,6 +212,7 @@ class RateMapResult:
                         if self.method != "direct" and "width" in (self.settings or {}) else ""),
             "closed_form_weight": float((self.diagnostics.get("training") or {}).get("closed_form_weight",
                                                                                      float("nan"))),
+            "edge_correction": float((self.diagnostics.get("boundary_layer") or {}).get("weight", float("nan"))),
             "time_s": float(self.timing),
             "device": self.device,
         }
