@@ -94,11 +94,13 @@ def report_caption(result) -> str:
                      f"(weight {layer.get('weight', 0):.2f})")
     if mask is not None and np.any(edge_bias_zone(mask, getattr(result, "spacing", None))):
         if layer.get("applied"):
-            left = "less after the correction"
+            left = "less after the correction; "
+        elif layer.get("reason"):
+            left = f"not corrected: {layer['reason']}; "
         else:
-            left = f"not corrected: {layer['reason']}" if layer.get("reason") else "not corrected"
+            left = ""
         parts.append(f"dotted: {EDGE_BIAS_DEPTH_UM:g} um inside the outline; outside it lambda may read high "
-                     f"({left}; docs/inference.md)")
+                     f"({left}docs/inference.md)")
     flags = diag.get("flags") or []
     if flags:
         parts.append("WARNING: " + "; ".join(flags))

@@ -95,3 +95,28 @@ def test_infer_rates_applies_and_reports_it(no_flux):
     correction, again = boundary_layer_correction(fields.phi_h, fields.phi_e, plain.phi_h, plain.phi_e, m, m, 50.0)
     assert again["applied"] == info["applied"]
     np.testing.assert_allclose(fixed.rate[m], plain.rate[m] - correction[m], atol=1e-9)
+
+
+def test_summary_and_report_caption_say_whether_the_layer_was_corrected():
+    from chromflow.inverse import RateMapResult
+    from chromflow.report import report_caption
+
+    m = np.zeros((40, 40), bool)
+    m[5:35, 5:35] = True
+    arr = np.where(m, 1.0, np.nan)
+
+    def result(layer):
+        r = RateMapResult(rate=arr, uncertainty=arr * 0.1, residual=arr * 0, phi_h=arr * 0.3, phi_e=arr * 0.2,
+                          mask=m, spacing=50.0, origin=(0.0, 0.0), method="pinn")
+        r.diagnostics = {"flags": [], **({"boundary_layer": layer} if layer is not None else {})}
+        return r
+
+    applied = result({"applied": True, "weight": 0.91, "depth_um": 0.75})
+    assert applied.summary()["edge_correction"] == pytest.approx(0.91)
+    text = report_caption(applied)
+    assert "transport layer corrected within 0.75 um" in text and "weight 0.91" in text
+    skipped = result({"applied": False, "weight": 0.0, "reason": "the ring profile is within the noise"})
+    assert skipped.summary()["edge_correction"] == 0.0
+    assert "not corrected: the ring profile is within the noise" in report_caption(skipped)
+    assert np.isnan(result(None).summary()["edge_correction"])
+    assert "corrected" not in report_caption(result(None))
