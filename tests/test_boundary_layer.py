@@ -120,3 +120,20 @@ def test_summary_and_report_caption_say_whether_the_layer_was_corrected():
     assert "not corrected: the ring profile is within the noise" in report_caption(skipped)
     assert np.isnan(result(None).summary()["edge_correction"])
     assert "corrected" not in report_caption(result(None))
+
+
+def test_noisy_data_skip_the_correction_and_say_why(no_flux):
+    """Above the low-noise share (rendered counting data) the layer is not read at all."""
+    from chromflow.inverse import LOW_NOISE_SHARE
+
+    f = no_flux
+    m = f.mask
+    rng = np.random.default_rng(2)
+    fields = SimpleNamespace(phi_h=np.where(m, f.h * (1 + 0.3 * rng.standard_normal(m.shape)), 0.0),
+                             phi_e=np.where(m, f.e * (1 + 0.3 * rng.standard_normal(m.shape)), 0.0),
+                             mask=m, spacing=50.0, origin=(0.0, 0.0), source=None)
+    r = infer_rates(fields, iterations=10, uncertainty=False, device="cpu", edge=0)
+    info = r.diagnostics["boundary_layer"]
+    assert not info["applied"] and info["weight"] == 0.0
+    assert f"not below {LOW_NOISE_SHARE}" in info["reason"]
+    assert r.summary()["edge_correction"] == 0.0
