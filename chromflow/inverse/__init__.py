@@ -42,14 +42,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..errors import GridError, InputError
 from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
 from .boundary import boundary_layer_correction
-from .direct import direct_rates
+from .direct import direct_rates, footprint_inside
 from .noise import estimate_noise, fission, local_level
 from .result import RateMapResult, _jsonable, edge_bias_zone
 
@@ -157,9 +156,7 @@ def _unpack(fields):
 def _check_mask_fits(mask, halo: int, source, method: str):
     # the fitted fields need a neighbourhood of the kernel's size inside the nucleus: demand at
     # least one pixel whose whole kernel footprint lies inside the mask
-    from scipy import ndimage
-
-    inner = ndimage.binary_erosion(mask, structure=np.ones((2 * halo + 1, 2 * halo + 1), bool))
+    inner = footprint_inside(mask, halo)
     if not inner.any():
         raise GridError(f"nucleus mask ({int(mask.sum())} pixels) is too small for a mollifier kernel of "
                         f"half-width {halo} cells ({method}); use a finer grid or a smaller radius", source)
@@ -245,7 +242,7 @@ def _auto_radius(spacing_nm, interior) -> float:
     r = float(np.clip(round(AUTO_RADIUS_NM / spacing_nm), lo, hi))
     while r > lo:
         h = kernel_halo(r)
-        if ndimage.binary_erosion(interior, structure=np.ones((2 * h + 1, 2 * h + 1), bool)).any():
+        if footprint_inside(interior, h).any():
             break
         r -= 1.0
     return r
@@ -308,6 +305,11 @@ def noise_share(phi, variance, interior) -> float:
 MIN_NOISE_SHARE = 0.02
 
 
+def _worst_share(shares) -> float:
+    """The larger noise share of the channels (NaN if any is NaN: treated as not low-noise)."""
+    return float(np.max(np.asarray(list(shares), dtype=float)))
+
+
 def network_size(shares, backbone: str = "mlp") -> tuple[int, int, str]:
     """``(width, depth, reason)`` of the network for ``width="auto"``, ``depth="auto"``.
 
@@ -325,7 +327,7 @@ def network_size(shares, backbone: str = "mlp") -> tuple[int, int, str]:
     >>> network_size([0.3, 0.6])[:2]
     (32, 3)
     """
-    worst = float(np.max(np.asarray(shares, dtype=float)))     # NaN (no interior): the default size
+    worst = _worst_share(shares)     # NaN (no interior): the default size
     if backbone == "mlp" and np.isfinite(worst) and worst < LOW_NOISE_SHARE:
         return (*NETWORK_SIZE["low noise"], f"auto: noise share {worst:.2f} < {LOW_NOISE_SHARE}")
     return (*NETWORK_SIZE["default"], f"auto: noise share {worst:.2f}" if backbone == "mlp" else "auto")
@@ -709,8 +711,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
             rate, plus = mixed, plus[0] + weight * (plus[1] - plus[0])
             single = first[0] + weight * (first[1] - first[0])
         training["closed_form_weight"] = weight
-        shift = np.zeros(mask.shape)
-        worst_share = max((float(m.get("share", np.nan)) for m in noise_models), default=np.nan)
+        worst_share = _worst_share([m.get("share", np.nan) for m in noise_models])
         if opts["boundary_layer"] and not worst_share < LOW_NOISE_SHARE:
             # rendered counting data: their near-outline transport is dominated by what the
             # model lacks (render blur, correlated counting noise), which the ring profile's
@@ -751,7 +752,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         # the zone's larger factors cover the envelope layer's bias; the boundary-layer
         # correction takes out the share ``weight`` of it, and that share of the zone's cells
         # gets the deep cells' error model
-        taken = float(diagnostics.get("boundary_layer", {}).get("weight", 0.0)) if method != "direct" else 0.0
+        taken = float(diagnostics.get("boundary_layer", {}).get("weight", 0.0))     # networks only
         edge_inflation = (1.0 - taken) * EDGE_BIAS_INFLATION[method] + taken * BIAS_INFLATION[method]
         edge_floor = (1.0 - taken) * EDGE_MODEL_ERROR_FLOOR[method] + taken * MODEL_ERROR_FLOOR[method]
         inflation = np.where(zone, edge_inflation, BIAS_INFLATION[method])
@@ -764,7 +765,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
                                       "edge_bias_inflation": edge_inflation,
                                       "edge_model_error_floor": edge_floor,
                                       "edge_zone_cells": int(zone.sum())}
-    if method != "direct" and diagnostics.get("boundary_layer", {}).get("applied"):
+    if diagnostics.get("boundary_layer", {}).get("applied"):
         rate = rate - shift
         res = res - 2.0 * shift * ef          # the residual of the reported map
     diagnostics["training"] = training

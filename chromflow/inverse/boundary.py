@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..physics.chromatin import ChromatinModel
-from .direct import mollified_transport
+from .direct import footprint_inside, mollified_transport
 
 __all__ = ["boundary_layer_correction", "BOUNDARY_LAYER_DEPTH_UM", "RING_SECTORS", "PROFILE_Z"]
 
@@ -108,8 +108,7 @@ def boundary_layer_correction(phi_h, phi_e, fit_h, fit_e, mask, interior, spacin
     correction = np.zeros(mask.shape)
     info = {"applied": False, "weight": 0.0, "chi2": float("nan"), "rings": 0, "depth_um": float(depth_um),
             "profile": []}
-    halo = kernel_halo(radius)
-    valid = ndimage.binary_erosion(interior, structure=np.ones((2 * halo + 1, 2 * halo + 1), bool))
+    valid = footprint_inside(interior, kernel_halo(radius))
     if valid.sum() < 4 * RING_SECTORS:
         info["reason"] = "no cells with the kernel's footprint inside the data"
         return correction, info

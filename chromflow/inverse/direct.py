@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ..physics.chromatin import ChromatinModel, FieldDerivatives, chemical_potential_laplacian
 
-__all__ = ["direct_rates", "local_linear_smooth", "mollified_transport", "mollifier_layer", "layer_derivatives"]
+__all__ = ["direct_rates", "footprint_inside", "local_linear_smooth", "mollified_transport", "mollifier_layer", "layer_derivatives"]
 
 #: the field derivatives every rate method needs
 ORDERS = ("u", (1, 0), (0, 1), "lap", "biharmonic")
@@ -131,6 +131,18 @@ def _fill_nearest(values, where):
     return np.where(missing, values[tuple(idx)], values)
 
 
+def footprint_inside(mask, halo: int) -> np.ndarray:
+    """Cells of ``mask`` whose whole ``(2 halo + 1)^2`` kernel footprint lies inside it.
+
+    Examples
+    --------
+    >>> m = np.zeros((9, 9), bool); m[1:8, 1:8] = True
+    >>> int(footprint_inside(m, 2).sum())      # the 3x3 centre of a 7x7 square
+    9
+    """
+    return ndimage.binary_erosion(np.asarray(mask, bool), structure=np.ones((2 * halo + 1, 2 * halo + 1), bool))
+
+
 def mollified_transport(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, kernel: str = "bump",
                         model: ChromatinModel = ChromatinModel()):
     """The transport term ``T = lap(mu_d) / 2`` (1/um^2 units of the fields) from mollified data.
@@ -219,7 +231,7 @@ def direct_rates(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, ker
 
     mask = np.asarray(mask, bool)
     halo = kernel_halo(radius)
-    interior = ndimage.binary_erosion(mask, structure=np.ones((2 * halo + 1, 2 * halo + 1), bool))
+    interior = footprint_inside(mask, halo)
     transport, (h, e) = mollified_transport(phi_h, phi_e, mask, spacing_um, radius, kernel, model)
     where_out = mask if out_mask is None else np.asarray(out_mask, bool) | mask
     if (where_out & ~mask).any():
