@@ -80,21 +80,38 @@ def test_a_nucleus_too_small_for_the_kernel_is_left_alone():
 
 def test_infer_rates_applies_and_reports_it(no_flux):
     """The network's map is the uncorrected one minus the correction computed from its own
-    fields, and the diagnostics say so; ``boundary_layer=False`` skips it."""
+    fields; the quality score is the fit's; the edge zone's error model moves to the deep
+    cells' by the weight; ``boundary_layer=False`` skips it all."""
+    from chromflow.inverse import (BIAS_INFLATION, EDGE_BIAS_INFLATION, EDGE_MODEL_ERROR_FLOOR,
+                                   MODEL_ERROR_FLOOR)
+    from chromflow.inverse.result import edge_bias_zone
+
     f = no_flux
     rng = np.random.default_rng(1)
     m = f.mask
-    fields = SimpleNamespace(phi_h=np.where(m, f.h * (1 + 0.01 * rng.standard_normal(m.shape)), 0.0),
-                             phi_e=np.where(m, f.e * (1 + 0.01 * rng.standard_normal(m.shape)), 0.0),
+    # 0.1 % noise: low enough for the layer to show above it (at 1 % it does not, chi2 10 for 12 rings)
+    fields = SimpleNamespace(phi_h=np.where(m, f.h * (1 + 0.001 * rng.standard_normal(m.shape)), 0.0),
+                             phi_e=np.where(m, f.e * (1 + 0.001 * rng.standard_normal(m.shape)), 0.0),
                              mask=m, spacing=50.0, origin=(0.0, 0.0), source=None)
-    kw = dict(iterations=40, uncertainty=False, device="cpu", edge=0)
+    kw = dict(iterations=40, uncertainty=True, device="cpu", edge=0)
     plain = infer_rates(fields, boundary_layer=False, **kw)
     fixed = infer_rates(fields, **kw)
     assert "boundary_layer" not in plain.diagnostics
     info = fixed.diagnostics["boundary_layer"]
+    assert info["applied"] and 0.5 < info["weight"] <= 1.0
     correction, again = boundary_layer_correction(fields.phi_h, fields.phi_e, plain.phi_h, plain.phi_e, m, m, 50.0)
-    assert again["applied"] == info["applied"]
+    assert again["applied"] and again["weight"] == pytest.approx(info["weight"])
+    assert np.abs(correction[m]).max() > 0.01
     np.testing.assert_allclose(fixed.rate[m], plain.rate[m] - correction[m], atol=1e-9)
+    assert fixed.diagnostics["split_half_r"] == plain.diagnostics["split_half_r"]
+    w = info["weight"]
+    unc = fixed.diagnostics["uncertainty"]
+    assert unc["edge_bias_inflation"] == pytest.approx((1 - w) * EDGE_BIAS_INFLATION["pinn"] + w * BIAS_INFLATION["pinn"])
+    assert unc["edge_model_error_floor"] == pytest.approx(
+        (1 - w) * EDGE_MODEL_ERROR_FLOOR["pinn"] + w * MODEL_ERROR_FLOOR["pinn"])
+    zone = edge_bias_zone(m, 50.0)
+    np.testing.assert_allclose(fixed.uncertainty[m & ~zone], plain.uncertainty[m & ~zone])   # deep: the fit's
+    assert np.all(fixed.uncertainty[zone] < plain.uncertainty[zone])                         # zone: narrower
 
 
 def test_summary_and_report_caption_say_whether_the_layer_was_corrected():
