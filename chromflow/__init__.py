@@ -24,7 +24,9 @@ from .image import Image
 # (numpy/scipy only, no torch), and it stays the function.
 from .render import render
 
-__version__ = "0.1.0"
+#: the release; it enters every settings fingerprint, so that `chromflow batch` recomputes results
+#: an earlier release wrote (their numbers may differ) instead of skipping them as current
+__version__ = "0.2.0"
 
 # public name -> module that defines it
 _LAZY = {

@@ -6,6 +6,6 @@ happens in the library. napari discovers it through the ``napari.manifest`` entr
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from chromflow import __version__  # one version for the library and its plugin
 
 __all__ = ["__version__"]

@@ -126,6 +126,24 @@ def test_fingerprint_tracks_results_not_device():
         assert c.fingerprint() != a.fingerprint(), (section, key)
 
 
+def test_fingerprint_tracks_the_release(monkeypatch):
+    # results of another release are recomputed by `chromflow batch`, not skipped as current
+    import chromflow.pipeline as pl
+
+    before = PipelineSettings().fingerprint()
+    monkeypatch.setattr(pl, "__version__", "0.0.1")
+    assert PipelineSettings().fingerprint() != before
+
+
+def test_one_version_for_package_metadata_library_and_plugin():
+    from importlib.metadata import version
+
+    import chromflow
+    import napari_plugin
+
+    assert version("chromflow") == chromflow.__version__ == napari_plugin.__version__
+
+
 # ------------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------------
