@@ -460,7 +460,10 @@ def _process_one(task: dict) -> dict:
         row["log_error"] = str(exc)
     # the record comes last: it is what tells a rerun that this file is done
     if row["status"] == "ok" or recorded_failure:
-        outputs = sorted(p.name for p in output_paths(path, out_folder).values()) if row["status"] == "ok" else []
+        # the files this run wrote (an uncertainty switched off, or a ratio that could not be made,
+        # leaves its file out), which a rerun checks before it skips the input
+        outputs = (sorted(p.name for p in output_paths(path, out_folder).values() if p.exists())
+                   if row["status"] == "ok" else [])
         _write_json(record_path, {"format": _RECORD_FORMAT, "input": task["input"], "input_sha256": digest,
                                   "settings_fingerprint": task["fingerprint"], "status": row["status"],
                                   "outputs": outputs, "written": _now(), "row": row})
@@ -501,7 +504,9 @@ def _plan(files, in_dir: Path, out_dir: Path, settings, retry_failed: bool):
         if record is not None and record.get("settings_fingerprint") == fingerprint:
             digest = input_sha256(path, extra)
             if record.get("input_sha256") == digest:
-                outputs_there = all(p.exists() for p in output_paths(path, out_folder).values())
+                written = record.get("outputs") or []
+                rate_name = output_paths(path, out_folder)["rate"].name
+                outputs_there = rate_name in written and all((out_folder / name).exists() for name in written)
                 if record["status"] == "ok" and outputs_there:
                     known[rel_posix] = dict(record["row"], input=rel_posix, status="skipped", reused=True)
                     continue

@@ -16,6 +16,9 @@ Outputs per input file ``<stem>.<ext>`` (see :func:`output_paths`):
 ``<stem>_rate.tif``        rate map ``lambda`` on the field grid (float32, NaN outside)
 ``<stem>_uncertainty.tif`` uncertainty of ``lambda`` on the field grid (not written when
                            the uncertainty was switched off: never an all-NaN file)
+``<stem>_ratio.tif``       the baseline without physics on the same grid: the smoothed
+                           ``phi_h / phi_e`` at the width two halves of the data choose
+                           (``result.ratio``; not written when it could not be made)
 ``<stem>_result.npz``      the full :class:`~chromflow.inverse.RateMapResult`
 ``<stem>_report.png``      the summary figure (:func:`chromflow.report.make_report`)
 ``<stem>_summary.json``    the summary row returned by :func:`run_file`
@@ -68,6 +71,7 @@ OUTPUT_KINDS = {
     "mask": "_mask.tif",
     "rate": "_rate.tif",
     "uncertainty": "_uncertainty.tif",
+    "ratio": "_ratio.tif",
     "result": "_result.npz",
     "report": "_report.png",
     "summary": "_summary.json",
@@ -1360,6 +1364,9 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         has_uncertainty = bool(np.isfinite(np.asarray(result.uncertainty, dtype=float)).any())
         if not has_uncertainty:
             tmp.pop("uncertainty")
+        has_ratio = bool(np.isfinite(np.asarray(result.ratio, dtype=float)).any())
+        if not has_ratio:
+            tmp.pop("ratio")
         density = run.loaded.density
         # float32: the ImageJ flavour of TIFF, which Fiji opens with its calibration
         write_image(Image(np.asarray(density.data, dtype=np.float32), pixel_size=density.pixel_size,
@@ -1373,6 +1380,10 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         if has_uncertainty:
             write_image(Image(np.asarray(result.uncertainty, dtype=np.float32), pixel_size=spacing, origin=origin,
                               name="uncertainty", metadata={"units": "Gamma_me / Gamma_ac"}), tmp["uncertainty"])
+        if has_ratio:
+            write_image(Image(np.asarray(result.ratio, dtype=np.float32), pixel_size=spacing, origin=origin,
+                              name="smoothed phi_h / phi_e (no physics)",
+                              metadata={"units": "dimensionless, compare with lambda"}), tmp["ratio"])
         result.save(tmp["result"])
         figure = run.figure
         if figure is None:
@@ -1393,11 +1404,12 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         for kind, path in tmp.items():
             os.replace(path, final[kind])
             moved.append(final[kind])
-        if not has_uncertainty:
-            # an uncertainty map of an earlier run would no longer match this rate map
-            with contextlib.suppress(FileNotFoundError):
-                final["uncertainty"].unlink()
-            final.pop("uncertainty")
+        for kind, written in (("uncertainty", has_uncertainty), ("ratio", has_ratio)):
+            if not written:
+                # such a map of an earlier run would no longer match this rate map
+                with contextlib.suppress(FileNotFoundError):
+                    final[kind].unlink()
+                final.pop(kind)
     except BaseException as exc:
         # a failure while moving (rare: the folder vanished) -> take back what was moved
         for p in moved:

@@ -82,6 +82,15 @@ def report_caption(result) -> str:
     r = diag.get("split_half_r")
     if r is not None and np.isfinite(r):
         parts.append(f"split-half reproducibility r = {r:.2f} (1 = a map that repeats exactly)")
+    ratio = diag.get("ratio") or {}
+    rate, smooth = getattr(result, "rate", None), getattr(result, "ratio", None)
+    if rate is not None and smooth is not None and np.isfinite(ratio.get("sigma_cells", np.nan)):
+        from .evaluate import rate_correlation
+
+        r_ratio = rate_correlation(rate, smooth, getattr(result, "mask", None))
+        if np.isfinite(r_ratio):
+            parts.append(f"map vs smoothed phi_h/phi_e without physics (width {ratio['sigma_cells']:.1f} cells "
+                         f"from the halves): r = {r_ratio:.2f}")
     split = diag.get("split")
     if split is not None and split != "two-channel":
         parts.append(f"single channel: phi_h/phi_e from the '{split}' rule, an assumption (docs/domains.md)")

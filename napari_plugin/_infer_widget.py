@@ -106,15 +106,17 @@ def result_layers(result, base: str, source=None, settings: PipelineSettings | N
     Every layer gets ``scale = spacing``, ``translate = origin`` and ``units`` nm, so it lies
     exactly over the density image it came from and the scale bar reads um. The rate map's
     contrast limits are the 1st and 99th percentiles inside the nucleus and it shows its
-    colorbar; the uncertainty (when the result has a finite one) and the residual start hidden
-    above it; the nucleus is a Shapes layer of smooth outlines (:func:`nucleus_contours`), and a
+    colorbar; the uncertainty (when the result has a finite one), the smoothed ``phi_h / phi_e``
+    without physics (``result.ratio``, on the rate's contrast limits) and the residual start
+    hidden above it; the nucleus is a Shapes layer of smooth outlines (:func:`nucleus_contours`), and a
     thinner yellow one runs :data:`chromflow.report.EDGE_BIAS_DEPTH_UM` inside it (between the
     two, maps of simulated nuclei read lambda too high; docs/inference.md).
 
     Returns
     -------
     list of tuple
-        ``(data, kwargs, layer_type)``, bottom to top: rate, uncertainty (if finite), residual,
+        ``(data, kwargs, layer_type)``, bottom to top: rate, uncertainty (if finite), ratio (if
+        finite), residual,
         outline, edge-bias line (when the nucleus is deeper than that).
     """
     spacing = float(np.atleast_1d(result.spacing)[0])
@@ -146,6 +148,14 @@ def result_layers(result, base: str, source=None, settings: PipelineSettings | N
                                      "contrast_limits": robust_contrast_limits(uncertainty, mask),
                                      "metadata": meta("uncertainty", units="Gamma_me / Gamma_ac")},
                        "image"))
+    ratio = getattr(result, "ratio", None)
+    # the baseline without physics, on the rate's colour scale: its eye button compares the two
+    if ratio is not None and np.isfinite(np.asarray(ratio, dtype=float)[mask]).any():
+        sigma = float((result.diagnostics.get("ratio") or {}).get("sigma_cells", np.nan))
+        layers.append((np.asarray(ratio, dtype=float),
+                       {**common, "name": f"{base} smoothed phi_h/phi_e (no physics)", "colormap": "viridis",
+                        "visible": False, "contrast_limits": layers[0][1]["contrast_limits"],
+                        "metadata": meta("ratio", sigma_cells=sigma)}, "image"))
     residual = getattr(result, "residual", None)
     if residual is not None:
         residual = np.asarray(residual, dtype=float)

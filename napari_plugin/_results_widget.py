@@ -27,7 +27,7 @@ from ._widgets import ScrollableContainer, _layer_choices, _refresh_on_layer_cha
 __all__ = ["ResultsWidget", "export_result_layers", "EXPORT_SUFFIXES"]
 
 #: file-name suffix per result layer kind (``<base><suffix>``), after the CLI's naming
-EXPORT_SUFFIXES = {"rate": "_rate.tif", "uncertainty": "_rate_uncertainty.tif",
+EXPORT_SUFFIXES = {"rate": "_rate.tif", "uncertainty": "_rate_uncertainty.tif", "ratio": "_ratio.tif",
                    "residual": "_residual.tif", "outline": "_mask.tif"}
 
 

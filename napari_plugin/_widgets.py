@@ -272,7 +272,7 @@ def _is_labels(layer) -> bool:
 def _is_density_candidate(layer) -> bool:
     # chromflow's own outputs (rate maps, ...) are not inputs to segmentation or inference
     return _is_image(layer) and layer.metadata.get("kind") not in {
-        "rate", "uncertainty", "residual", "true_rate"}
+        "rate", "uncertainty", "ratio", "residual", "true_rate"}
 
 
 class RenderWidget(ScrollableContainer):

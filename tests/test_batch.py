@@ -255,6 +255,27 @@ def test_changed_content_redoes_changed_settings_refused(inputs, tmp_path):
     assert _leftovers(out) == []
 
 
+def test_rerun_checks_the_outputs_that_were_written(inputs, tmp_path):
+    # without uncertainty no uncertainty file is written: the rerun still skips the file, but
+    # redoes it once one of the files it did write is gone
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy2(inputs / "a.csv", src / "a.csv")
+    settings = json.loads(json.dumps(SETTINGS))
+    settings["inference"]["uncertainty"] = False
+    first = run_batch(src, out, settings=settings, scheduler="synchronous", progress=False)
+    assert list(first["status"]) == ["ok"]
+    paths = output_paths("a.csv", out)
+    record = json.loads((out / f"a{RECORD_SUFFIX}").read_text())
+    assert not paths["uncertainty"].exists() and paths["uncertainty"].name not in record["outputs"]
+    assert paths["ratio"].name in record["outputs"] and paths["ratio"].exists()
+    again = run_batch(src, out, settings=settings, scheduler="synchronous", progress=False)
+    assert list(again["status"]) == ["skipped"]
+    paths["ratio"].unlink()
+    redone = run_batch(src, out, settings=settings, scheduler="synchronous", progress=False)
+    assert list(redone["status"]) == ["ok"] and paths["ratio"].exists()
+
+
 def test_pinn_in_batch(inputs, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -196,6 +196,34 @@ def test_sparse_data_are_flagged_from_the_noise_share(steady, level, sparse):
     assert ("sparse data" in r.summary()["flags"]) == sparse
 
 
+def test_every_result_carries_the_truth_free_smoothed_ratio(steady, tmp_path):
+    from chromflow import RateMapResult
+
+    data = _noisy(steady, 0.2, 11)
+    r = infer_rates(data, method="direct", radius=3, uncertainty=False, seed=2)
+    m = r.mask
+    assert np.isfinite(r.ratio[m]).all() and np.isnan(r.ratio[~m]).all()
+    info = r.diagnostics["ratio"]
+    assert info["halves"].startswith("data fission") and info["sigma_cells"] > 0   # 20 % noise: smoothed
+    s = r.summary()
+    assert s["ratio_sigma_cells"] == info["sigma_cells"]
+    assert s["ratio_map_r"] == pytest.approx(_corr(r.rate, r.ratio, m))
+    assert _corr(r.ratio, steady.rate, m) > 0.5
+    # real halves of the localizations are used when the fields carry one
+    half = (np.where(m, steady.phi_h, 0.0), np.where(m, steady.phi_e, 0.0))
+    with_half = infer_rates(SimpleNamespace(**vars(data), half=half), method="direct", radius=3, uncertainty=False)
+    assert with_half.diagnostics["ratio"]["halves"] == "localization halves"
+    # saved and read back; a file without the array (an earlier release) reads as NaN
+    r.save(tmp_path / "r.npz")
+    back = RateMapResult.load(tmp_path / "r.npz")
+    np.testing.assert_array_equal(back.ratio, r.ratio)
+    with np.load(tmp_path / "r.npz") as z:
+        old = {k: z[k] for k in z.files if k != "ratio"}
+    np.savez(tmp_path / "old.npz", **old)
+    assert np.isnan(RateMapResult.load(tmp_path / "old.npz").ratio).all()
+    assert np.isnan(RateMapResult.load(tmp_path / "old.npz").summary()["ratio_map_r"])
+
+
 def test_an_ensemble_keeps_the_quality_score_and_weight_of_its_first_fit(steady):
     """The split-half refit shares its start with the ensemble's first member; the other members
     differ by their own start, which is not noise of the data. So the score and the mixing weight

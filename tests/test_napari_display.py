@@ -127,6 +127,17 @@ def test_result_layers_units_colorbar_and_uncertainty_only_when_finite():
     assert _polygon_area(outlines[0]) == pytest.approx(48 * 50.0 ** 2, rel=0.05)
     # this 8 x 6 nucleus of 50 nm cells is all within 0.5 um of its outline: no edge-bias line
     assert "c edge-bias line" not in layers
+    # a result of an earlier release has no smoothed ratio: no layer; with one, it lies hidden on
+    # the rate's colour scale
+    assert "c smoothed phi_h/phi_e (no physics)" not in layers
+    with_ratio = _result(spread)
+    with_ratio.ratio = np.where(with_ratio.mask, 1.4, np.nan)
+    with_ratio.diagnostics["ratio"] = {"sigma_cells": 1.8}
+    layers = {kwargs["name"]: (data, kwargs, kind) for data, kwargs, kind in result_layers(with_ratio, "c")}
+    data, kwargs, kind = layers["c smoothed phi_h/phi_e (no physics)"]
+    np.testing.assert_array_equal(data, with_ratio.ratio)
+    assert not kwargs["visible"] and kwargs["contrast_limits"] == layers["c rate"][1]["contrast_limits"]
+    assert kwargs["metadata"]["sigma_cells"] == 1.8
 
 
 def test_result_layers_draw_the_edge_bias_line_inside_a_large_nucleus():

@@ -168,7 +168,9 @@ def test_results_panel_summary_histogram_and_export(viewer, tmp_path, monkeypatc
                            + (["simulated nucleus_residual.tif"]
                               if "simulated nucleus residual" in viewer.layers else [])
                            + (["simulated nucleus_rate_uncertainty.tif"]
-                              if "simulated nucleus rate uncertainty" in viewer.layers else []))
+                              if "simulated nucleus rate uncertainty" in viewer.layers else [])
+                           + (["simulated nucleus_ratio.tif"]
+                              if "simulated nucleus smoothed phi_h/phi_e (no physics)" in viewer.layers else []))
     back = cf.read_image(tmp_path / "simulated nucleus_rate.tif", allow_nan=True)
     np.testing.assert_array_equal(back.data, rate.data)
     assert back.pixel_size == pytest.approx(result.spacing)

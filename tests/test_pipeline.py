@@ -249,6 +249,24 @@ def test_make_report_caption_stays_on_the_page_and_clear_of_the_panels(n_flags):
             assert box.y0 >= ax.title.get_window_extent(renderer).y1 - 1   # above every panel title
 
 
+def test_report_caption_sets_the_map_beside_the_smoothed_ratio():
+    from types import SimpleNamespace
+
+    from chromflow.report import report_caption
+
+    mask = np.zeros((20, 20), bool)
+    mask[4:16, 4:16] = True
+    yy, xx = np.indices(mask.shape)
+    rate = np.where(mask, 1.0 + 0.1 * xx, np.nan)
+    shown = SimpleNamespace(method="pinn", rate=rate, ratio=np.where(mask, 2.0 - 0.1 * xx, np.nan), mask=mask,
+                            edge=None, diagnostics={"ratio": {"sigma_cells": 2.0}})
+    assert "without physics (width 2.0 cells from the halves): r = -1.00" in report_caption(shown)
+    # a result of an earlier release has no ratio: nothing said
+    old = SimpleNamespace(method="pinn", rate=rate, ratio=np.full(mask.shape, np.nan), mask=mask, edge=None,
+                          diagnostics={})
+    assert "without physics" not in report_caption(old)
+
+
 def test_make_report_rejects_mismatched_mask():
     density = Image(np.ones((10, 10)), pixel_size=20.0)
     with pytest.raises(ValueError, match="mask shape"):

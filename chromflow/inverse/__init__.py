@@ -45,6 +45,7 @@ import torch
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..errors import GridError, InputError
+from ..evaluate import cross_validated_ratio
 from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
 from .boundary import boundary_layer_correction
@@ -528,7 +529,8 @@ def _flags(rate, mask, interior, split_r, edge, shares=()):
     if np.isfinite(share) and share >= SPARSE_NOISE_SHARE:
         flags.append(f"sparse data: the cell-to-cell counting scatter is {share:.2f} of the fields' spread "
                      f"(>= {SPARSE_NOISE_SHARE}): at this noise the map beat a smoothed phi_h/phi_e on only 3 "
-                     "of 12 benchmark nuclei, read it beside chromflow.evaluate.smoothed_ratio (docs/inference.md)")
+                     "of 12 benchmark nuclei, read it beside the smoothed phi_h/phi_e that needs no physics "
+                     "(result.ratio, the file <stem>_ratio.tif, docs/inference.md)")
     return flags
 
 
@@ -685,8 +687,14 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     out = (lambda a: np.where(mask, a, np.nan))
     half = None                # the data of the split-half refit
     single = None              # the one fit the split-half refit is compared with (None: the map)
+    # two halves of the data: the split-half refit (with uncertainty) and, always, the width of
+    # the baseline without physics, the smoothed ratio (``result.ratio``)
+    halves, halves_source = _half_data(fields, phi_h, phi_e, mask, variances, seed + 10_000)
     if opts["uncertainty"] != "none":
-        half, diagnostics["split_half"] = _half_data(fields, phi_h, phi_e, mask, variances, seed + 10_000)
+        half, diagnostics["split_half"] = halves, halves_source
+    ratio = cross_validated_ratio(phi_h, phi_e, mask, *halves)
+    diagnostics["ratio"] = {"sigma_cells": ratio.sigma_cells, "sigma_half_cells": ratio.sigma_half_cells,
+                            "halves": halves_source}
 
     if method == "direct":
         fit = _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model)
@@ -773,7 +781,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
                                   [m["share"] for m in noise_models if np.isfinite(m.get("share", np.nan))])
     settings["training"] = training
     return RateMapResult(rate=out(rate), uncertainty=out(unc), residual=out(res), phi_h=out(hf), phi_e=out(ef),
-                         mask=mask, edge=edge, spacing=spacing, origin=origin, loss_history=history,
+                         ratio=out(ratio.rate), mask=mask, edge=edge, spacing=spacing, origin=origin, loss_history=history,
                          settings=_jsonable(settings), timing=time.perf_counter() - start, device=device_used,
                          method=method, source=source, diagnostics=_jsonable(diagnostics))
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
+from ..evaluate import rate_correlation
 from ..image import Image
 from ..io._atomic import atomic_path
 
@@ -72,9 +73,10 @@ def split_flags(text) -> list[str]:
 
 __all__ = ["RateMapResult", "EDGE_BIAS_DEPTH_UM", "edge_bias_zone", "FLAG_SEPARATOR", "split_flags"]
 
-_ARRAYS = ("rate", "uncertainty", "residual", "phi_h", "phi_e", "mask", "edge")
-#: arrays that files written before version 2 may lack, and their defaults
-_OPTIONAL = {"edge": lambda mask: np.zeros(mask.shape, bool)}
+_ARRAYS = ("rate", "uncertainty", "residual", "phi_h", "phi_e", "mask", "edge", "ratio")
+#: arrays that files of earlier releases may lack, and their defaults
+_OPTIONAL = {"edge": lambda mask: np.zeros(mask.shape, bool),
+             "ratio": lambda mask: np.full(mask.shape, np.nan)}
 _BOOL = ("mask", "edge")
 
 
@@ -103,6 +105,11 @@ class RateMapResult:
     edge : ndarray (ny, nx) bool
         Cells of the partial-volume band at the nucleus edge (a subset of ``mask``). They carry
         no weight in the fit; ``rate`` there is the fit's smooth continuation from the interior.
+    ratio : ndarray (ny, nx) float64
+        The baseline without physics, computed on the same data without the truth: the smoothed
+        ratio ``phi_h / phi_e`` at the width two halves of the data choose
+        (:func:`chromflow.evaluate.cross_validated_ratio`); NaN outside the mask (and everywhere
+        in files of releases before 0.2).
     spacing : float
         Grid cell size, nm.
     origin : tuple of float
@@ -153,10 +160,12 @@ class RateMapResult:
     source: str | None = None
     edge: np.ndarray | None = None
     diagnostics: dict = field(default_factory=dict)
+    ratio: np.ndarray | None = None
 
     def __post_init__(self):
-        if self.edge is None:
-            self.edge = _OPTIONAL["edge"](np.asarray(self.mask))
+        for name in ("edge", "ratio"):
+            if getattr(self, name) is None:
+                setattr(self, name, _OPTIONAL[name](np.asarray(self.mask)))
         for name in _ARRAYS:
             arr = np.asarray(getattr(self, name))
             setattr(self, name, arr.astype(bool) if name in _BOOL else arr.astype(np.float64))
@@ -180,7 +189,10 @@ class RateMapResult:
         reading in the map, NaN for ``direct``; docs/inference.md), ``edge_correction`` (the
         weight of the envelope's boundary-layer correction, 0 where the data did not show the
         layer above their noise, NaN for ``direct`` or when it was switched off;
-        :mod:`chromflow.inverse.boundary`), ``time_s``, ``device``.
+        :mod:`chromflow.inverse.boundary`), ``ratio_sigma_cells`` (the width of the smoothed
+        ratio in ``ratio``, grid cells) and ``ratio_map_r`` (the correlation of the map with it
+        over the nucleus: how far the physics moved the map from the ratio; NaN without it),
+        ``time_s``, ``device``.
         """
         m = self.mask
         lam = self.rate[m]
@@ -213,6 +225,8 @@ class RateMapResult:
             "closed_form_weight": float((self.diagnostics.get("training") or {}).get("closed_form_weight",
                                                                                      float("nan"))),
             "edge_correction": float((self.diagnostics.get("boundary_layer") or {}).get("weight", float("nan"))),
+            "ratio_sigma_cells": float((self.diagnostics.get("ratio") or {}).get("sigma_cells", float("nan"))),
+            "ratio_map_r": rate_correlation(self.rate, self.ratio, m),
             "time_s": float(self.timing),
             "device": self.device,
         }
