@@ -181,7 +181,7 @@ def compare_conditions(table: pd.DataFrame, values=DOMAIN_VALUES, condition: str
     --------
     >>> t = pd.DataFrame({"condition": ["a"] * 4 + ["b"] * 4, "x": [1, 2, 3, 4, 11, 12, 13, 14]})
     >>> per, tests = compare_conditions(t, ["x"])
-    >>> tests.loc[0, "test"], round(tests.loc[0, "p_value"], 4)
+    >>> tests.loc[0, "test"], round(float(tests.loc[0, "p_value"]), 4)
     ('mann-whitney', 0.0286)
     """
     from scipy.stats import kruskal, mannwhitneyu

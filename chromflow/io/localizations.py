@@ -603,7 +603,7 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def sniff_localizations(path, columns=None) -> str | None:
-    """Why ``path`` is not a localization table, or None when it may be one.
+    r"""Why ``path`` is not a localization table, or None when it may be one.
 
     Looks at the content, not only the suffix, to tell data from the other files of a data
     folder (a ``LICENSE.txt``, a ``README.txt``): an HDF5 file must carry the HDF5 signature;
