@@ -413,6 +413,10 @@ def _print_summary(row, out_dir, stream=None):
     r = row.get("split_half_r")
     if isinstance(r, (int, float)) and np.isfinite(r):
         print(f"  quality: split-half reproducibility r = {r:.2f} (1 = a map that repeats exactly)", file=stream)
+    r_ratio, width = row.get("ratio_map_r"), row.get("ratio_sigma_cells")
+    if isinstance(r_ratio, (int, float)) and np.isfinite(r_ratio):
+        print(f"  without physics: phi_h/phi_e smoothed over {width:.1f} cells (chosen by the halves, "
+              f"{row.get('stem', '<stem>')}_ratio.tif) correlates r = {r_ratio:.2f} with the map", file=stream)
     for flag in split_flags(row.get("flags")):
         print(f"  WARNING: {flag}", file=stream)
     if not row.get("two_channel", True):
@@ -589,9 +593,10 @@ def run_demo(out_dir, fast: bool = False, device=None, progress=None, cancel=Non
     dict
         ``summary`` (the run's summary row), ``correlation``, ``n_compared``, ``baselines``
         (:func:`chromflow.evaluate.compare` on the same fields and cells: the smoothed ratio and
-        the direct inversion, each tuned on the truth), ``input``, ``truth``, ``out_dir``.
+        the direct inversion, each tuned on the truth; ``cv_ratio_corr``, the smoothed ratio at
+        the width the data's halves chose, ``result.ratio``), ``input``, ``truth``, ``out_dir``.
     """
-    from .evaluate import compare
+    from .evaluate import compare, rate_correlation, truth_on_grid
     from .io import read_image
     from .pipeline import PipelineSettings, process_file, write_outputs
 
@@ -608,8 +613,13 @@ def run_demo(out_dir, fast: bool = False, device=None, progress=None, cancel=Non
     row = compare(run.result, truth, run.fields)
     correlation, n = row["corr"], row["n_cells"]
     baselines = {k: row[k] for k in ("ratio_corr", "ratio_sigma", "direct_corr", "direct_radius")}
+    # the smoothed ratio whose width the data chose (result.ratio), on the same cells
+    true = truth_on_grid(truth, run.result.rate.shape, run.result.spacing, run.result.origin)
+    cells = run.fields.mask & np.isfinite(true) & np.isfinite(run.result.rate)
+    baselines["cv_ratio_corr"] = rate_correlation(run.result.ratio, true, cells)
     run.summary.update(truth_correlation=correlation, ratio_truth_correlation=row["ratio_corr"],
-                       direct_truth_correlation=row["direct_corr"])
+                       direct_truth_correlation=row["direct_corr"],
+                       cv_ratio_truth_correlation=baselines["cv_ratio_corr"])
     write_outputs(run, out_dir, cancel=cancel)
     return {"summary": run.summary, "correlation": correlation, "n_compared": n, "baselines": baselines,
             "input": folder / DEMO_INPUT, "truth": folder / DEMO_TRUTH, "out_dir": out_dir}
@@ -642,7 +652,8 @@ def _cmd_demo(args) -> int:
     b = outcome["baselines"]
     print(f"chromflow: baselines on the same fields and cells, each tuned on the truth: smoothed phi_h/phi_e "
           f"{b['ratio_corr']:.3f} (sigma {b['ratio_sigma']:g} cells), direct inversion {b['direct_corr']:.3f} "
-          f"(radius {b['direct_radius']:g} cells)")
+          f"(radius {b['direct_radius']:g} cells); without the truth, the smoothed phi_h/phi_e at the width "
+          f"the data's halves chose (<stem>_ratio.tif) {b['cv_ratio_corr']:.3f}")
     if outcome["correlation"] < b["ratio_corr"]:
         n = outcome["summary"].get("n_localizations")
         count = f" ({n:,} localizations)" if isinstance(n, int) else ""

@@ -218,6 +218,11 @@ def test_demo_fast(tmp_path, capsys):
     # least as good as the fixed demo radius on the same fields
     assert direct == pytest.approx(summary["direct_truth_correlation"], abs=1e-3) and direct >= corr - 1e-3
     assert ("smoothed ratio reads the rate better" in text) == (corr < ratio)
+    # the truth-free smoothed ratio (result.ratio) is printed beside them; it cannot beat the
+    # same ratio at the width tuned on the truth by more than the oracle's grid of widths allows
+    cv = float(text.split("the data's halves chose (<stem>_ratio.tif) ")[1].split()[0])
+    assert cv == pytest.approx(summary["cv_ratio_truth_correlation"], abs=1e-3) and cv <= ratio + 0.01
+    assert f"correlates r = {summary['ratio_map_r']:.2f} with the map" in text
     # the quality score and every flag of the summary are printed
     assert f"split-half reproducibility r = {summary['split_half_r']:.2f}" in text
     flags = split_flags(summary["flags"])
