@@ -21,14 +21,18 @@ REPORT_PANELS = (
     "density",
     "nucleus mask",
     "heterochromatin phi_h",
+    "euchromatin phi_e",
     "rate lambda",
-    "residual",
+    "smoothed phi_h/phi_e (no physics)",
     "uncertainty",
+    "residual",
 )
+#: the panels' grid (rows, columns) and the page width, inches
+_LAYOUT, _PAGE_WIDTH_IN = (2, 4), 18.0
 
 
-#: characters per caption line: 9 pt text across the 13.5 in page
-CAPTION_WIDTH = 170
+#: characters per caption line: 9 pt text across the 18 in page
+CAPTION_WIDTH = 226
 #: height of one caption line, inches (9 pt at line spacing 1.3)
 CAPTION_LINE_IN = 0.17
 # the page of a one-line caption, inches: its height, the margin under the panels, the panels'
@@ -204,10 +208,11 @@ def _masked(values, mask):
 def make_report(density_image, mask, result, path=None, title=None):
     """Draw the summary figure of one pipeline run and optionally write it as a PNG.
 
-    Six panels: the density image, the nucleus mask outlined on it, the heterochromatin
-    fraction ``phi_h``, the rate map ``lambda``, the steady-state residual and the rate
-    uncertainty. Every panel has a scale bar (its length read from the pixel size of the image
-    or the grid spacing of the result) and a colour bar with units.
+    Eight panels (:data:`REPORT_PANELS`): the density image, the nucleus mask outlined on it,
+    the fractions ``phi_h`` and ``phi_e``; the rate map ``lambda`` beside the smoothed
+    ``phi_h / phi_e`` without physics (``result.ratio``) on the same colour scale, the rate
+    uncertainty and the steady-state residual. Every panel has a scale bar (its length read from
+    the pixel size of the image or the grid spacing of the result) and a colour bar with units.
 
     Parameters
     ----------
@@ -216,8 +221,9 @@ def make_report(density_image, mask, result, path=None, title=None):
     mask : ndarray of bool
         Nucleus mask on the pixels of ``density_image``.
     result : chromflow.RateMapResult
-        Inference result with ``phi_h``, ``rate``, ``residual``, ``uncertainty`` (arrays on the
-        field grid), ``mask``, ``spacing`` (nm per grid cell) and ``origin`` (nm).
+        Inference result with ``phi_h``, ``phi_e``, ``rate``, ``ratio`` (optional), ``residual``,
+        ``uncertainty`` (arrays on the field grid), ``mask``, ``spacing`` (nm per grid cell) and
+        ``origin`` (nm).
     path : str or os.PathLike, optional
         Where to write the figure as PNG (atomically: a temporary file renamed on success).
     title : str, optional
@@ -252,25 +258,35 @@ def make_report(density_image, mask, result, path=None, title=None):
     caption = wrap_caption(report_caption(result))
     extra_in = CAPTION_LINE_IN * caption.count("\n")
     height = _PAGE_IN + extra_in
-    fig = Figure(figsize=(13.5, height), dpi=100)
+    fig = Figure(figsize=(_PAGE_WIDTH_IN, height), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3, gridspec_kw=dict(left=0.01, right=0.95, bottom=_BOTTOM_IN / height,
-                                                top=1 - (_PANELS_TOP_IN + extra_in) / height, wspace=0.32,
-                                                hspace=0.14))
+    axes = fig.subplots(*_LAYOUT, gridspec_kw=dict(left=0.01, right=0.96, bottom=_BOTTOM_IN / height,
+                                                    top=1 - (_PANELS_TOP_IN + extra_in) / height, wspace=0.32,
+                                                    hspace=0.14))
     density_unit = density_image.metadata.get("units", "localizations / pixel") if density_image.metadata else "localizations / pixel"
     lo, hi = _robust_limits(density)
     residual = _masked(result.residual, grid_mask)
-    phi_h = _masked(result.phi_h, grid_mask)
+    phi_h, phi_e = _masked(result.phi_h, grid_mask), _masked(result.phi_e, grid_mask)
     # volume fractions on a fixed 0..phi_max scale so reports of different cells compare
-    phi_h_max = max(0.7, float(np.nanmax(phi_h))) if np.isfinite(phi_h).any() else 0.7
+    phi_max = max([0.7] + [float(np.nanmax(f)) for f in (phi_h, phi_e) if np.isfinite(f).any()])
+    rate = _masked(result.rate, grid_mask)
+    rate_limits = _robust_limits(rate)
+    # the baseline without physics on the rate's colour scale, so the two read side by side
+    ratio = _masked(getattr(result, "ratio", np.full(grid_mask.shape, np.nan)), grid_mask)
+    width = ((getattr(result, "diagnostics", None) or {}).get("ratio") or {}).get("sigma_cells", np.nan)
+    # its width (cells) was chosen by the data's two halves (chromflow.evaluate.cross_validated_ratio)
+    ratio_unit = f"φ_h / φ_e, width {width:.1f} cells" if np.isfinite(width) else "φ_h / φ_e (dimensionless)"
     panels = [
         (density, image_extent, "magma", (lo, hi), density_unit),
         (density, image_extent, "gray", (lo, hi), density_unit),
-        (phi_h, grid_extent, "viridis", (0.0, phi_h_max), "volume fraction"),
-        (_masked(result.rate, grid_mask), grid_extent, "plasma", _robust_limits(_masked(result.rate, grid_mask)), "Γ_me / Γ_ac (dimensionless)"),
-        (residual, grid_extent, "RdBu_r", _robust_limits(residual, symmetric=True), "1 / acetylation time"),
+        (phi_h, grid_extent, "viridis", (0.0, phi_max), "volume fraction"),
+        (phi_e, grid_extent, "viridis", (0.0, phi_max), "volume fraction"),
+        (rate, grid_extent, "plasma", rate_limits, "Γ_me / Γ_ac (dimensionless)"),
+        (ratio, grid_extent, "plasma", rate_limits, ratio_unit),
         (_masked(result.uncertainty, grid_mask), grid_extent, "cividis", _robust_limits(_masked(result.uncertainty, grid_mask)), "standard error of λ"),
+        (residual, grid_extent, "RdBu_r", _robust_limits(residual, symmetric=True), "1 / acetylation time"),
     ]
+    rate_ax = axes.flat[REPORT_PANELS.index("rate lambda")]
     for ax, name, (values, extent, cmap, (vmin, vmax), unit) in zip(axes.flat, REPORT_PANELS, panels):
         shown = ax.imshow(values, extent=extent, origin="upper", cmap=cmap, vmin=vmin, vmax=vmax,
                           interpolation="nearest")
@@ -285,6 +301,7 @@ def make_report(density_image, mask, result, path=None, title=None):
         if not np.isfinite(values).any():  # e.g. the uncertainty of a single fit
             ax.text(0.5, 0.5, "not computed\n(uncertainty switched off)" if name == "uncertainty"
                     else "not available", transform=ax.transAxes, ha="center", va="center", color="white")
+
     def outline(ax, region, extent, **style):
         # the iso-line at 0.5 of ``region``, through the pixel centres of an image of ``extent``
         ny, nx = region.shape
@@ -298,12 +315,12 @@ def make_report(density_image, mask, result, path=None, title=None):
     # the edge band (no weight in the fit: the rate there is a continuation) on the rate map
     edge = getattr(result, "edge", None)
     if edge is not None and np.any(edge):
-        outline(axes.flat[3], grid_mask & ~np.asarray(edge, bool), grid_extent, colors="white", linewidths=0.8,
+        outline(rate_ax, grid_mask & ~np.asarray(edge, bool), grid_extent, colors="white", linewidths=0.8,
                 linestyles="dashed")
     # where simulated nuclei show a spurious rise of lambda along the envelope (EDGE_BIAS_DEPTH_UM)
     deep = grid_mask & ~edge_bias_zone(grid_mask, result.spacing)
     if deep.any() and (grid_mask & ~deep).any():
-        outline(axes.flat[3], deep, grid_extent, colors="white", linewidths=0.8,
+        outline(rate_ax, deep, grid_extent, colors="white", linewidths=0.8,
                 linestyles="dotted").set_gid("edge_bias_zone")
     fig.suptitle(title if title is not None else (density_image.name or "chromflow report"))
     # the caption's last line sits where a one-line caption always sat, above the panels' titles

@@ -203,12 +203,18 @@ def test_make_report_panels_scale_bars_and_png(tmp_path):
         assert label == (f"{expected_bar:g} µm" if expected_bar >= 1 else f"{expected_bar * 1000:g} nm")
     # every panel has a colour bar with a unit label
     colorbar_labels = [ax.get_ylabel() for ax in fig.axes if not ax.get_title()]
-    assert len(colorbar_labels) == 6 and all(colorbar_labels)
+    assert len(colorbar_labels) == len(REPORT_PANELS) and all(colorbar_labels)
     assert "volume fraction" in colorbar_labels
     # the mask outline is drawn on the mask panel
     assert panels[1].collections
     # the depth to which simulated nuclei read lambda high is drawn dotted on the rate map
-    assert [c for c in panels[3].collections if c.get_gid() == "edge_bias_zone"]
+    rate_panel = panels[REPORT_PANELS.index("rate lambda")]
+    assert [c for c in rate_panel.collections if c.get_gid() == "edge_bias_zone"]
+    # the smoothed ratio without physics lies beside it on the same colour scale; a result
+    # without one (an earlier release) says so instead
+    ratio_panel = panels[REPORT_PANELS.index("smoothed phi_h/phi_e (no physics)")]
+    assert ratio_panel.get_images()[0].get_clim() == rate_panel.get_images()[0].get_clim()
+    assert any(t.get_text() == "not available" for t in ratio_panel.texts)
     assert any("dotted: 0.5 um inside the outline" in t.get_text() for t in fig.texts)
 
 
