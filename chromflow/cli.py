@@ -596,7 +596,7 @@ def run_demo(out_dir, fast: bool = False, device=None, progress=None, cancel=Non
         the direct inversion, each tuned on the truth; ``cv_ratio_corr``, the smoothed ratio at
         the width the data's halves chose, ``result.ratio``), ``input``, ``truth``, ``out_dir``.
     """
-    from .evaluate import compare, rate_correlation, truth_on_grid
+    from .evaluate import compare, truth_on_grid
     from .io import read_image
     from .pipeline import PipelineSettings, process_file, write_outputs
 
