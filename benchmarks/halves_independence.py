@@ -1,0 +1,94 @@
+"""Do two halves of the frames hold independent molecules? Pair correlation within and across halves.
+
+chromflow's split-half refit (the quality score ``split_half_r``, the noise part of the
+uncertainty, the stopping step) and the width of ``result.ratio`` take the localizations of two
+halves of the acquisition (``chromflow.pipeline.half_of_frames``: blocks of frames) as
+independent draws. They are not when a dye switches on again much later: blink merging links
+only nearby frames, so such a molecule is counted in both halves.
+
+This script measures it on any localization file. After blink merging (as ``chromflow run``
+does), it counts pairs of molecules by distance, within one half and across the two halves,
+and prints their pair correlation ``g(r)`` (pairs per unit area, relative to 160-240 nm). Both
+carry the sample's own clustering; a molecule seen twice adds a peak at distances of the
+localization precision. The summary is the peak over its neighbouring bin,
+``g(< 2 precisions) - g(2-4 precisions)``, within and across halves: ~0 across means
+independent halves; across as large as within means molecules return anywhere in the
+acquisition.
+
+Usage::
+
+    python benchmarks/halves_independence.py FILE [FILE ...] [--block 100] [--no-merge]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import chromflow as cf  # noqa: E402
+from chromflow.pipeline import HALF_FRAME_BLOCK, half_of_frames  # noqa: E402
+
+#: distance bins (nm) of the table; the last one is the reference level
+EDGES_NM = (0, 10, 20, 30, 40, 60, 80, 120, 160, 240)
+
+
+def pair_correlation(a, b, edges, same: bool):
+    """Pairs per unit area in each distance bin (unordered pairs within one set when ``same``)."""
+    ta, tb = cKDTree(a), cKDTree(b)
+    counts = np.array([ta.count_neighbors(tb, r) for r in edges], dtype=float)
+    if same:
+        counts = (counts - len(a)) / 2.0        # no self pairs, each pair once
+    return np.diff(counts) / (np.pi * np.diff(np.asarray(edges, float) ** 2))
+
+
+def measure(path, block: int = HALF_FRAME_BLOCK, merge: bool = True) -> dict:
+    locs = cf.read_localizations(path)
+    mol = cf.merge_blinks(locs) if merge else locs
+    half = half_of_frames(mol, block)
+    if half is None:
+        raise SystemExit(f"{path}: no frame column or too few blocks of {block} frames")
+    other = mol.drop(half.index)
+    a, b = half[["x", "y"]].to_numpy(), other[["x", "y"]].to_numpy()
+    within = 0.5 * (pair_correlation(a, a, EDGES_NM, True) + pair_correlation(b, b, EDGES_NM, True))
+    cross = pair_correlation(a, b, EDGES_NM, False)
+    # each relative to its own level at the reference bin: g = 1 there
+    within, cross = within / within[-1], cross / cross[-1]
+    precision = float(np.nanmedian(locs["uncertainty"])) if "uncertainty" in locs else 10.0
+    near = [2 * precision, 4 * precision]
+    fine = (0.0, near[0], near[1])
+
+    def peak(x, y, same):
+        g = pair_correlation(x, y, fine, same) / pair_correlation(x, y, (160.0, 240.0), same)[0]
+        return float(g[0] - g[1])
+
+    return {"file": str(path), "localizations": len(locs), "molecules": len(mol), "frames": int(locs["frame"].max()),
+            "precision_nm": precision, "within": within, "cross": cross,
+            "peak_within": 0.5 * (peak(a, a, True) + peak(b, b, True)), "peak_cross": peak(a, b, False)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--block", type=int, default=HALF_FRAME_BLOCK, help="frames per block of the halves")
+    parser.add_argument("--no-merge", action="store_true", help="keep every localization (no blink merging)")
+    args = parser.parse_args(argv)
+    for path in args.files:
+        m = measure(path, args.block, not args.no_merge)
+        print(f"\n## {m['file']}\n\n{m['localizations']} localizations, {m['molecules']} after merging, "
+              f"{m['frames']} frames, median precision {m['precision_nm']:.1f} nm, halves by blocks of {args.block} "
+              "frames\n")
+        print("| distance (nm) | g within a half | g across halves |\n|---|---|---|")
+        for lo, hi, w, c in zip(EDGES_NM[:-1], EDGES_NM[1:], m["within"], m["cross"]):
+            print(f"| {lo}-{hi} | {w:.2f} | {c:.2f} |")
+        p = m["precision_nm"]
+        print(f"\npeak g(< {2 * p:.0f} nm) - g({2 * p:.0f}-{4 * p:.0f} nm): within a half {m['peak_within']:.2f}, "
+              f"across halves {m['peak_cross']:.2f} (about 0 across: independent halves)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
