@@ -1360,13 +1360,15 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{stem}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=out_dir))
         tmp = {kind: tmp_dir / p.name for kind, p in final.items()}
         result = run.result
-        # never an all-NaN file: without an uncertainty (switched off) there is no uncertainty TIFF
-        has_uncertainty = bool(np.isfinite(np.asarray(result.uncertainty, dtype=float)).any())
-        if not has_uncertainty:
-            tmp.pop("uncertainty")
-        has_ratio = bool(np.isfinite(np.asarray(result.ratio, dtype=float)).any())
-        if not has_ratio:
-            tmp.pop("ratio")
+        # maps on the rate's grid, besides the rate: kind -> (values, layer name, units). Never an
+        # all-NaN file: an uncertainty switched off, or a ratio that could not be made, is left out
+        maps = {"rate": (result.rate, "rate", "Gamma_me / Gamma_ac"),
+                "uncertainty": (result.uncertainty, "uncertainty", "Gamma_me / Gamma_ac"),
+                "ratio": (result.ratio, "smoothed phi_h / phi_e (no physics)", "dimensionless, compare with lambda")}
+        missing = [kind for kind, (values, _, _) in maps.items()
+                   if kind != "rate" and not np.isfinite(np.asarray(values, dtype=float)).any()]
+        for kind in missing:
+            del maps[kind], tmp[kind]
         density = run.loaded.density
         # float32: the ImageJ flavour of TIFF, which Fiji opens with its calibration
         write_image(Image(np.asarray(density.data, dtype=np.float32), pixel_size=density.pixel_size,
@@ -1375,15 +1377,9 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
                           name=f"{density.name} mask", metadata={"units": "True inside the nucleus"}), tmp["mask"])
         spacing = float(np.atleast_1d(result.spacing)[0])
         origin = tuple(float(o) for o in result.origin)
-        write_image(Image(np.asarray(result.rate, dtype=np.float32), pixel_size=spacing, origin=origin,
-                          name="rate", metadata={"units": "Gamma_me / Gamma_ac"}), tmp["rate"])
-        if has_uncertainty:
-            write_image(Image(np.asarray(result.uncertainty, dtype=np.float32), pixel_size=spacing, origin=origin,
-                              name="uncertainty", metadata={"units": "Gamma_me / Gamma_ac"}), tmp["uncertainty"])
-        if has_ratio:
-            write_image(Image(np.asarray(result.ratio, dtype=np.float32), pixel_size=spacing, origin=origin,
-                              name="smoothed phi_h / phi_e (no physics)",
-                              metadata={"units": "dimensionless, compare with lambda"}), tmp["ratio"])
+        for kind, (values, name, units) in maps.items():
+            write_image(Image(np.asarray(values, dtype=np.float32), pixel_size=spacing, origin=origin,
+                              name=name, metadata={"units": units}), tmp[kind])
         result.save(tmp["result"])
         figure = run.figure
         if figure is None:
@@ -1404,12 +1400,11 @@ def write_outputs(run: PipelineRun, out_dir, overwrite: bool = True, cancel: Can
         for kind, path in tmp.items():
             os.replace(path, final[kind])
             moved.append(final[kind])
-        for kind, written in (("uncertainty", has_uncertainty), ("ratio", has_ratio)):
-            if not written:
-                # such a map of an earlier run would no longer match this rate map
-                with contextlib.suppress(FileNotFoundError):
-                    final[kind].unlink()
-                final.pop(kind)
+        for kind in missing:
+            # such a map of an earlier run would no longer match this rate map
+            with contextlib.suppress(FileNotFoundError):
+                final[kind].unlink()
+            final.pop(kind)
     except BaseException as exc:
         # a failure while moving (rare: the folder vanished) -> take back what was moved
         for p in moved:
