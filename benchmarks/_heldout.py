@@ -62,7 +62,10 @@ Molecules of each mark are placed with probability proportional to ``phi_h`` (ch
 ``phi_e`` (channel 1) on the fine grid, uniformly inside a fine cell, with one labelling
 density per unit volume fraction for both marks. Each molecule gives ``K`` localizations, ``K``
 geometric with mean ``blinks`` (>= 1), in a run of frames from a uniform first frame with
-geometric gaps (mean 1.5). Each localization has its own photon count ``N`` (log-normal,
+geometric gaps (mean 1.5). With ``bursts`` > 1 (returning dyes, as in dSTORM or DNA-PAINT) a
+molecule gives a geometric number of such runs (mean ``bursts``), each from its own uniform
+first frame, so its localizations are spread over the whole acquisition; the number of molecules
+shrinks by the same factor (the expected number of localizations is kept). Each localization has its own photon count ``N`` (log-normal,
 median ``photons``, log-sd 0.7) and precision ``sigma_loc = psf * sqrt(2 / N)`` (the leading
 Thompson term with the EMCCD excess-noise factor 2); its position is the molecule's plus
 Gaussian noise of that sd. A share ``background`` of all localizations is uniform over the
@@ -446,7 +449,7 @@ def _molecules(rng, density, spacing_nm, n_molecules):
 
 def label(nucleus: HeldoutNucleus, n_localizations: float, seed: int = 0, blinks: float = 3.0,
           photons: float = 500.0, psf_nm: float = 130.0, background: float = 0.05,
-          frames: int = 20000) -> pd.DataFrame:
+          frames: int = 20000, bursts: float = 1.0) -> pd.DataFrame:
     """Two-channel localizations of a simulated nucleus (see the module docstring).
 
     Returns a DataFrame with the ThunderSTORM columns (:data:`THUNDERSTORM_COLUMNS`); coordinates
@@ -462,11 +465,17 @@ def label(nucleus: HeldoutNucleus, n_localizations: float, seed: int = 0, blinks
     ys, xs, chans, mols, frame_list = [], [], [], [], []
     next_id = 0
     for channel, density in enumerate((nucleus.phi_h, nucleus.phi_e)):
-        n_mol = int(rng.poisson(n_signal * ints[channel] / ints.sum() / blinks))
+        n_mol = int(rng.poisson(n_signal * ints[channel] / ints.sum() / blinks / bursts))
         my, mx = _molecules(rng, density, h, n_mol)
-        counts = rng.geometric(1.0 / blinks, n_mol)
-        idx = np.repeat(np.arange(n_mol), counts)
-        first = rng.integers(1, frames + 1, n_mol)
+        if bursts > 1:
+            # runs of blinks; each run belongs to one molecule and starts anywhere in the acquisition
+            owner = np.repeat(np.arange(n_mol), rng.geometric(1.0 / bursts, n_mol))
+            my, mx, n_run = my[owner], mx[owner], owner.size
+        else:
+            owner, n_run = np.arange(n_mol), n_mol
+        counts = rng.geometric(1.0 / blinks, n_run)
+        idx = np.repeat(np.arange(n_run), counts)
+        first = rng.integers(1, frames + 1, n_run)
         gaps = rng.geometric(1 / 1.5, idx.size)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         gaps[starts] = 0
@@ -476,7 +485,7 @@ def label(nucleus: HeldoutNucleus, n_localizations: float, seed: int = 0, blinks
         ys.append(my[idx])
         xs.append(mx[idx])
         chans.append(np.full(idx.size, channel))
-        mols.append(idx + next_id)
+        mols.append(owner[idx] + next_id)
         next_id += n_mol
     n_sig = sum(a.size for a in ys)
     n_bg = int(rng.poisson(n * background))

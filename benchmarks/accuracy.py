@@ -75,6 +75,11 @@ FIELD_CASES = [f"field-{g}-{r}-{c}nm" for g in ("nucleus", "tissue") for r in ("
 E2E_CASES = [f"e2e-{r}-{n}" for r in ("smooth", "domain") for n in COUNTS]
 ALL_CASES = FIELD_CASES + E2E_CASES
 LARGE_CASES = [f"e2e-{r}-{n}" for r in ("smooth", "domain") for n in LARGE_COUNTS]
+#: the labelling model of dSTORM-like dyes that switch on again anywhere in the acquisition: each
+#: molecule gives a geometric number of runs of blinks (this mean), so the two halves of the
+#: frames share molecules. Named with --cases only (a name holding "returning")
+RETURNING_BURSTS = 5.0
+RETURNING_CASES = [f"e2e-{r}-{n}-returning" for r in ("smooth", "domain") for n in COUNTS]
 QUICK_CASES = ["field-nucleus-domain-50nm", "field-nucleus-smooth-50nm", "e2e-smooth-1e6"]
 
 
@@ -131,14 +136,17 @@ def field_data(geometry, rate, cell_nm, seed, noise=FIELD_NOISE, relative_to="st
     return sim, fields, np.where(mask, lam, np.nan)
 
 
-def localization_file(rate, count, seed, sim=None):
+def localization_file(rate, count, seed, sim=None, bursts: float = 1.0):
     """The cached ThunderSTORM CSV of a simulated nucleus and the simulation (``sim``: another
-    nucleus than the default one of ``rate`` and ``seed``; the cache key holds its parameters)."""
+    nucleus than the default one of ``rate`` and ``seed``; the cache key holds its parameters;
+    ``bursts``: runs of blinks per molecule, see :func:`_heldout.label`)."""
     sim = _sim("nucleus", rate, seed) if sim is None else sim
-    key = hashlib.sha256(json.dumps([sim.info["params"], count, seed, "label-v1"]).encode()).hexdigest()[:12]
-    path = CACHE / f"e2e_{rate}_n{count:.0e}_s{seed}_{key}.csv"
+    params = [sim.info["params"], count, seed, "label-v1"] + ([] if bursts == 1 else [{"bursts": bursts}])
+    key = hashlib.sha256(json.dumps(params).encode()).hexdigest()[:12]
+    tag = "" if bursts == 1 else f"_b{bursts:g}"
+    path = CACHE / f"e2e_{rate}_n{count:.0e}{tag}_s{seed}_{key}.csv"
     if not path.is_file():
-        H.write_thunderstorm(H.label(sim, count, seed=seed), path)
+        H.write_thunderstorm(H.label(sim, count, seed=seed, bursts=bursts), path)
     return sim, path
 
 
@@ -209,8 +217,9 @@ def e2e_fields(path, settings):
 def run_e2e_case(case, seed, args):
     from chromflow import pipeline as pl
 
-    _, rate, count_key = case.split("-")
-    sim, path = localization_file(rate, {**COUNTS, **LARGE_COUNTS}[count_key], seed)
+    _, rate, count_key, *labelling = case.split("-")
+    bursts = RETURNING_BURSTS if labelling == ["returning"] else 1.0
+    sim, path = localization_file(rate, {**COUNTS, **LARGE_COUNTS}[count_key], seed, bursts=bursts)
     truth_img = sim.truth_image()
     settings = e2e_settings(sim)
     for dotted, value in args.pipeline.items():
@@ -250,7 +259,8 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
            "sim_residual": sim.info["residual"], "sim_iterations": sim.info["iterations"],
            "sim_seconds": sim.info["seconds"],
            # the weight of the envelope's boundary-layer correction (0: the data did not show it)
-           "edge_correction": float((result.diagnostics.get("boundary_layer") or {}).get("weight", np.nan))}
+           "edge_correction": float((result.diagnostics.get("boundary_layer") or {}).get("weight", np.nan)),
+           "split_half_r": float(result.diagnostics.get("split_half_r", np.nan))}
     row.update(_scores(result, truth, fields, cells))
     # the smoothed ratio at the width the data's halves chose (result.ratio): the baseline a user
     # has without the truth
@@ -268,7 +278,7 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
 MAIN_COLUMNS = [("case", "case"), ("seed", "seed"), ("cell_nm", "cell nm"), ("method", "method"),
                 ("corr", "corr"), ("rmse", "RMSE"), ("coverage", "cov90"), ("ratio_corr", "ratio corr"),
                 ("ratio_sigma", "ratio sigma"), ("direct_corr", "direct corr"), ("direct_radius", "direct r"),
-                ("cv_ratio_corr", "ratio cv"),
+                ("cv_ratio_corr", "ratio cv"), ("split_half_r", "split r"),
                 ("corr_in", "corr int"), ("coverage_in", "cov90 int"), ("ratio_corr_in", "ratio int"),
                 ("direct_corr_in", "direct int"), ("edge_correction", "edge corr"), ("time_s", "time s")]
 
@@ -313,6 +323,7 @@ def select_cases(patterns=None, quick: bool = False) -> list:
     if patterns:
         cases = [c for c in cases if any(c == p or c.startswith(p) for p in patterns)]
         cases += [c for c in LARGE_CASES if c in patterns]
+        cases += [c for c in RETURNING_CASES if any("returning" in p and (c == p or c.startswith(p)) for p in patterns)]
     return list(cases)
 
 
@@ -346,7 +357,7 @@ def main(argv=None):
     INTERIOR_NM = float(args.interior_nm)
     if args.list:
         print("\n".join(ALL_CASES))
-        print("\n".join(f"{c} (only when named)" for c in LARGE_CASES))
+        print("\n".join(f"{c} (only when named)" for c in LARGE_CASES + RETURNING_CASES))
         return 0
     seeds = TUNING_SEEDS if args.tuning else REPORTED_SEEDS
     if args.seeds:

@@ -413,6 +413,13 @@ def _print_summary(row, out_dir, stream=None):
     r = row.get("split_half_r")
     if isinstance(r, (int, float)) and np.isfinite(r):
         print(f"  quality: split-half reproducibility r = {r:.2f} (1 = a map that repeats exactly)", file=stream)
+    from .inverse.noise import MIN_HALF_INDEPENDENCE
+
+    s = row.get("halves_independence")
+    if isinstance(s, (int, float)) and np.isfinite(s) and s < MIN_HALF_INDEPENDENCE:
+        print(f"  note: the two halves of the frames share noise (independence {s:.2f}; molecules seen in both, "
+              "e.g. dyes that switch on again): their difference was scaled up for the quality score, "
+              "the uncertainty and the ratio's width", file=stream)
     r_ratio, width = row.get("ratio_map_r"), row.get("ratio_sigma_cells")
     if isinstance(r_ratio, (int, float)) and np.isfinite(r_ratio):
         print(f"  without physics: phi_h/phi_e smoothed over {width:.1f} cells (chosen by the halves, "

@@ -86,6 +86,10 @@ def report_caption(result) -> str:
     r = diag.get("split_half_r")
     if r is not None and np.isfinite(r):
         parts.append(f"split-half reproducibility r = {r:.2f} (1 = a map that repeats exactly)")
+    halves = diag.get("halves") or {}
+    if max(halves.get("scale", [1.0])) > 1.0:
+        parts.append(f"the halves share noise (independence {min(halves['independence']):.2f}: molecules seen in "
+                     "both); their difference was scaled up")
     ratio = diag.get("ratio") or {}
     rate, smooth = getattr(result, "rate", None), getattr(result, "ratio", None)
     if rate is not None and smooth is not None and np.isfinite(ratio.get("sigma_cells", np.nan)):

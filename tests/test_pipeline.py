@@ -6,6 +6,7 @@ import json
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from chromflow import Image
@@ -661,8 +662,13 @@ def test_split_half_refit_uses_the_localization_halves(simulated):
     white = infer_rates(without, method="direct", radius=4.0)
     assert white.diagnostics["split_half"].startswith("data fission")
     assert not np.allclose(r.uncertainty[m], white.uncertainty[m])
-    # known answer: the half X + Z of the draw fission would make gives fission's result
-    variances = [np.full(m.shape, 1e-4), np.full(m.shape, 1e-4)]
+    # known answer: the half X + Z of the draw fission would make gives fission's result (with
+    # the data's own noise level: a Z much smaller than the noise would read as halves that share it)
+    from chromflow.inverse.noise import estimate_noise, local_level
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(m, iterations=2)
+    variances = [estimate_noise(x, inner).variance(local_level(x, inner)) for x in (without.phi_h, without.phi_e)]
     f = SimpleNamespace(phi_h=without.phi_h, phi_e=without.phi_e, mask=m, spacing=without.spacing,
                         origin=without.origin, source=None, variance_h=variances[0], variance_e=variances[1])
     (hp, ep), _ = fission([f.phi_h, f.phi_e], variances, 0 + 10_000)
@@ -671,6 +677,52 @@ def test_split_half_refit_uses_the_localization_halves(simulated):
     given = infer_rates(f, method="direct", radius=4.0, seed=0)
     assert given.diagnostics["split_half"] == "localization halves"
     np.testing.assert_allclose(given.uncertainty[m], drawn.uncertainty[m], rtol=1e-12)
+
+
+def test_halves_that_share_molecules_are_detected_and_their_difference_scaled(simulated, tmp_path):
+    """Known answer: every localization of the table seen again 100 frames later (a dye that
+    switches on again, in the other half of the frames) leaves the fields and their noise as
+    they were, but the halves now share it. Taken as they are, the noise part of the
+    uncertainty would shrink to a fraction; detected and scaled, it is back near the one of the
+    original table, whose halves are independent."""
+    from chromflow import infer_rates
+    from chromflow.inverse.noise import MIN_HALF_INDEPENDENCE
+    from chromflow.io import write_localizations
+    from chromflow.pipeline import HALF_FRAME_BLOCK, compute_fields, segment
+
+    sim, path = simulated
+    s = fast_settings(radius=4.0)
+    s.fields.euchromatin_channel = 1
+
+    def run(p):
+        loaded = load_input(p, s)
+        mask = segment(loaded.density, s)
+        fields = compute_fields(loaded.density, mask, s, loaded.euchromatin, loaded.half)
+        return infer_rates(fields, method="direct", radius=4.0, seed=0), fields
+
+    original, fields = run(path)
+    first = sim.localizations
+    again = first.copy()
+    rng = np.random.default_rng(0)
+    again["frame"] = first["frame"] + HALF_FRAME_BLOCK
+    again["x"] = first["x"] + first["uncertainty"] * rng.standard_normal(len(first))
+    again["y"] = first["y"] + first["uncertainty"] * rng.standard_normal(len(first))
+    both = tmp_path / "returning.csv"
+    write_localizations(pd.concat([first, again], ignore_index=True).sort_values("frame", kind="stable"), both,
+                        format="thunderstorm")
+    shared, _ = run(both)
+    s_orig = original.diagnostics["halves"]["independence"]
+    s_shared = shared.diagnostics["halves"]["independence"]
+    assert min(s_orig) > MIN_HALF_INDEPENDENCE and original.diagnostics["halves"]["scale"] == [1.0, 1.0]
+    assert max(s_shared) < 0.4 and min(shared.diagnostics["halves"]["scale"]) > 1.5
+    assert "share noise" in shared.diagnostics["split_half"]
+    assert shared.summary()["halves_independence"] == min(s_shared)
+    m = fields.mask & shared.mask
+    ratio = np.nanmean(shared.uncertainty[m]) / np.nanmean(original.uncertainty[m])
+    assert 0.6 < ratio < 1.6, ratio
+    # what the halves alone would have said: the shared difference, unscaled, is far too small
+    scale = np.mean(shared.diagnostics["halves"]["scale"])
+    assert ratio / scale < 0.6
 
 
 def test_a_half_too_sparse_for_fields_is_not_used_and_says_why():

@@ -84,6 +84,12 @@ _BOOL = ("mask", "edge")
 # result container
 
 
+def _smallest(values) -> float:
+    """The smallest finite number of ``values`` (None, as JSON writes NaN, counts as missing); NaN if none."""
+    finite = [float(v) for v in (values or []) if v is not None and np.isfinite(float(v))]
+    return min(finite) if finite else float("nan")
+
+
 @dataclass
 class RateMapResult:
     """A rate map ``lambda(y, x)`` and everything needed to judge and reproduce it.
@@ -192,7 +198,11 @@ class RateMapResult:
         :mod:`chromflow.inverse.boundary`), ``ratio_sigma_cells`` (the width of the smoothed
         ratio in ``ratio``, grid cells) and ``ratio_map_r`` (the correlation of the map with it
         over the nucleus: how far the physics moved the map from the ratio; NaN without it),
-        ``time_s``, ``device``.
+        ``halves_independence`` (how much of the noise the two halves of the localizations do not
+        share, the smaller of the two channels: ~1 for independent halves, lower when molecules
+        are seen in both, below 0.6 their difference was scaled up for the split-half score, the
+        uncertainty and the ratio's width; NaN for data fission;
+        :func:`chromflow.inverse.noise.half_independence`), ``time_s``, ``device``.
         """
         m = self.mask
         lam = self.rate[m]
@@ -227,6 +237,7 @@ class RateMapResult:
             "edge_correction": float((self.diagnostics.get("boundary_layer") or {}).get("weight", float("nan"))),
             "ratio_sigma_cells": float((self.diagnostics.get("ratio") or {}).get("sigma_cells", float("nan"))),
             "ratio_map_r": rate_correlation(self.rate, self.ratio, m),
+            "halves_independence": _smallest((self.diagnostics.get("halves") or {}).get("independence")),
             "time_s": float(self.timing),
             "device": self.device,
         }
