@@ -717,6 +717,18 @@ def test_halves_that_share_molecules_are_detected_and_their_difference_scaled(si
     assert max(s_shared) < 0.4 and min(shared.diagnostics["halves"]["scale"]) > 1.5
     assert "share noise" in shared.diagnostics["split_half"]
     assert shared.summary()["halves_independence"] == min(s_shared)
+    # the user is told, in the report's caption and the CLI's output; not for independent halves
+    import io
+
+    from chromflow.cli import _print_summary
+    from chromflow.report import report_caption
+
+    assert "the halves share noise" in report_caption(shared)
+    assert "share noise" not in report_caption(original)
+    for result, told in ((shared, True), (original, False)):
+        text = io.StringIO()
+        _print_summary({"file": str(both), "stem": "returning", **result.summary()}, tmp_path, text)
+        assert ("halves of the frames share noise" in text.getvalue()) == told
     m = fields.mask & shared.mask
     ratio = np.nanmean(shared.uncertainty[m]) / np.nanmean(original.uncertainty[m])
     assert 0.6 < ratio < 1.6, ratio
