@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from halves_independence import measure  # noqa: E402
+from halves_independence import grid_scale, measure  # noqa: E402
 
 
 def _table(rng, n, returns: bool):
@@ -36,3 +36,27 @@ def test_the_peak_across_halves_shows_molecules_seen_in_both(tmp_path, returns):
         assert m["peak_cross"] > 0.25 and m["peak_within"] > 0.25
     else:
         assert abs(m["peak_cross"]) < 0.1 and abs(m["peak_within"]) < 0.1
+
+
+def _disc_table(rng, n, returns: bool):
+    """Molecules in a 2.5 um disc (a nucleus to segment) plus sparse background over 8 x 8 um."""
+    r, t = 2500 * np.sqrt(rng.random(n)), 2 * np.pi * rng.random(n)
+    xy = np.stack([4000 + r * np.cos(t), 4000 + r * np.sin(t)], axis=1)
+    rows = [(xy, rng.integers(1, 4001, n))] + ([(xy, rng.integers(1, 4001, n))] if returns else [])
+    parts = [pd.DataFrame({"x": p[:, 0] + 10 * rng.standard_normal(n), "y": p[:, 1] + 10 * rng.standard_normal(n),
+                           "frame": f, "uncertainty": 10.0}) for p, f in rows]
+    parts.append(pd.DataFrame({"x": rng.uniform(0, 8000, 2000), "y": rng.uniform(0, 8000, 2000),
+                               "frame": rng.integers(1, 4001, 2000), "uncertainty": 10.0}))
+    return pd.concat(parts, ignore_index=True).sort_values("frame")
+
+
+def test_grid_scale_reads_lower_when_molecules_return(tmp_path):
+    """The script's grid-scale line: the pipeline's fields and halves, and the library's test of
+    them. Molecules seen twice, in either half, share part of the noise between the halves."""
+    out = {}
+    for returns in (False, True):
+        path = tmp_path / f"locs_{returns}.csv"
+        _disc_table(np.random.default_rng(1), 40_000, returns).to_csv(path, index=False)
+        out[returns] = grid_scale(path)
+    assert np.isfinite(out[False]["phi_h"]) and np.isfinite(out[True]["phi_h"])
+    assert out[True]["phi_h"] < out[False]["phi_h"] - 0.08
