@@ -260,7 +260,8 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
            "sim_seconds": sim.info["seconds"],
            # the weight of the envelope's boundary-layer correction (0: the data did not show it)
            "edge_correction": float((result.diagnostics.get("boundary_layer") or {}).get("weight", np.nan)),
-           "split_half_r": float(result.diagnostics.get("split_half_r", np.nan))}
+           "split_half_r": float(result.diagnostics.get("split_half_r", np.nan)),
+           "halves_independence": result.summary()["halves_independence"]}
     row.update(_scores(result, truth, fields, cells))
     # the smoothed ratio at the width the data's halves chose (result.ratio): the baseline a user
     # has without the truth
