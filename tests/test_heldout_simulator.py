@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -188,6 +189,31 @@ def test_edge_profile_misfit_by_band_is_chi2_of_the_noise_and_sees_an_offset():
     np.testing.assert_allclose(np.delete(moved, 1), np.delete(chi2, 1), atol=1e-12)
 
 
+def test_labelling_with_returning_dyes_spreads_each_molecule_over_the_acquisition(small_nucleus):
+    """``bursts``: the same expected number of localizations from fewer molecules, each seen in
+    runs at independent times; ``bursts=1`` is the default model, draw for draw."""
+    sim = small_nucleus
+    plain = H.label(sim, 150_000, seed=1)
+    pd.testing.assert_frame_equal(plain, H.label(sim, 150_000, seed=1, bursts=1.0))
+    returning = H.label(sim, 150_000, seed=1, bursts=5.0)
+    assert abs(len(returning) - 150_000) < 0.06 * 150_000
+    # the localizations of one molecule sit at one place (within their precision): at a density
+    # low enough for such pairs to outnumber chance neighbours, close pairs of the default model
+    # mostly come from one run of frames, those of returning dyes from frames far apart
+    from scipy.spatial import cKDTree
+
+    def far_apart_share(table):
+        xy = table[["x [nm]", "y [nm]"]].to_numpy()
+        frames = table["frame"].to_numpy()
+        pairs = cKDTree(xy).query_pairs(10.0, output_type="ndarray")
+        return float(np.mean(np.abs(frames[pairs[:, 0]] - frames[pairs[:, 1]]) > 1000))
+
+    sparse_plain = H.label(sim, 5_000, seed=1)
+    sparse_returning = H.label(sim, 5_000, seed=1, bursts=5.0)
+    # measured 0.42 and 0.79 (chance neighbours alone: ~0.9)
+    assert far_apart_share(sparse_plain) < 0.6 < far_apart_share(sparse_returning)
+
+
 def test_accuracy_runs_the_large_count_cases_only_when_named():
     # a 1e7-localization file is ~1 GB of CSV: never part of a default or prefix run
     import accuracy
@@ -197,6 +223,9 @@ def test_accuracy_runs_the_large_count_cases_only_when_named():
     assert accuracy.select_cases(["e2e-domain-1e7"]) == ["e2e-domain-1e7"]
     assert accuracy.select_cases(["e2e-domain-2e6", "e2e-smooth-1e7"]) == ["e2e-domain-2e6", "e2e-smooth-1e7"]
     assert accuracy.select_cases(quick=True) == accuracy.QUICK_CASES
+    # the returning-dye labelling: only when a name says so
+    assert not any("returning" in c for c in accuracy.select_cases(["e2e-smooth-1e6"]))
+    assert accuracy.select_cases(["e2e-smooth-1e6-returning"]) == ["e2e-smooth-1e6-returning"]
 
 
 def test_edge_band_sweep_table_and_sizes():
