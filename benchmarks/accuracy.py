@@ -261,7 +261,8 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
            # the weight of the envelope's boundary-layer correction (0: the data did not show it)
            "edge_correction": float((result.diagnostics.get("boundary_layer") or {}).get("weight", np.nan)),
            "split_half_r": float(result.diagnostics.get("split_half_r", np.nan)),
-           "halves_independence": result.summary()["halves_independence"]}
+           "halves_independence": result.summary()["halves_independence"],
+           "ratio_map_r": result.summary()["ratio_map_r"]}
     row.update(_scores(result, truth, fields, cells))
     # the smoothed ratio at the width the data's halves chose (result.ratio): the baseline a user
     # has without the truth

@@ -232,6 +232,21 @@ def test_sparse_data_are_flagged_from_the_noise_share(steady, level, sparse):
     assert ("sparse data" in r.summary()["flags"]) == sparse
 
 
+def test_a_map_that_runs_against_the_ratio_is_flagged():
+    """To leading order lambda is phi_h / phi_e; a map anti-correlated with the smoothed ratio
+    is set by the transport term alone (seen on a real E. coli file, not chromatin)."""
+    from chromflow.inverse import MIN_RATIO_AGREEMENT, _flags
+
+    mask = np.ones((20, 20), bool)
+    edge = np.zeros_like(mask)
+    rate = np.full(mask.shape, 1.2)
+    against = _flags(rate, mask, mask, 0.9, edge, (0.3, 0.3), ratio_r=MIN_RATIO_AGREEMENT - 0.4)
+    assert any("runs against phi_h/phi_e" in f for f in against)
+    assert not any("; " in f for f in against)              # summary() joins flags with "; "
+    for agreeing in (0.6, float("nan")):
+        assert not _flags(rate, mask, mask, 0.9, edge, (0.3, 0.3), ratio_r=agreeing)
+
+
 def test_every_result_carries_the_truth_free_smoothed_ratio(steady, tmp_path):
     from chromflow import RateMapResult
 
