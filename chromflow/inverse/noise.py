@@ -110,12 +110,12 @@ def estimate_noise(field, region, smooth=None) -> NoiseModel:
     """
     f = np.asarray(field, dtype=np.float64)
     region = np.asarray(region, bool)
-    usable = ndimage.binary_erosion(region, structure=np.ones((3, 3), bool))
+    squares, usable = _high_pass_squares(f, region)
     n = int(usable.sum())
     if n < 20:
         raise ValueError(f"only {n} cells have their 3x3 neighbourhood inside the nucleus: too few to "
                          "estimate the noise")
-    r2 = ndimage.correlate(np.where(region, f, 0.0), _HIGH_PASS, mode="constant")[usable] ** 2 / _GAIN
+    r2 = squares / _GAIN
     if smooth is None:
         smooth = local_level(f, region)
     p = np.clip(np.asarray(smooth, dtype=np.float64)[usable], 0.0, None)
@@ -241,18 +241,22 @@ def half_independence(field, half, region) -> float:
     return float(1.0 / max(1.0, (4.0 / r - 1.0 / r2) / 3.0))
 
 
+def _high_pass_squares(field, region):
+    """Squared output of the 3x3 high-pass filter on the cells whose 3x3 neighbourhood is inside
+    ``region`` (the field is 0 outside it), and those cells."""
+    usable = ndimage.binary_erosion(region, structure=np.ones((3, 3), bool))
+    out = ndimage.correlate(np.where(region, field, 0.0), _HIGH_PASS, mode="constant")
+    return out[usable] ** 2, usable
+
+
 def _high_pass_ratio(d, x, region) -> float:
     """Mean squared high-pass output of ``d`` over that of ``x`` (cells whose 3x3 neighbourhood
     is inside ``region``); NaN for fewer than 20 such cells."""
-    usable = ndimage.binary_erosion(region, structure=np.ones((3, 3), bool))
+    dd, usable = _high_pass_squares(d, region)
     if usable.sum() < 20:
         return float("nan")
-
-    def energy(f):
-        return float(np.mean(ndimage.correlate(np.where(region, f, 0.0), _HIGH_PASS, mode="constant")[usable] ** 2))
-
-    ex = energy(x)
-    return energy(d) / ex if ex > 0 else float("nan")
+    ex = float(np.mean(_high_pass_squares(x, region)[0]))
+    return float(np.mean(dd)) / ex if ex > 0 else float("nan")
 
 
 def _bin2(arrays, region):
