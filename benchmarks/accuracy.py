@@ -14,7 +14,9 @@ Data come from :mod:`_heldout` (a pseudo-spectral solver and a labelling model i
 (b) **end to end** ``e2e-<rate>-<count>``: two-channel localizations (blinking, photon-dependent
     precision, 5 % background) written as a ThunderSTORM CSV and run through the stages of
     ``chromflow run`` (``chromflow.pipeline``: read, render, segment, fields, infer) with the
-    grid set for ~50 nm cells; counts 1e5, 3e5, 1e6, 2e6, 3e6.
+    grid set for ~50 nm cells; counts 1e5, 3e5, 1e6, 2e6, 3e6. ``e2e-<rate>-<count>-returning``
+    (named only): the labelling model with dyes that switch on again (``_heldout.label(bursts=5)``),
+    so that the two halves of the frames share molecules.
 
 Each case prints one row: the method (``infer_rates`` defaults plus the command-line options)
 with its Pearson correlation, RMSE and 90 % interval coverage against the true lambda, and
