@@ -462,17 +462,15 @@ def label(nucleus: HeldoutNucleus, n_localizations: float, seed: int = 0, blinks
     n = float(n_localizations)
     n_signal = n * (1 - background)
     ints = np.array([np.clip(nucleus.phi_h, 0, None).sum(), np.clip(nucleus.phi_e, 0, None).sum()])
-    ys, xs, chans, mols, frame_list = [], [], [], [], []
-    next_id = 0
+    ys, xs, chans, frame_list = [], [], [], []
     for channel, density in enumerate((nucleus.phi_h, nucleus.phi_e)):
         n_mol = int(rng.poisson(n_signal * ints[channel] / ints.sum() / blinks / bursts))
         my, mx = _molecules(rng, density, h, n_mol)
         if bursts > 1:
             # runs of blinks; each run belongs to one molecule and starts anywhere in the acquisition
             owner = np.repeat(np.arange(n_mol), rng.geometric(1.0 / bursts, n_mol))
-            my, mx, n_run = my[owner], mx[owner], owner.size
-        else:
-            owner, n_run = np.arange(n_mol), n_mol
+            my, mx = my[owner], mx[owner]
+        n_run = my.size
         counts = rng.geometric(1.0 / blinks, n_run)
         idx = np.repeat(np.arange(n_run), counts)
         first = rng.integers(1, frames + 1, n_run)
@@ -485,8 +483,6 @@ def label(nucleus: HeldoutNucleus, n_localizations: float, seed: int = 0, blinks
         ys.append(my[idx])
         xs.append(mx[idx])
         chans.append(np.full(idx.size, channel))
-        mols.append(owner[idx] + next_id)
-        next_id += n_mol
     n_sig = sum(a.size for a in ys)
     n_bg = int(rng.poisson(n * background))
     side_y, side_x = (s * h for s in nucleus.phi_h.shape)

@@ -720,7 +720,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     # the baseline without physics, the smoothed ratio (``result.ratio``)
     halves, halves_source, halves_info = _half_data(fields, phi_h, phi_e, mask, interior, variances, seed + 10_000)
     if halves_info:
-        diagnostics["halves"] = {"source": halves_source, **halves_info}
+        diagnostics["halves"] = halves_info     # where they came from: diagnostics["ratio"]["halves"]
     if opts["uncertainty"] != "none":
         half, diagnostics["split_half"] = halves, halves_source
     ratio = cross_validated_ratio(phi_h, phi_e, mask, *halves)

@@ -23,9 +23,9 @@ on again anywhere in the acquisition (dSTORM) or docking sites visited again and
 where the molecules are. :func:`half_independence` measures it from the data: the
 high-frequency energy of a half's difference from the whole, ``A - X = (A - B) / 2``, over
 that of ``X`` itself. For independent halves the two are the same noise (~1: measured
-0.84-1.04 on the held-out simulator's consecutive blinks); a molecule that returns in the
-other half adds to ``X`` but cancels in ``A - B`` (measured 0.15-0.17 with five runs of
-blinks per molecule, 0.04 with twenty).
+0.84-1.04 at the grid scale on the held-out simulator's consecutive blinks); a molecule that
+returns in the other half adds to ``X`` but cancels in ``A - B`` (measured 0.15-0.17 with five
+runs of blinks per molecule, 0.04 with twenty).
 
 Data fission
 ------------
@@ -173,9 +173,9 @@ def fission(fields, variances, seed: int = 0):
 
 
 #: halves whose difference carries less than this share of the whole's high-frequency energy
-#: share noise (:func:`half_independence`); independent halves read 0.84-1.04 on the held-out
-#: simulator's tuning nuclei (1e5-2e6 localizations), halves with dyes that return five times
-#: 0.15-0.17
+#: share noise (:func:`half_independence`); independent halves read 0.79-1.00 on the held-out
+#: simulator's 20 standard end-to-end nuclei (1e5-2e6 localizations, seeds 0-2 and 100-101),
+#: halves with dyes that return five times 0.15-0.18
 MIN_HALF_INDEPENDENCE = 0.6
 
 
