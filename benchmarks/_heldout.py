@@ -520,3 +520,48 @@ def write_thunderstorm(table: pd.DataFrame, path) -> Path:
         table.to_csv(fh, header=False, index=False)
     tmp.replace(path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# rendered images -> TIFF (what a user of the napari plugin or a TIFF batch starts from)
+# ----------------------------------------------------------------------------------------------
+def render_ash(table: pd.DataFrame, channel: int, shape, pixel_nm: float = 20.0, shifts: int = 2) -> np.ndarray:
+    """An averaged shifted histogram of one channel's localizations, as ThunderSTORM renders.
+
+    Every localization is counted (no merging of a molecule's blinks), in a histogram of
+    ``pixel_nm`` bins averaged over ``shifts`` shifts of one pixel per axis: the histogram
+    convolved with a triangular kernel ``(shifts - |k|) / shifts^2`` per axis, so the total is
+    the number of localizations. Pixel ``(i, j)`` is centred at ``(i, j) * pixel_nm`` (a TIFF
+    read without an origin puts its first pixel's centre at 0). Written independently of
+    ``chromflow.render``, which blurs each localization by its own precision instead.
+
+    Returns
+    -------
+    ndarray of float32, ``shape``: localizations per pixel.
+    """
+    rows = table[table["channel"] == channel]
+    iy = np.floor(rows["y [nm]"].to_numpy() / pixel_nm + 0.5).astype(np.int64)
+    ix = np.floor(rows["x [nm]"].to_numpy() / pixel_nm + 0.5).astype(np.int64)
+    keep = (iy >= 0) & (iy < shape[0]) & (ix >= 0) & (ix < shape[1])
+    counts = np.bincount(iy[keep] * shape[1] + ix[keep], minlength=shape[0] * shape[1]).reshape(shape).astype(float)
+    m = int(shifts)
+    tri = (m - np.abs(np.arange(-m + 1, m))) / m ** 2
+    from scipy import ndimage
+
+    image = ndimage.convolve1d(ndimage.convolve1d(counts, tri, axis=0, mode="constant"), tri, axis=1, mode="constant")
+    return image.astype(np.float32)
+
+
+def write_imagej_tiff(image: np.ndarray, path, pixel_nm: float) -> Path:
+    """Write a 32-bit float TIFF as ImageJ saves a rendered image (unit micron, resolution in
+    pixels per micron, no origin), atomically."""
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    per_um = 1000.0 / float(pixel_nm)
+    tifffile.imwrite(tmp, np.asarray(image, dtype=np.float32), imagej=True, resolution=(per_um, per_um),
+                     metadata={"unit": "micron"})
+    tmp.replace(path)
+    return path

@@ -16,7 +16,11 @@ Data come from :mod:`_heldout` (a pseudo-spectral solver and a labelling model i
     ``chromflow run`` (``chromflow.pipeline``: read, render, segment, fields, infer) with the
     grid set for ~50 nm cells; counts 1e5, 3e5, 1e6, 2e6, 3e6. ``e2e-<rate>-<count>-returning``
     (named only): the labelling model with dyes that switch on again (``_heldout.label(bursts=5)``),
-    so that the two halves of the frames share molecules.
+    so that the two halves of the frames share molecules. ``e2e-<rate>-<count>-tiff`` (named
+    only): the same localizations rendered by another renderer (an averaged shifted histogram,
+    ThunderSTORM's default, every localization counted) and given as two 20 nm TIFFs, the
+    input of the napari plugin; no frames, so the uncertainty and quality score come from data
+    fission.
 
 Each case prints one row: the method (``infer_rates`` defaults plus the command-line options)
 with its Pearson correlation, RMSE and 90 % interval coverage against the true lambda, and
@@ -82,6 +86,12 @@ LARGE_CASES = [f"e2e-{r}-{n}" for r in ("smooth", "domain") for n in LARGE_COUNT
 #: frames share molecules. Named with --cases only (a name holding "returning")
 RETURNING_BURSTS = 5.0
 RETURNING_CASES = [f"e2e-{r}-{n}-returning" for r in ("smooth", "domain") for n in COUNTS]
+#: the same localizations given as two rendered images (what the napari plugin and a TIFF batch
+#: start from): an averaged shifted histogram per channel (:func:`_heldout.render_ash`, every
+#: localization counted), 32-bit ImageJ TIFFs of TIFF_PIXEL_NM pixels. No frames, so no halves:
+#: the inference falls back to data fission. Named with --cases only (a name holding "tiff")
+TIFF_PIXEL_NM = 20.0
+TIFF_CASES = [f"e2e-{r}-{n}-tiff" for r in ("smooth", "domain") for n in COUNTS]
 QUICK_CASES = ["field-nucleus-domain-50nm", "field-nucleus-smooth-50nm", "e2e-smooth-1e6"]
 
 
@@ -150,6 +160,17 @@ def localization_file(rate, count, seed, sim=None, bursts: float = 1.0):
     if not path.is_file():
         H.write_thunderstorm(H.label(sim, count, seed=seed, bursts=bursts), path)
     return sim, path
+
+
+def tiff_files(sim, path, pixel_nm: float = TIFF_PIXEL_NM):
+    """The heterochromatin and euchromatin images of a localization file (cached beside it)."""
+    shape = tuple(int(np.ceil(s * sim.spacing_nm / pixel_nm)) for s in sim.phi_h.shape)
+    out = [path.with_name(f"{path.stem}_ash{pixel_nm:g}nm_ch{c}.tif") for c in (0, 1)]
+    if not all(p.is_file() for p in out):
+        table = pd.read_csv(path)
+        for channel, target in enumerate(out):
+            H.write_imagej_tiff(H.render_ash(table, channel, shape, pixel_nm), target, pixel_nm)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,6 +245,9 @@ def run_e2e_case(case, seed, args):
     sim, path = localization_file(rate, {**COUNTS, **LARGE_COUNTS}[count_key], seed, bursts=bursts)
     truth_img = sim.truth_image()
     settings = e2e_settings(sim)
+    if labelling == ["tiff"]:
+        path, settings.fields.euchromatin = tiff_files(sim, path)
+        settings.fields.euchromatin_channel = None
     for dotted, value in args.pipeline.items():
         section, key = dotted.split(".", 1)
         setattr(getattr(settings, section), key, value)
@@ -250,7 +274,7 @@ def run_e2e_case(case, seed, args):
     truth = ev.truth_on_grid(truth_img, fields.phi_h.shape, fields.spacing, fields.origin)
     cells = fields.mask & np.isfinite(truth)
     row = _row(case, seed, result, truth, fields, cells, seconds, sim)
-    row.update(n_localizations=int(loaded.n_localizations), prep_s=prep,
+    row.update(n_localizations=np.nan if loaded.n_localizations is None else int(loaded.n_localizations), prep_s=prep,
                mask_cells=int(fields.mask.sum()), true_cells=int(cells.sum()))
     return row
 
@@ -264,6 +288,12 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
            "edge_correction": float((result.diagnostics.get("boundary_layer") or {}).get("weight", np.nan)),
            "split_half_r": float(result.diagnostics.get("split_half_r", np.nan)),
            "halves_independence": result.summary()["halves_independence"],
+           # the mean noise share of the channels (what the sparse-data flag reads) and the flag
+           "noise_share": float(np.mean([result.diagnostics["noise"][c].get("share", np.nan)
+                                         for c in ("phi_h", "phi_e")])),
+           "noise_correlation": float(np.mean([result.diagnostics["noise"][c].get("correlation", np.nan)
+                                               for c in ("phi_h", "phi_e")])),
+           "sparse_flag": any(f.startswith("sparse data") for f in result.diagnostics.get("flags", [])),
            "ratio_map_r": result.summary()["ratio_map_r"]}
     row.update(_scores(result, truth, fields, cells))
     # the smoothed ratio at the width the data's halves chose (result.ratio): the baseline a user
@@ -327,7 +357,8 @@ def select_cases(patterns=None, quick: bool = False) -> list:
     if patterns:
         cases = [c for c in cases if any(c == p or c.startswith(p) for p in patterns)]
         cases += [c for c in LARGE_CASES if c in patterns]
-        cases += [c for c in RETURNING_CASES if any("returning" in p and (c == p or c.startswith(p)) for p in patterns)]
+        for extra, tag in ((RETURNING_CASES, "returning"), (TIFF_CASES, "tiff")):
+            cases += [c for c in extra if any(tag in p and (c == p or c.startswith(p)) for p in patterns)]
     return list(cases)
 
 
@@ -361,7 +392,7 @@ def main(argv=None):
     INTERIOR_NM = float(args.interior_nm)
     if args.list:
         print("\n".join(ALL_CASES))
-        print("\n".join(f"{c} (only when named)" for c in LARGE_CASES + RETURNING_CASES))
+        print("\n".join(f"{c} (only when named)" for c in LARGE_CASES + RETURNING_CASES + TIFF_CASES))
         return 0
     seeds = TUNING_SEEDS if args.tuning else REPORTED_SEEDS
     if args.seeds:
@@ -392,8 +423,8 @@ def main(argv=None):
           f"{int(table['sim_iterations'].min())}-{int(table['sim_iterations'].max())} iterations, "
           f"{table['sim_seconds'].min():.0f}-{table['sim_seconds'].max():.0f} s each when first computed")
     if "n_localizations" in table:
-        e2e = table.dropna(subset=["n_localizations"])
-        print("\nend to end: " + "; ".join(f"{r.case} s{r.seed}: {int(r.n_localizations)} localizations, "
+        e2e = table.dropna(subset=["mask_cells"])
+        print("\nend to end: " + "; ".join(f"{r.case} s{r.seed}: " + ("an image, " if not np.isfinite(r.n_localizations) else f"{int(r.n_localizations)} localizations, ") +
                                            f"mask {int(r.mask_cells)} cells ({int(r.true_cells)} in the true nucleus), "
                                            f"read+segment+fields {r.prep_s:.0f} s"
                                            for r in e2e.itertuples()))

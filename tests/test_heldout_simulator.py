@@ -226,6 +226,35 @@ def test_accuracy_runs_the_large_count_cases_only_when_named():
     # the returning-dye labelling: only when a name says so
     assert not any("returning" in c for c in accuracy.select_cases(["e2e-smooth-1e6"]))
     assert accuracy.select_cases(["e2e-smooth-1e6-returning"]) == ["e2e-smooth-1e6-returning"]
+    # the rendered-image inputs too
+    assert not any("tiff" in c for c in accuracy.select_cases(["e2e-domain"]))
+    assert accuracy.select_cases(["e2e-domain-2e6-tiff"]) == ["e2e-domain-2e6-tiff"]
+
+
+def test_ash_render_keeps_counts_and_tiff_reads_back_with_its_pixel_size(tmp_path):
+    """benchmarks/_heldout.py render_ash + write_imagej_tiff: the image input of the TIFF cases."""
+    import chromflow as cf
+
+    table = pd.DataFrame({"y [nm]": [0.0, 9.9, 10.1, 55.0, 500.0], "x [nm]": [0.0, 0.0, 0.0, 31.0, 0.0],
+                          "channel": [0, 0, 0, 0, 1]})
+    image = H.render_ash(table, 0, (4, 4), pixel_nm=20.0, shifts=2)
+    # pixel (i, j) is centred at (i, j) * 20 nm: 0 and 9.9 nm land in row 0, 10.1 in row 1
+    counts = np.zeros((4, 4))
+    counts[0, 0], counts[1, 0], counts[3, 2] = 2, 1, 1
+    tri = np.array([0.25, 0.5, 0.25])
+    expected = np.zeros((4, 4))
+    for (i, j), c in np.ndenumerate(counts):
+        for di, wi in zip((-1, 0, 1), tri):
+            for dj, wj in zip((-1, 0, 1), tri):
+                if 0 <= i + di < 4 and 0 <= j + dj < 4:
+                    expected[i + di, j + dj] += c * wi * wj
+    np.testing.assert_allclose(image, expected, rtol=1e-6)
+    assert image.dtype == np.float32 and H.render_ash(table, 1, (4, 4)).sum() == 0  # 500 nm is off the image
+    path = H.write_imagej_tiff(image, tmp_path / "ash.tif", 20.0)
+    read = cf.read_image(path)
+    assert read.pixel_size == pytest.approx(20.0) and read.origin == (0.0, 0.0)
+    np.testing.assert_array_equal(read.data, image)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
 
 
 def test_edge_band_sweep_table_and_sizes():
