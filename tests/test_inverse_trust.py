@@ -69,6 +69,60 @@ def test_fission_halves_are_independent_with_twice_the_variance():
     assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
 
 
+def _filtered_noise(rng, shape, rho):
+    """Unit-variance noise whose neighbouring cells (along y and x) correlate ``rho`` and cells
+    further apart not at all: white noise filtered by a 2-tap ``[a, b]`` along both axes, with
+    ``a^2 + b^2 = 1`` and ``a b = rho`` (solved here, independently of the library's taps)."""
+    a = (np.sqrt(1 + 2 * rho) + np.sqrt(1 - 2 * rho)) / 2
+    b = rho / a
+    w = rng.standard_normal(shape)
+    for axis in (0, 1):
+        w = ndimage.correlate1d(w, [a, b], axis=axis, mode="reflect")
+    return w
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.15, 0.3])
+def test_noise_correlation_recovers_the_neighbours_share_and_the_variance_the_high_pass_misses(rho):
+    """Known answer: unit noise whose neighbours correlate ``rho``, on smooth structure. The
+    high-pass reads ``((6 - 8 rho) / 6)^2`` of its variance; the factor puts the rest back."""
+    from chromflow.inverse.noise import noise_correlation
+
+    rng = np.random.default_rng(11)
+    yy, xx = np.indices((180, 180))
+    truth = 0.3 + 0.1 * np.sin(xx / 9.0) * np.cos(yy / 11.0)
+    noise = _filtered_noise(rng, truth.shape, rho)
+    assert abs(np.mean(noise[1:] * noise[:-1]) - rho) < 0.02      # the helper makes what it says
+    noisy = truth + 0.02 * noise
+    region = np.ones(truth.shape, bool)
+    nc = noise_correlation(noisy, region)
+    assert abs(nc.rho - rho) < 0.03, nc.rho
+    true_var = 0.02 ** 2
+    read = float(np.median(estimate_noise(noisy, region).variance(truth)))
+    assert abs(read * nc.variance_factor / true_var - 1) < 0.1
+    if rho >= 0.15:
+        assert read < 0.75 * true_var               # what the white-noise reading alone would miss
+    with pytest.raises(ValueError, match="too few"):
+        noise_correlation(np.ones((4, 4)), np.ones((4, 4), bool))
+
+
+def test_fission_with_the_datas_correlation_gives_independent_halves_at_every_scale():
+    """White fission of noise that neighbours share leaves the shared part in both halves (they
+    agree when smoothed); drawing Z with the measured correlation makes them independent."""
+    from chromflow.inverse.noise import noise_correlation
+
+    rng = np.random.default_rng(12)
+    x = 0.3 + 0.02 * _filtered_noise(rng, (240, 240), 0.3)
+    region = np.ones(x.shape, bool)
+    var = [estimate_noise(x, region).variance(np.full(x.shape, 0.3))]
+    smooth = (lambda a: ndimage.gaussian_filter(a - 0.3, 3.0).ravel())
+    (wa,), (wb,) = fission([x], var, seed=1)
+    (ca,), (cb,) = fission([x], var, seed=1, correlations=[noise_correlation(x, region)])
+    assert np.corrcoef(smooth(wa), smooth(wb))[0, 1] > 0.5     # white: the halves share noise
+    assert abs(np.corrcoef(smooth(ca), smooth(cb))[0, 1]) < 0.1
+    assert abs(np.corrcoef((ca - 0.3).ravel(), (cb - 0.3).ravel())[0, 1]) < 0.05
+    assert np.allclose((ca + cb) / 2, x)
+
+
 # ------------------------------------------------------------------------------------------ edges
 def _count_halves(rng, mu, runs):
     """Counts of molecules (Poisson, mean ``mu`` per cell), each seen ``runs`` times, every time
@@ -364,6 +418,30 @@ def test_noise_share_is_known_noise_over_spread_and_reported(steady):
     noisy = infer_rates(_noisy(steady, 0.2, 1), method="direct", radius=3, uncertainty=False)
     shares = [[r.diagnostics["noise"][c]["share"] for c in ("phi_h", "phi_e")] for r in (quiet, noisy)]
     assert max(shares[0]) < 0.05 < 0.3 < min(shares[1]), shares
+
+
+def test_noise_share_and_fission_count_the_noise_neighbouring_cells_share(steady):
+    """The same noise per cell, once independent between cells and once shared with neighbours
+    (as rendering and resampling make it): the high-pass reads the second far lower, but the
+    noise share (which sizes the network and fires the sparse-data flag) reads both alike, and
+    fission draws its noise with the data's correlation."""
+    rng = np.random.default_rng(21)
+    m, rho, level = steady.mask, 0.3, 0.2
+
+    def fields(shared):
+        out = []
+        for clean in (steady.phi_h, steady.phi_e):
+            w = _filtered_noise(rng, m.shape, rho) if shared else rng.standard_normal(m.shape)
+            out.append(np.where(m, clean * (1 + level * w), 0.0))
+        return SimpleNamespace(phi_h=out[0], phi_e=out[1], mask=m, spacing=50.0, origin=(0.0, 0.0), source=None)
+
+    white, shared = (infer_rates(fields(s), method="direct", radius=3) for s in (False, True))
+    for c in ("phi_h", "phi_e"):
+        a, b = white.diagnostics["noise"][c], shared.diagnostics["noise"][c]
+        assert a["correlation"] < 0.08 and abs(b["correlation"] - rho) < 0.1, (a, b)
+        assert b["variance_factor"] > 2.0 > 1.2 > a["variance_factor"]
+        assert abs(b["share"] / a["share"] - 1) < 0.15, (a["share"], b["share"])
+    assert "correlated" in shared.diagnostics["split_half"] and "halves" not in shared.diagnostics
 
 
 def test_total_uncertainty_adds_the_inflated_bias_and_the_model_error_floor():

@@ -50,7 +50,7 @@ from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
 from .boundary import boundary_layer_correction
 from .direct import direct_rates, footprint_inside
-from .noise import MIN_HALF_INDEPENDENCE, estimate_noise, fission, half_independence, local_level
+from .noise import MIN_HALF_INDEPENDENCE, estimate_noise, fission, half_independence, local_level, noise_correlation
 from .result import RateMapResult, _jsonable, edge_bias_zone
 
 __all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells",
@@ -111,17 +111,23 @@ EDGE_MODEL_ERROR_FLOOR = {"direct": 0.0, "pinn": 1.5, "autodiff": 1.5}
 #: the held-out stopping cannot see. Chosen on the held-out simulator's tuning seeds 100-101
 #: (docs/inference.md, "Network size"): 64 x 4 won at shares 0.03-0.33 (fields, domain-scale
 #: 0.919 -> 0.936 and 0.916 -> 0.939 with the closed-form mixing), and lost or tied on
-#: rendered data at 0.53-0.67 (3e5 localizations: 0.828 -> 0.791).
+#: rendered data at 0.53-0.67 (3e5 localizations: 0.828 -> 0.791). Those shares were the
+#: high-pass reading; counting the noise neighbouring cells share (since 0.4), rendered data
+#: read 0.63-1.02 per channel and fields 0.03, so every decision stands.
 LOW_NOISE_SHARE = 0.4
 NETWORK_SIZE = {"low noise": (48, 4), "default": (32, 3)}
 #: a map whose two halves correlate less than this is flagged as dominated by noise
 LOW_REPRODUCIBILITY = 0.5
 #: mean noise share of the two channels (:func:`noise_share`) from which a map is flagged as made
 #: from sparse data. Chosen on the held-out simulator's rendered tuning cases (seeds 100-104, 50 nm
-#: cells): 1e5 and 3e5 localizations per nucleus read 0.705-0.766, and there the network beat the
-#: oracle smoothed ratio on 3 of 12 nuclei (smooth rate 1 of 9, domain-scale 2 of 3); 1e6 and
-#: domain-scale 2e6 read 0.58-0.69, and there the network was ahead on all 10 (docs/inference.md)
-SPARSE_NOISE_SHARE = 0.7
+#: cells, tables): 1e5 and 3e5 localizations per nucleus read 0.898-0.994, and there the network
+#: beat the oracle smoothed ratio on 3 of 12 nuclei (smooth rate 1 of 9, domain-scale 2 of 3);
+#: 1e6 and domain-scale 2e6 read 0.705-0.834, and there the network was ahead on all 10
+#: (docs/inference.md). The same nuclei given as rendered images read 0.912-1.049 and
+#: 0.711-0.857. (Until 0.4 the share counted only the high-pass reading of the noise, which
+#: misses the part neighbouring cells share; the line was 0.7 on that scale, and images read
+#: 0.50-0.56 at 1e5, under it.)
+SPARSE_NOISE_SHARE = 0.87
 #: rates outside this range are flagged as absurd (lambda = Gamma_me / Gamma_ac)
 PLAUSIBLE_RATE = (1e-2, 1e2)
 #: a map that correlates less than this with the smoothed ratio phi_h / phi_e (``result.ratio``)
@@ -269,8 +275,9 @@ def _check_euchromatin(phi_h, phi_e, interior, source):
 
 
 def _noise(phi_h, phi_e, interior, fields):
-    """Per-cell variances of the data, their description, and a variance function per channel."""
-    models, variances, laws = [], [], []
+    """Per-cell variances of the data, their description, a variance function and the noise's
+    correlation between neighbouring cells (None when the variances were given) per channel."""
+    models, variances, laws, correlations = [], [], [], []
     for name, phi in (("h", phi_h), ("e", phi_e)):
         given = getattr(fields, f"variance_{name}", None)
         if given is not None:
@@ -278,27 +285,38 @@ def _noise(phi_h, phi_e, interior, fields):
             models.append({"source": "given by the fields"})
             variances.append(given)
             laws.append(lambda values, given=given: given)
+            correlations.append(None)
             continue
         nm = estimate_noise(phi, interior)
-        models.append({**nm.as_dict(), "source": "estimated from the data (3x3 high-pass)"})
+        corr = noise_correlation(phi, interior)
+        models.append({**nm.as_dict(), "source": "estimated from the data (3x3 high-pass)",
+                       "correlation": corr.rho, "variance_factor": corr.variance_factor})
         # the variance of a cell follows its expected level, not its own noisy value
         variances.append(nm.variance(local_level(phi, interior)))
         laws.append(nm.variance)
+        correlations.append(corr)
     # a floor keeps the weights finite where a channel is ~0; 1e-3 of the mean variance
     out = []
-    for v, phi, info in zip(variances, (phi_h, phi_e), models):
+    for v, phi, info, corr in zip(variances, (phi_h, phi_e), models, correlations):
         mean = float(np.mean(v[interior])) if interior.any() else 1.0
         out.append(np.maximum(v, 1e-3 * mean + 1e-30))
-        info["share"] = noise_share(phi, out[-1], interior)
-    return out, models, laws
+        # the share counts the whole noise, also the part neighbouring cells share (which the
+        # high-pass reading misses), so that it reads the same for a table and for an image
+        # rendered from it (docs/inference.md, "Noise that neighbouring cells share")
+        factor = corr.variance_factor if corr is not None else 1.0
+        info["share"] = noise_share(phi, out[-1] * factor, interior)
+    return out, models, laws, correlations
 
 
 def noise_share(phi, variance, interior) -> float:
     """Noise over signal of one channel: the RMS noise over the spread of the data, interior cells.
 
-    Measured: 0.03 for fields with "3 %" noise (3 % of the spread); 0.45-0.66 for fields
-    rendered from 3e5-2e6 localizations on 50 nm cells (counting noise). Reported per channel
-    in ``result.diagnostics["noise"][channel]["share"]``.
+    ``infer_rates`` passes the whole noise variance: the high-pass reading times the
+    ``variance_factor`` of :func:`~chromflow.inverse.noise.noise_correlation` (the part
+    neighbouring cells share). Measured so: 0.03 for fields with "3 %" noise (3 % of the
+    spread); 0.63-1.02 per channel for fields rendered from 1e5-2e6 localizations on 50 nm
+    cells (counting noise), tables and images of the same localizations alike. Reported per
+    channel in ``result.diagnostics["noise"][channel]["share"]``.
     """
     if not interior.any():
         return float("nan")
@@ -443,7 +461,7 @@ def closed_form_weight(rate, closed, plus_rate, plus_closed, cells) -> float:
     return float(np.clip(num / den, 0.0, 1.0)) if den > 0 else 0.0
 
 
-def _half_data(fields, phi_h, phi_e, mask, interior, variances, seed):
+def _half_data(fields, phi_h, phi_e, mask, interior, variances, correlations, seed):
     """The data of the split-half refit, where it came from, and how independent the halves were.
 
     With ``fields.half`` (fields of one half of the localizations, split by blocks of frames),
@@ -453,11 +471,15 @@ def _half_data(fields, phi_h, phi_e, mask, interior, variances, seed):
     :data:`~chromflow.inverse.noise.MIN_HALF_INDEPENDENCE`), the difference only holds the part
     they do not share, and the map would look more reproducible and more certain than it is:
     the difference is scaled up to the whole noise, ``A' = X + (A - X) / sqrt(s)``, per channel.
-    Otherwise data fission: ``X + Z``, ``Z`` white Gaussian noise drawn from the noise model.
+    Otherwise data fission: ``X + Z``, ``Z`` Gaussian noise drawn from the noise model with the
+    correlation between neighbouring cells that the data show
+    (:func:`~chromflow.inverse.noise.noise_correlation`: rendering and resampling make
+    neighbours share noise, and ``X + Z`` and ``X - Z`` are independent only if ``Z`` shares it
+    too). Without it they share the correlated part, like halves that share molecules.
 
     Returns ``(halves, source, info)``; ``info`` holds ``independence`` (``s`` per channel) and
     ``scale`` (the factor applied to each channel's difference, 1 for none) for localization
-    halves, and is empty for fission.
+    halves, and is empty for fission (the correlation it used is in the noise diagnostics).
     """
     half = getattr(fields, "half", None)
     if half is not None:
@@ -475,8 +497,15 @@ def _half_data(fields, phi_h, phi_e, mask, interior, variances, seed):
                 source += (f" (they share noise, molecules seen in both: difference scaled x{scales[0]:.2f} / "
                            f"x{scales[1]:.2f} for phi_h / phi_e)")
             return tuple(out), source, {"independence": shares, "scale": scales}
-    (hp, ep), _ = fission([phi_h, phi_e], variances, seed)
-    return (hp, ep), "data fission (white noise from the noise model)", {}
+    if any(c is None for c in correlations):
+        # variances given with the fields: their noise is what they say, correlation unknown
+        (hp, ep), _ = fission([phi_h, phi_e], variances, seed)
+        return (hp, ep), "data fission (white noise of the given variances)", {}
+    (hp, ep), _ = fission([phi_h, phi_e], variances, seed, correlations)
+    rho = [c.rho for c in correlations]
+    source = (f"data fission (noise from the noise model, correlated {rho[0]:.2f} / {rho[1]:.2f} between "
+              "neighbouring cells for phi_h / phi_e, as the data show)")
+    return (hp, ep), source, {}
 
 
 def _bootstrap_data(rate, fit_h, fit_e, mask, spacing_um, model, noise_laws, seed):
@@ -702,7 +731,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         raise GridError(f"nucleus interior of {int(interior.sum())} cells is too small to fit", source)
     _check_euchromatin(phi_h, phi_e, interior, source)
     check_cancel(cancel, "rate inference")
-    variances, noise_models, noise_laws = _noise(phi_h, phi_e, interior, fields)
+    variances, noise_models, noise_laws, correlations = _noise(phi_h, phi_e, interior, fields)
     diagnostics = {"noise": {"phi_h": noise_models[0], "phi_e": noise_models[1]}, "edge_cells": int(edge.sum())}
     if method != "direct" and "auto" in (opts["width"], opts["depth"]):
         width, depth, why = network_size([m.get("share", np.nan) for m in noise_models], opts["backbone"])
@@ -718,7 +747,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     single = None              # the one fit the split-half refit is compared with (None: the map)
     # two halves of the data: the split-half refit (with uncertainty) and, always, the width of
     # the baseline without physics, the smoothed ratio (``result.ratio``)
-    halves, halves_source, halves_info = _half_data(fields, phi_h, phi_e, mask, interior, variances, seed + 10_000)
+    halves, halves_source, halves_info = _half_data(fields, phi_h, phi_e, mask, interior, variances, correlations,
+                                                    seed + 10_000)
     if halves_info:
         diagnostics["halves"] = halves_info     # where they came from: diagnostics["ratio"]["halves"]
     if opts["uncertainty"] != "none":
