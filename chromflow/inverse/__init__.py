@@ -113,21 +113,21 @@ EDGE_MODEL_ERROR_FLOOR = {"direct": 0.0, "pinn": 1.5, "autodiff": 1.5}
 #: 0.919 -> 0.936 and 0.916 -> 0.939 with the closed-form mixing), and lost or tied on
 #: rendered data at 0.53-0.67 (3e5 localizations: 0.828 -> 0.791). Those shares were the
 #: high-pass reading; counting the noise neighbouring cells share (since 0.4), rendered data
-#: read 0.63-1.02 per channel and fields 0.03, so every decision stands.
+#: read 0.67-0.98 (mean of the channels) and fields 0.03, so every decision stands.
 LOW_NOISE_SHARE = 0.4
 NETWORK_SIZE = {"low noise": (48, 4), "default": (32, 3)}
 #: a map whose two halves correlate less than this is flagged as dominated by noise
 LOW_REPRODUCIBILITY = 0.5
 #: mean noise share of the two channels (:func:`noise_share`) from which a map is flagged as made
 #: from sparse data. Chosen on the held-out simulator's rendered tuning cases (seeds 100-104, 50 nm
-#: cells, tables): 1e5 and 3e5 localizations per nucleus read 0.898-0.994, and there the network
-#: beat the oracle smoothed ratio on 3 of 12 nuclei (smooth rate 1 of 9, domain-scale 2 of 3);
-#: 1e6 and domain-scale 2e6 read 0.705-0.834, and there the network was ahead on all 10
-#: (docs/inference.md). The same nuclei given as rendered images read 0.912-1.049 and
-#: 0.711-0.857. (Until 0.4 the share counted only the high-pass reading of the noise, which
-#: misses the part neighbouring cells share; the line was 0.7 on that scale, and images read
-#: 0.50-0.56 at 1e5, under it.)
-SPARSE_NOISE_SHARE = 0.87
+#: cells), tables and images alike: 1e5 and 3e5 localizations per nucleus read 0.889-0.983 as
+#: tables and 0.858-0.981 as images, and there the network beat the oracle smoothed ratio on 3 of
+#: 12 nuclei (smooth rate 1 of 9, domain-scale 2 of 3); 1e6 and domain-scale 2e6 read 0.700-0.827
+#: and 0.672-0.803, and there the network was ahead on all 10 (docs/inference.md). The line is
+#: the middle of the gap, 0.827-0.858. (Until 0.4 the share counted only the high-pass reading
+#: of the noise, which misses the part neighbouring cells share; the line was 0.7 on that scale,
+#: and images read 0.50-0.56 at 1e5, under it.)
+SPARSE_NOISE_SHARE = 0.84
 #: rates outside this range are flagged as absurd (lambda = Gamma_me / Gamma_ac)
 PLAUSIBLE_RATE = (1e-2, 1e2)
 #: a map that correlates less than this with the smoothed ratio phi_h / phi_e (``result.ratio``)
@@ -314,7 +314,7 @@ def noise_share(phi, variance, interior) -> float:
     ``infer_rates`` passes the whole noise variance: the high-pass reading times the
     ``variance_factor`` of :func:`~chromflow.inverse.noise.noise_correlation` (the part
     neighbouring cells share). Measured so: 0.03 for fields with "3 %" noise (3 % of the
-    spread); 0.63-1.02 per channel for fields rendered from 1e5-2e6 localizations on 50 nm
+    spread); 0.67-0.98 (mean of the channels) for fields rendered from 1e5-2e6 localizations on 50 nm
     cells (counting noise), tables and images of the same localizations alike. Reported per
     channel in ``result.diagnostics["noise"][channel]["share"]``.
     """

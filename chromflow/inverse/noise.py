@@ -196,7 +196,7 @@ class NoiseCorrelation:
 
 
 #: the largest neighbour correlation :func:`noise_correlation` reports (the model is a valid
-#: covariance up to 0.5, where the high-pass would read nothing of the noise along that axis)
+#: covariance up to 0.5; the cap keeps the variance factor under 6.25)
 MAX_RHO = 0.45
 #: the measured correlation counts only when it departs from independent cells' by more than
 #: this many standard errors (white noise on a 64 x 64 nucleus scatters by ~1 standard error,
