@@ -19,6 +19,11 @@ It then prints what ``chromflow run`` acts on: the same test at the scale of the
 (``chromflow.inverse.noise.half_independence`` per channel, default pipeline settings, any
 number of objects accepted), where a molecule seen in both halves and structure that the grid
 resolves are told apart by binning (docs/inference.md, "When the halves are not independent").
+Beside it, per channel, the noise's correlation between neighbouring cells as
+``chromflow.inverse.noise.noise_correlation`` reads it from the whole data, and the check the
+halves allow: the variance of ``A - X`` (the whole data's noise variance, for independent halves)
+over the high-pass reading, against the ``variance_factor`` read (docs/inference.md, "Noise that
+neighbouring cells share").
 
 Usage::
 
@@ -80,8 +85,10 @@ def measure(path, block: int = HALF_FRAME_BLOCK, merge: bool = True) -> dict:
 def grid_scale(path, euchromatin_channel=None, grid=None) -> dict:
     """``half_independence`` of each channel on the grid ``chromflow run`` would use (NaN when
     the file has no usable halves)."""
+    from scipy import ndimage
+
     from chromflow import pipeline as pl
-    from chromflow.inverse.noise import half_independence
+    from chromflow.inverse.noise import estimate_noise, half_independence, local_level, noise_correlation
 
     settings = pl.PipelineSettings()
     settings.segmentation.allow_several_objects = True
@@ -94,6 +101,15 @@ def grid_scale(path, euchromatin_channel=None, grid=None) -> dict:
     out = {"grid": fields.phi_h.shape[0], "spacing_nm": fields.spacing}
     for name, whole, part in zip(("phi_h", "phi_e"), (fields.phi_h, fields.phi_e), fields.half or (None, None)):
         out[name] = float("nan") if part is None else half_independence(whole, part, region)
+        nc = noise_correlation(whole, region)
+        out[f"{name}_rho"], out[f"{name}_factor"] = nc.rho, nc.variance_factor
+        out[f"{name}_halves_factor"] = float("nan")
+        if part is not None:
+            # A - X = (A - B) / 2: noise only; a 9-cell local mean takes out any slow offset
+            diff = np.where(fields.mask, part - whole, 0.0)
+            diff = diff - ndimage.uniform_filter(diff, 9)
+            read = estimate_noise(whole, region).variance(local_level(whole, region))
+            out[f"{name}_halves_factor"] = float(np.mean(diff[region] ** 2) / np.mean(read[region]))
     return out
 
 
@@ -123,6 +139,10 @@ def main(argv=None) -> int:
         print(f"\ngrid scale ({g['grid']} x {g['grid']} cells of {g['spacing_nm']:.1f} nm): half_independence "
               f"phi_h {g['phi_h']:.2f}, phi_e {g['phi_e']:.2f} (~1 independent; below "
               f"{MIN_HALF_INDEPENDENCE} chromflow scales the halves' difference up)")
+        for name in ("phi_h", "phi_e"):
+            print(f"{name}: neighbouring cells' noise correlation {g[name + '_rho']:.2f}, variance over the "
+                  f"high-pass reading {g[name + '_factor']:.2f} (noise_correlation) against "
+                  f"{g[name + '_halves_factor']:.2f} (the halves)")
     return 0
 
 

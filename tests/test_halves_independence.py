@@ -60,3 +60,19 @@ def test_grid_scale_reads_lower_when_molecules_return(tmp_path):
         out[returns] = grid_scale(path)
     assert np.isfinite(out[False]["phi_h"]) and np.isfinite(out[True]["phi_h"])
     assert out[True]["phi_h"] < out[False]["phi_h"] - 0.08
+
+
+def test_grid_scale_variance_factor_read_from_the_whole_data_matches_the_halves(tmp_path):
+    """Known answer from the data themselves: with independent halves, ``A - X`` carries the
+    whole data's noise variance, the part neighbouring cells share included. The factor that
+    ``noise_correlation`` reads from the whole data alone must give the same variance (a
+    two-channel table, so both fields are linear in the counts)."""
+    rng = np.random.default_rng(1)
+    table = pd.concat([_disc_table(rng, 60_000, False).assign(channel=c) for c in (0, 1)]).sort_values("frame")
+    path = tmp_path / "two_channel.csv"
+    table.to_csv(path, index=False)
+    g = grid_scale(path, euchromatin_channel=1)
+    for name in ("phi_h", "phi_e"):
+        # rendering and resampling share noise between cells: the high-pass alone misses ~half
+        assert g[f"{name}_halves_factor"] > 1.5 and g[f"{name}_rho"] > 0.1, g
+        assert abs(g[f"{name}_factor"] / g[f"{name}_halves_factor"] - 1) < 0.15, g
