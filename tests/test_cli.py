@@ -232,6 +232,28 @@ def test_demo_fast(tmp_path, capsys):
     assert (out / "nucleus_two_channel_report.png").stat().st_size > 20_000
 
 
+def test_the_full_demos_sample_is_flagged_as_sparse(tmp_path):
+    """Known answer: on the sample (45,000 localizations, 186 nm cells) the smoothed ratio reads
+    the rate better than the map (docs/cli.md), so the full demo's settings must flag it. Its
+    cells share no noise, so it is the high-pass reading's line that fires (0.79 >= 0.7; the
+    whole-noise line 0.84 was set on 50 nm cells). The noise shares come from the fields, so the
+    closed form stands in for the network here (seconds instead of a fit)."""
+    from chromflow.cli import DEMO_FULL, DEMO_INPUT, find_sample_data
+    from chromflow.pipeline import PipelineSettings, process_file
+
+    settings = PipelineSettings.from_dict(DEMO_FULL)
+    settings.fields.euchromatin_channel = 1
+    settings.inference.method = "direct"
+    settings.inference.uncertainty = False
+    settings.validate()
+    folder = find_sample_data(tmp_path)         # the checkout's sample_data/, or generated (seed 0)
+    result = process_file(folder / DEMO_INPUT, settings).result
+    sparse = [f for f in result.diagnostics["flags"] if f.startswith("sparse data")]
+    assert len(sparse) == 1 and "high-pass reading alone" in sparse[0], result.diagnostics["flags"]
+    noise = result.diagnostics["noise"]
+    assert all(noise[c]["correlation"] == 0.0 and noise[c]["share"] == noise[c]["share_read"] for c in noise)
+
+
 # ----------------------------------------------------------------------------------------------
 # issue 12: a command line that explains itself
 # ----------------------------------------------------------------------------------------------

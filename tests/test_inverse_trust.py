@@ -277,13 +277,37 @@ def test_noise_only_map_is_flagged(steady):
 
 @pytest.mark.parametrize("level, sparse", [(0.01, False), (0.3, True)])
 def test_sparse_data_are_flagged_from_the_noise_share(steady, level, sparse):
-    from chromflow.inverse import SPARSE_NOISE_SHARE
+    from chromflow.inverse import SPARSE_NOISE_SHARE, SPARSE_NOISE_SHARE_READ
 
     r = infer_rates(_noisy(steady, level, 7), method="direct", radius=3, uncertainty=False)
     shares = [r.diagnostics["noise"][c]["share"] for c in ("phi_h", "phi_e")]
+    read = [r.diagnostics["noise"][c]["share_read"] for c in ("phi_h", "phi_e")]
     flagged = any(f.startswith("sparse data") for f in r.diagnostics["flags"])
-    assert flagged == sparse == (np.mean(shares) >= SPARSE_NOISE_SHARE), (shares, r.diagnostics["flags"])
+    by_rule = np.mean(shares) >= SPARSE_NOISE_SHARE or np.mean(read) >= SPARSE_NOISE_SHARE_READ
+    assert flagged == sparse == by_rule, (shares, read, r.diagnostics["flags"])
     assert ("sparse data" in r.summary()["flags"]) == sparse
+
+
+def test_the_sparse_flag_keeps_the_reading_line_where_cells_share_no_noise():
+    """Independent noise between cells (coarse grids): the whole share is the high-pass reading,
+    and a share between the two lines (0.7-0.84) is flagged by the reading's line; the message
+    says which line fired. Noise that neighbours share raises the whole share only."""
+    from chromflow.inverse import _flags
+
+    mask = np.ones((8, 8), bool)
+    rate = np.ones((8, 8))
+    edge = np.zeros((8, 8), bool)
+
+    def sparse(shares, read):
+        flags = _flags(rate, mask, mask, 0.9, edge, shares, float("nan"), read)
+        return [f for f in flags if f.startswith("sparse data")]
+
+    assert not sparse([0.6, 0.7], [0.6, 0.7])
+    (between,) = sparse([0.76, 0.8], [0.76, 0.8])
+    assert "high-pass reading alone" in between and ">= 0.7" in between
+    (whole,) = sparse([0.85, 0.87], [0.6, 0.62])   # an image: the reading misses the shared part
+    assert ">= 0.84" in whole and "reading alone" not in whole
+    assert not sparse([0.8, 0.82], [0.6, 0.62])
 
 
 def test_a_map_that_runs_against_the_ratio_is_flagged():
