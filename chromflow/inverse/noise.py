@@ -261,12 +261,11 @@ def noise_correlation(field, region) -> NoiseCorrelation:
     """
     f = np.asarray(field, dtype=np.float64)
     region = np.asarray(region, bool)
-    usable = ndimage.binary_erosion(region, structure=np.ones((3, 3), bool))
+    out, usable = _high_pass(f, region)
     n = int(usable.sum())
     if n < 20:
         raise ValueError(f"only {n} cells have their 3x3 neighbourhood inside the nucleus: too few to "
                          "measure the noise's correlation")
-    out = ndimage.correlate(np.where(region, f, 0.0), _HIGH_PASS, mode="constant")
     energy = float(np.mean(out[usable] ** 2))
     products = []
     for axis in (0, 1):
@@ -409,11 +408,17 @@ def half_independence(field, half, region) -> float:
     return float(1.0 / max(1.0, (4.0 / r - 1.0 / r2) / 3.0))
 
 
+def _high_pass(field, region):
+    """Output of the 3x3 high-pass filter (the field is 0 outside ``region``) and the cells
+    whose 3x3 neighbourhood is inside ``region``, where it holds only data."""
+    usable = ndimage.binary_erosion(region, structure=np.ones((3, 3), bool))
+    return ndimage.correlate(np.where(region, field, 0.0), _HIGH_PASS, mode="constant"), usable
+
+
 def _high_pass_squares(field, region):
     """Squared output of the 3x3 high-pass filter on the cells whose 3x3 neighbourhood is inside
-    ``region`` (the field is 0 outside it), and those cells."""
-    usable = ndimage.binary_erosion(region, structure=np.ones((3, 3), bool))
-    out = ndimage.correlate(np.where(region, field, 0.0), _HIGH_PASS, mode="constant")
+    ``region``, and those cells."""
+    out, usable = _high_pass(field, region)
     return out[usable] ** 2, usable
 
 
