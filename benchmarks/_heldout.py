@@ -85,6 +85,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import fft as sfft
+from scipy import ndimage
 
 PHI_MAX = 0.7
 LENGTH_UM = 0.03
@@ -546,8 +547,6 @@ def render_ash(table: pd.DataFrame, channel: int, shape, pixel_nm: float = 20.0,
     counts = np.bincount(iy[keep] * shape[1] + ix[keep], minlength=shape[0] * shape[1]).reshape(shape).astype(float)
     m = int(shifts)
     tri = (m - np.abs(np.arange(-m + 1, m))) / m ** 2
-    from scipy import ndimage
-
     image = ndimage.convolve1d(ndimage.convolve1d(counts, tri, axis=0, mode="constant"), tri, axis=1, mode="constant")
     return image.astype(np.float32)
 
