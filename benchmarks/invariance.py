@@ -7,9 +7,16 @@ Every map is resampled (linear interpolation in nm) onto the reference run's gri
 pixel 20 nm) and compared there: Pearson correlation on the cells where both maps are finite,
 plus each run's correlation with the truth, beside the two baselines on its own grid.
 
-    python benchmarks/invariance.py                      # the six runs (minutes on 2 cores)
+    python benchmarks/invariance.py                      # the five runs (minutes on 2 cores)
     python benchmarks/invariance.py --method direct      # the same for the closed form
     python benchmarks/invariance.py --uncertainty        # keep the (default) uncertainty on
+    python benchmarks/invariance.py --tiff --uncertainty # the same localizations as rendered images
+
+With ``--tiff`` the input is not the table but its two channels rendered as averaged shifted
+histograms (``_heldout.render_ash``, as ThunderSTORM renders) at each run's pixel size, read as
+ImageJ TIFFs: the pixel size then comes from the file, and the halves from data fission, whose
+noise must follow the correlation between cells that each pixel size and grid make (the
+``rho`` column: ``diagnostics["noise"][...]["correlation"]``, mean of the channels).
 
 Target: every run agrees with the reference at >= 0.95.
 """
@@ -37,11 +44,15 @@ RUNS = [("grid", 96, 20.0), ("grid", 128, 20.0), ("grid", 192, 20.0),
 REFERENCE = (128, 20.0)
 
 
-def run_one(path, grid, pixel, method, seed, uncertainty):
+def run_one(path, grid, pixel, method, seed, uncertainty, images=None):
+    """One run; ``images``: the two channels' TIFFs to read instead of the table."""
     s = pl.PipelineSettings()
     s.render.pixel_size = pixel
     s.fields.grid = grid
     s.fields.euchromatin_channel = 1
+    if images is not None:
+        path, s.fields.euchromatin = images
+        s.fields.euchromatin_channel = None
     s.inference.seed = seed
     if method:
         s.inference.method = method
@@ -60,6 +71,7 @@ def main(argv=None):
     parser.add_argument("--method", default=None)
     parser.add_argument("--uncertainty", action="store_true", help="keep the uncertainty (slower)")
     parser.add_argument("--cache", default=None, help="held-out data cache (see accuracy.py)")
+    parser.add_argument("--tiff", action="store_true", help="start from rendered images (ASH TIFFs) of the file")
     args = parser.parse_args(argv)
     if args.cache:
         A.CACHE = Path(args.cache)
@@ -68,23 +80,27 @@ def main(argv=None):
     truth_img = sim.truth_image()
     runs = {}
     for kind, grid, pixel in RUNS:
-        fields, result, seconds = run_one(path, grid, pixel, args.method, args.seed, args.uncertainty)
+        images = A.tiff_files(sim, path, pixel) if args.tiff else None
+        fields, result, seconds = run_one(path, grid, pixel, args.method, args.seed, args.uncertainty, images)
         truth = ev.truth_on_grid(truth_img, fields.phi_h.shape, fields.spacing, fields.origin)
         cells = fields.mask & np.isfinite(truth)
         row = ev.compare(result, truth, fields, mask=cells)
         runs[(grid, pixel)] = (fields, result, row, seconds)
         print(f"# ran grid {grid} pixel {pixel:g} nm: {seconds:.0f} s, corr {row['corr']:.3f}", flush=True)
     ref_fields, ref_result, _, _ = runs[REFERENCE]
-    print(f"\nGrid and pixel invariance, {path.name} ({args.rate} rate, {args.count} localizations, seed {args.seed}); "
-          f"method {ref_result.method}; maps resampled onto the grid-128 / 20 nm run's cells.\n")
-    print("| grid | pixel nm | cell nm | corr with reference | corr with truth | ratio corr | direct corr | time s |")
-    print("|---|---|---|---|---|---|---|---|")
+    source = "rendered images (ASH TIFFs) of " if args.tiff else ""
+    print(f"\nGrid and pixel invariance, {source}{path.name} ({args.rate} rate, {args.count} localizations, "
+          f"seed {args.seed}); method {ref_result.method}, chromflow {cf.__version__}; maps resampled onto the "
+          "grid-128 / 20 nm run's cells.\n")
+    print("| grid | pixel nm | cell nm | corr with reference | corr with truth | ratio corr | direct corr | rho | time s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (grid, pixel), (fields, result, row, seconds) in runs.items():
         on_ref = ev.truth_on_grid(result.to_image("rate"), ref_fields.phi_h.shape, ref_fields.spacing,
                                   ref_fields.origin)
         agree = ev.rate_correlation(on_ref, ref_result.rate, ref_fields.mask)
+        rho = np.mean([result.diagnostics["noise"][c].get("correlation", np.nan) for c in ("phi_h", "phi_e")])
         print(f"| {grid} | {pixel:g} | {fields.spacing:.1f} | {agree:.3f} | {row['corr']:.3f} | "
-              f"{row['ratio_corr']:.3f} | {row['direct_corr']:.3f} | {seconds:.0f} |")
+              f"{row['ratio_corr']:.3f} | {row['direct_corr']:.3f} | {rho:.2f} | {seconds:.0f} |")
 
 
 if __name__ == "__main__":
