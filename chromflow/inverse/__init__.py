@@ -352,7 +352,12 @@ def _sizing_shares(noise_models) -> list:
     image smoothed after rendering), so even the corrected variance is a lower bound: measured
     on a held-out image of 40 nm pixels on 52 nm cells, the share read 0.33-0.40, the 48 x 4
     network made a map of 0.51 and the default one 0.88 (oracle smoothed ratio 0.92)."""
-    return [np.nan if m.get("correlation", 0.0) >= MAX_RHO else m.get("share", np.nan) for m in noise_models]
+    return [np.nan if _correlation_saturated(m) else m.get("share", np.nan) for m in noise_models]
+
+
+def _correlation_saturated(noise_model) -> bool:
+    """Whether a channel's neighbour correlation reached the model's cap (:data:`MAX_RHO`)."""
+    return noise_model.get("correlation", 0.0) >= MAX_RHO
 
 
 def network_size(shares, backbone: str = "mlp") -> tuple[int, int, str]:
@@ -583,7 +588,7 @@ def uncertainty_variance(noise_var, excess, inflation, floor=0.0):
 _RING_EDGES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 15.0, 20.0, np.inf)
 
 
-def _flags(rate, mask, interior, split_r, edge, shares=(), ratio_r=float("nan"), shares_read=(), correlations=()):
+def _flags(rate, mask, interior, split_r, edge, shares=(), ratio_r=float("nan"), shares_read=(), saturated=()):
     flags = []
     lam = rate[mask]
     lam = lam[np.isfinite(lam)]
@@ -615,7 +620,7 @@ def _flags(rate, mask, interior, split_r, edge, shares=(), ratio_r=float("nan"),
         flags.append(f"sparse data: the cell-to-cell counting scatter is {why}: at this noise the map beat a "
                      "smoothed phi_h/phi_e on only 3 of 12 benchmark nuclei, read it beside the smoothed "
                      "phi_h/phi_e that needs no physics (result.ratio, the file <stem>_ratio.tif, docs/inference.md)")
-    if any(c >= MAX_RHO for c in correlations):
+    if any(saturated):
         flags.append(f"correlated noise: the noise is correlated beyond neighbouring cells (their correlation "
                      f"reached the model's cap, {MAX_RHO}), as when pixels are coarse for the grid or an image "
                      "was smoothed after rendering. It is under-read, so the uncertainty and the quality score "
@@ -767,7 +772,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     diagnostics = {"noise": {"phi_h": noise_models[0], "phi_e": noise_models[1]}, "edge_cells": int(edge.sum())}
     if method != "direct" and "auto" in (opts["width"], opts["depth"]):
         width, depth, why = network_size(_sizing_shares(noise_models), opts["backbone"])
-        if any(np.isnan(_sizing_shares(noise_models))) and opts["backbone"] == "mlp":
+        if any(_correlation_saturated(m) for m in noise_models) and opts["backbone"] == "mlp":
             why += " (noise correlated beyond neighbouring cells: not treated as low-noise)"
         opts["width"] = width if opts["width"] == "auto" else int(opts["width"])
         opts["depth"] = depth if opts["depth"] == "auto" else int(opts["depth"])
@@ -876,7 +881,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
                                   [m["share"] for m in noise_models if np.isfinite(m.get("share", np.nan))],
                                   rate_correlation(rate, ratio.rate, mask),
                                   [m["share_read"] for m in noise_models if np.isfinite(m.get("share_read", np.nan))],
-                                  [m["correlation"] for m in noise_models if "correlation" in m])
+                                  [_correlation_saturated(m) for m in noise_models])
     settings["training"] = training
     return RateMapResult(rate=out(rate), uncertainty=out(unc), residual=out(res), phi_h=out(hf), phi_e=out(ef),
                          ratio=out(ratio.rate), mask=mask, edge=edge, spacing=spacing, origin=origin, loss_history=history,

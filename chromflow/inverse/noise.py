@@ -18,9 +18,9 @@ high-pass cancels: it then under-reads the variance (measured on the held-out si
 50 nm cells: 1.4-1.6x for tables rendered by chromflow, 2.8-2.9x for images rendered as
 averaged shifted histograms; fields smoothed before inference, ``FieldSettings.smoothing``,
 more still). :func:`noise_correlation` measures that correlation from the same high-pass
-output and the factor the variance is missing. The calibrated parts of the inference (noise
-share, network size, the uncertainty's factors) were set on the high-pass reading and keep it;
-data fission uses the measured correlation.
+output and the factor the variance is missing. The data term's weights and the uncertainty's
+factors were calibrated on the high-pass reading and keep it; the noise share and data fission
+use the whole noise, the measured correlation included.
 
 Halves that share noise
 -----------------------
@@ -183,10 +183,6 @@ class NoiseCorrelation:
     lag_ratio: float
     standard_error: float
     n_cells: int
-
-    def as_dict(self) -> dict:
-        return {"rho": self.rho, "variance_factor": self.variance_factor, "lag_ratio": self.lag_ratio,
-                "standard_error": self.standard_error, "n_cells": self.n_cells}
 
     def taps(self) -> tuple:
         """``(a, b)``: white noise filtered by ``[a, b]`` along an axis has unit variance and
