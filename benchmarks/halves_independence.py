@@ -19,8 +19,8 @@ It then prints what ``chromflow run`` acts on: the same test at the scale of the
 (``chromflow.inverse.noise.half_independence`` per channel, default pipeline settings, any
 number of objects accepted), where a molecule seen in both halves and structure that the grid
 resolves are told apart by binning (docs/inference.md, "When the halves are not independent").
-Beside it, per channel, the noise's correlation between neighbouring cells as
-``chromflow.inverse.noise.noise_correlation`` reads it from the whole data, and the check the
+Beside it, per channel, the noise's correlation between neighbouring cells and cells two apart
+as ``chromflow.inverse.noise.noise_correlation`` reads it from the whole data, and the check the
 halves allow: the variance of ``A - X`` (the whole data's noise variance, for independent halves)
 over the high-pass reading, against the ``variance_factor`` read (docs/inference.md, "Noise that
 neighbouring cells share").
@@ -102,7 +102,7 @@ def grid_scale(path, euchromatin_channel=None, grid=None) -> dict:
     for name, whole, part in zip(("phi_h", "phi_e"), (fields.phi_h, fields.phi_e), fields.half or (None, None)):
         out[name] = float("nan") if part is None else half_independence(whole, part, region)
         nc = noise_correlation(whole, region)
-        out[f"{name}_rho"], out[f"{name}_factor"] = nc.rho, nc.variance_factor
+        out[f"{name}_rho"], out[f"{name}_rho2"], out[f"{name}_factor"] = nc.rho, nc.rho2, nc.variance_factor
         out[f"{name}_halves_factor"] = float("nan")
         if part is not None:
             # A - X = (A - B) / 2: noise only; a 9-cell local mean takes out any slow offset
@@ -140,7 +140,8 @@ def main(argv=None) -> int:
               f"phi_h {g['phi_h']:.2f}, phi_e {g['phi_e']:.2f} (~1 independent; below "
               f"{MIN_HALF_INDEPENDENCE} chromflow scales the halves' difference up)")
         for name in ("phi_h", "phi_e"):
-            print(f"{name}: neighbouring cells' noise correlation {g[name + '_rho']:.2f}, variance over the "
+            print(f"{name}: noise correlation {g[name + '_rho']:.2f} between neighbouring cells, "
+                  f"{g[name + '_rho2']:.2f} between cells two apart, variance over the "
                   f"high-pass reading {g[name + '_factor']:.2f} (noise_correlation) against "
                   f"{g[name + '_halves_factor']:.2f} (the halves)")
     return 0

@@ -50,7 +50,7 @@ from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
 from .boundary import boundary_layer_correction
 from .direct import direct_rates, footprint_inside
-from .noise import (MAX_RHO, MIN_HALF_INDEPENDENCE, estimate_noise, fission, half_independence, local_level,
+from .noise import (MAX_VARIANCE_FACTOR, MIN_HALF_INDEPENDENCE, estimate_noise, fission, half_independence, local_level,
                     noise_correlation)
 from .result import RateMapResult, _jsonable, edge_bias_zone
 
@@ -298,7 +298,8 @@ def _noise(phi_h, phi_e, interior, fields):
         nm = estimate_noise(phi, interior)
         corr = noise_correlation(phi, interior)
         models.append({**nm.as_dict(), "source": "estimated from the data (3x3 high-pass)",
-                       "correlation": corr.rho, "variance_factor": corr.variance_factor})
+                       "correlation": corr.rho, "correlation2": corr.rho2, "variance_factor": corr.variance_factor,
+                       "correlation_saturated": corr.saturated})
         # the variance of a cell follows its expected level, not its own noisy value
         variances.append(nm.variance(local_level(phi, interior)))
         laws.append(nm.variance)
@@ -347,17 +348,19 @@ def _worst_share(shares) -> float:
 
 def _sizing_shares(noise_models) -> list:
     """The channels' noise shares for the low-noise decisions (network size, boundary layer):
-    NaN, never low-noise, for a channel whose neighbour correlation reached the model's cap.
-    Its noise is correlated further than a neighbouring cell (pixels coarse for the grid, an
-    image smoothed after rendering), so even the corrected variance is a lower bound: measured
-    on a held-out image of 40 nm pixels on 52 nm cells, the share read 0.33-0.40, the 48 x 4
-    network made a map of 0.51 and the default one 0.88 (oracle smoothed ratio 0.92)."""
+    NaN, never low-noise, for a channel whose noise correlation the model could not describe.
+    Its noise is correlated further than two cells (an image smoothed after rendering, pixels
+    much coarser than the grid), so even the corrected variance is a lower bound: measured on a
+    held-out image of 40 nm pixels on 52 nm cells with 0.4's neighbour-only model (capped), the
+    share read 0.33-0.40, the 48 x 4 network made a map of 0.51 and the default one 0.88
+    (oracle smoothed ratio 0.92)."""
     return [np.nan if _correlation_saturated(m) else m.get("share", np.nan) for m in noise_models]
 
 
 def _correlation_saturated(noise_model) -> bool:
-    """Whether a channel's neighbour correlation reached the model's cap (:data:`MAX_RHO`)."""
-    return noise_model.get("correlation", 0.0) >= MAX_RHO
+    """Whether a channel's noise correlation was beyond the model
+    (:attr:`~chromflow.inverse.noise.NoiseCorrelation.saturated`)."""
+    return bool(noise_model.get("correlation_saturated", False))
 
 
 def network_size(shares, backbone: str = "mlp") -> tuple[int, int, str]:
@@ -529,7 +532,7 @@ def _half_data(fields, phi_h, phi_e, mask, interior, variances, correlations, se
     (hp, ep), _ = fission([phi_h, phi_e], variances, seed, correlations)
     rho = [c.rho for c in correlations]
     source = (f"data fission (noise from the noise model, correlated {rho[0]:.2f} / {rho[1]:.2f} between "
-              "neighbouring cells for phi_h / phi_e, as the data show)")
+              "neighbouring cells for phi_h / phi_e, and as the data show between cells two apart)")
     return (hp, ep), source, {}
 
 
@@ -621,11 +624,12 @@ def _flags(rate, mask, interior, split_r, edge, shares=(), ratio_r=float("nan"),
                      "smoothed phi_h/phi_e on only 3 of 12 benchmark nuclei, read it beside the smoothed "
                      "phi_h/phi_e that needs no physics (result.ratio, the file <stem>_ratio.tif, docs/inference.md)")
     if any(saturated):
-        flags.append(f"correlated noise: the noise is correlated beyond neighbouring cells (their correlation "
-                     f"reached the model's cap, {MAX_RHO}), as when pixels are coarse for the grid or an image "
-                     "was smoothed after rendering. It is under-read, so the uncertainty and the quality score "
-                     "may be optimistic. Use a grid of cells at least ~3 pixels wide, the raw rendering, or the "
-                     "localization table (docs/inference.md, 'Noise that neighbouring cells share')")
+        flags.append("correlated noise: the noise is correlated further than two grid cells (beyond what the "
+                     f"noise model describes, or a variance factor over {MAX_VARIANCE_FACTOR:g}), as when pixels "
+                     "are much coarser than the grid or an image was smoothed after rendering. It is under-read, "
+                     "so the uncertainty and the quality score may be optimistic. Use grid cells wider than the "
+                     "image's pixels (a coarser grid), the raw rendering, or the localization table "
+                     "(docs/inference.md, 'Noise that neighbouring cells share')")
     return flags
 
 
@@ -773,7 +777,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     if method != "direct" and "auto" in (opts["width"], opts["depth"]):
         width, depth, why = network_size(_sizing_shares(noise_models), opts["backbone"])
         if any(_correlation_saturated(m) for m in noise_models) and opts["backbone"] == "mlp":
-            why += " (noise correlated beyond neighbouring cells: not treated as low-noise)"
+            why += " (noise correlated further than two cells: not treated as low-noise)"
         opts["width"] = width if opts["width"] == "auto" else int(opts["width"])
         opts["depth"] = depth if opts["depth"] == "auto" else int(opts["depth"])
         settings.update(width=opts["width"], depth=opts["depth"], network_size=why)

@@ -151,31 +151,41 @@ def local_level(field, region, size: int = 5) -> np.ndarray:
 
 @dataclass
 class NoiseCorrelation:
-    """How the noise of one field is correlated between neighbouring cells.
+    """How the noise of one field is correlated between nearby cells.
 
-    The model: neighbouring cells (along y or x) share a correlation ``rho`` of their noise,
-    diagonal neighbours ``rho^2`` (separable), cells two or more apart none. That is what
-    rendering (each localization spread over a few pixels) and area-weighted resampling onto
-    grid cells make: measured from two independent halves of the held-out simulator's
-    localizations, neighbours 0.15 (tables rendered by chromflow) and 0.31 (images rendered as
-    averaged shifted histograms), diagonal neighbours 0.03 and 0.11, cells two apart -0.01 to
-    0.02.
+    The model: cells one apart (along y or x) share a correlation ``rho`` of their noise, cells
+    two apart ``rho2``, cells further apart along an axis none, and the correlation is separable
+    (diagonal neighbours ``rho^2``). That is what rendering (each localization spread over a few
+    pixels) and area-weighted resampling of pixels onto grid cells make. Measured from two
+    independent halves of the held-out simulator's localizations (50 nm cells): neighbours
+    0.15 (tables rendered by chromflow) and 0.28-0.29 (images rendered as averaged shifted
+    histograms of 20 nm pixels), cells two apart -0.05 to 0.02; images of 40 nm pixels on the
+    same cells 0.59-0.60 and 0.04-0.05, diagonal neighbours 0.34 (``rho^2``: 0.35).
 
     Attributes
     ----------
     rho : float
-        The correlation of two neighbouring cells' noise (0: independent cells).
+        The correlation of the noise of two neighbouring cells (0: independent cells).
     variance_factor : float
         The per-cell noise variance over what the 3x3 high-pass of :func:`estimate_noise`
-        reads, ``(6 / (6 - 8 rho))^2`` (>= 1). The high-pass subtracts neighbours, so it cancels
-        the part of the noise they share.
+        reads, ``(6 / (6 - 8 rho + 2 rho2))^2`` (>= 1). The high-pass subtracts neighbours, so it
+        cancels the part of the noise they share.
     lag_ratio : float
         What was measured: the high-pass output's correlation between neighbours, averaged
-        over the two axes (``(-4 + 7 rho) / (6 - 8 rho)``: -2/3 for independent cells).
+        over the two axes (-2/3 for independent cells).
     standard_error : float
         Its standard error (from the scatter of the products of neighbours).
     n_cells : int
         Cells used for the estimate.
+    rho2 : float
+        The correlation of the noise of two cells two apart along an axis.
+    lag_ratio2 : float
+        The high-pass output's correlation between cells two apart (1/6 for independent cells).
+    saturated : bool
+        The data did not fit the model: the noise is correlated further than two cells (the
+        solution was no valid correlation, or its variance factor exceeded
+        :data:`MAX_VARIANCE_FACTOR`). ``rho``, ``rho2`` and ``variance_factor`` are then
+        shrunk to the model's limit, and the factor is a lower bound.
     """
 
     rho: float
@@ -183,44 +193,51 @@ class NoiseCorrelation:
     lag_ratio: float
     standard_error: float
     n_cells: int
+    rho2: float = 0.0
+    lag_ratio2: float = float("nan")
+    saturated: bool = False
 
-    def taps(self) -> tuple:
-        """``(a, b)``: white noise filtered by ``[a, b]`` along an axis has unit variance and
-        correlation ``a b = rho`` between neighbours, and none further."""
-        p, m = np.sqrt(1.0 + 2.0 * self.rho), np.sqrt(max(1.0 - 2.0 * self.rho, 0.0))
-        return float((p + m) / 2.0), float((p - m) / 2.0)
+    def spectrum(self, n: int) -> np.ndarray:
+        """The noise's power spectrum along an axis of ``n`` cells, at ``numpy.fft.fftfreq(n)``:
+        ``1 + 2 rho cos(w) + 2 rho2 cos(2 w)`` (mean 1: unit variance), clipped at 0."""
+        w = 2.0 * np.pi * np.fft.fftfreq(int(n))
+        return np.clip(1.0 + 2.0 * self.rho * np.cos(w) + 2.0 * self.rho2 * np.cos(2.0 * w), 0.0, None)
 
 
-#: the largest neighbour correlation :func:`noise_correlation` reports (the model is a valid
-#: covariance up to 0.5; the cap keeps the variance factor under 6.25)
-MAX_RHO = 0.45
-#: the measured correlation counts only when it departs from independent cells' by more than
-#: this many standard errors (white noise on a 64 x 64 nucleus scatters by ~1 standard error,
+#: the largest variance factor :func:`noise_correlation` reports. The model reads the factor to
+#: within 10 % of what independent halves show up to ~24 (images of 40 nm pixels on 52 nm cells,
+#: where the high-pass sees 1/24 of the noise); beyond, the noise is mostly smooth at the grid
+#: scale and the 3x3 high-pass reads too little of it to tell
+MAX_VARIANCE_FACTOR = 30.0
+#: the measured correlations count only when the neighbours' departs from independent cells' by
+#: more than this many standard errors (white noise on a 64 x 64 nucleus scatters by ~1 standard error,
 #: which would otherwise read as neighbour correlations up to 0.08)
 CORRELATION_SIGNIFICANCE = 2.0
-# the high-pass output's neighbour correlation for independent cells (-4/6)
+# the high-pass output's correlation between neighbours for independent cells, -4/6 (the second
+# difference's autocorrelation is 6, -4, 1 at lags 0, 1, 2; two apart it is 1/6)
 _WHITE_LAG_RATIO = -4.0 / 6.0
 
 
 def noise_correlation(field, region) -> NoiseCorrelation:
-    """Measure how the noise of a field is correlated between neighbouring cells.
+    """Measure how the noise of a field is correlated between nearby cells.
 
     The 3x3 high-pass of :func:`estimate_noise` is blind to smooth structure, so its output is
-    the noise filtered by it. For independent cells, that output's correlation between
-    neighbours is ``-4/6`` (a fixed property of the filter); noise that neighbours share raises
-    it. The correlation measured on the data (both axes together) is matched to the model of
-    :class:`NoiseCorrelation` (neighbours ``rho``, cells further apart none), which gives the
-    noise's own neighbour correlation and how much of its variance the high-pass misses. A
-    departure from ``-4/6`` within :data:`CORRELATION_SIGNIFICANCE` standard errors counts as
-    none.
+    the noise filtered by it. For independent cells, that output correlates ``-4/6`` between
+    neighbours and ``1/6`` between cells two apart (fixed properties of the filter); noise that
+    nearby cells share changes both. The two correlations measured on the data (both axes
+    together) are matched to the model of :class:`NoiseCorrelation` (two linear equations in
+    ``rho`` and ``rho2``), which gives the noise's own correlations and how much of its variance
+    the high-pass misses. The noise counts as correlated only when the neighbours' correlation
+    departs from ``-4/6`` by more than :data:`CORRELATION_SIGNIFICANCE` standard errors (any blur
+    that makes cells two apart share noise makes neighbours share more).
 
-    Measured on the held-out simulator's rendered nuclei (1e5-2e6 localizations, 50 nm cells,
-    ``benchmarks/accuracy.py``'s cases), against what two independent halves of the same
-    localizations show: images rendered as averaged shifted histograms of 20 nm pixels read
-    neighbour correlations of ~0.3 and variance factors of ~2.9 (halves: 0.31, 2.8-2.9);
-    tables rendered by chromflow (merged molecules, a Gaussian of each localization's
-    precision) read ~0.15 and ~1.5 (halves: 0.15, 1.4-1.6); fields with independent noise read
-    0.00-0.02 and 1.00-1.05.
+    Measured on the held-out simulator's rendered nuclei (``benchmarks/accuracy.py``'s cases),
+    against what two independent halves of the same localizations show
+    (``benchmarks/halves_independence.py``), variance factor read / halves: images rendered as
+    averaged shifted histograms of 10, 20 and 40 nm pixels on 52 nm cells 1.45-1.59 / 1.47-1.51,
+    2.81-2.86 / 2.71-2.75 and 23.7-23.8 / 21.4-21.8; 20 nm pixels on 35 nm cells 8.4-8.5 /
+    7.6-7.9; tables rendered by chromflow ~1.5 / 1.4-1.6; fields with independent noise
+    1.00-1.05.
 
     Parameters
     ----------
@@ -240,18 +257,18 @@ def noise_correlation(field, region) -> NoiseCorrelation:
 
     Examples
     --------
-    Noise whose neighbours correlate 0.3 (white noise filtered by the model's taps; the high-pass
-    reads ``(3.6 / 6)^2`` of its variance, a factor of 2.78 missing):
+    Noise whose neighbours correlate 0.3 and cells two apart 0.1 (white noise shaped by the
+    model's spectrum; the high-pass reads ``(3.8 / 6)^2`` of its variance, a factor of 2.49
+    missing):
 
     >>> import numpy as np
-    >>> from scipy import ndimage
-    >>> a, b = NoiseCorrelation(0.3, 1.0, 0.0, 0.0, 0).taps()
-    >>> rng = np.random.default_rng(0)
-    >>> w = rng.standard_normal((200, 200))
-    >>> noise = ndimage.correlate1d(ndimage.correlate1d(w, [a, b], axis=0), [a, b], axis=1)
+    >>> model = NoiseCorrelation(0.3, 1.0, 0.0, 0.0, 0, rho2=0.1)
+    >>> amp = np.sqrt(model.spectrum(200))
+    >>> w = np.random.default_rng(0).standard_normal((200, 200))
+    >>> noise = np.real(np.fft.ifft2(np.fft.fft2(w) * amp[:, None] * amp[None, :]))
     >>> nc = noise_correlation(0.3 + 0.01 * noise, np.ones((200, 200), bool))
-    >>> round(nc.rho, 1), round(nc.variance_factor, 1)
-    (0.3, 2.7)
+    >>> round(nc.rho, 1), round(nc.rho2, 1), abs(nc.variance_factor - 2.49) < 0.15
+    (0.3, 0.1, True)
     >>> round(noise_correlation(0.3 + 0.01 * w, np.ones((200, 200), bool)).variance_factor, 2)
     1.0
     """
@@ -263,25 +280,61 @@ def noise_correlation(field, region) -> NoiseCorrelation:
         raise ValueError(f"only {n} cells have their 3x3 neighbourhood inside the nucleus: too few to "
                          "measure the noise's correlation")
     energy = float(np.mean(out[usable] ** 2))
+    (q1, se1), (q2, _) = (_lag_correlation(out, usable, lag, energy) for lag in (1, 2))
+    # the test is on the neighbours alone: a blur that makes cells two apart share noise makes
+    # neighbours share more, and a second test would double the false alarms on white noise
+    # (on coarse cells, structure the high-pass lets through moves q2 first: the bundled
+    # sample's 186 nm cells read rho2 = -0.04 with an insignificant q1)
+    significant = np.isfinite(q1) and np.isfinite(q2) and q1 - _WHITE_LAG_RATIO > CORRELATION_SIGNIFICANCE * se1
+    none = NoiseCorrelation(0.0, 1.0, q1, se1, n, 0.0, q2, False)
+    if not significant:
+        return none
+    # per axis the second difference [1, -2, 1] of noise correlated (1, rho, rho2) at lags
+    # (0, 1, 2) has variance 6 - 8 rho + 2 rho2 and covariances 7 rho - 4 - 4 rho2 (lag 1) and
+    # 1 - 4 rho + 6 rho2 (lag 2); q1 and q2 are the covariances over the variance
+    system = np.array([[7.0 + 8.0 * q1, -4.0 - 2.0 * q1], [-4.0 + 8.0 * q2, 6.0 - 2.0 * q2]])
+    try:
+        rho, rho2 = np.linalg.solve(system, [6.0 * q1 + 4.0, 6.0 * q2 - 1.0])
+    except np.linalg.LinAlgError:
+        rho, rho2 = np.nan, np.nan
+    if not (np.isfinite(rho) and np.isfinite(rho2)):
+        return NoiseCorrelation(0.0, 1.0, q1, se1, n, 0.0, q2, True)
+    if 6.0 - 8.0 * rho + 2.0 * rho2 >= 6.0:
+        return none                      # less variance missing than for independent cells: none
+    saturated = False
+    for _ in range(200):
+        # a valid correlation (non-negative spectrum) with a factor under the cap, else shrink
+        # both towards independence: the factor then is a lower bound
+        low = 6.0 - 8.0 * rho + 2.0 * rho2
+        valid = low > 0 and _min_spectrum(rho, rho2) >= 0.0 and (6.0 / low) ** 2 <= MAX_VARIANCE_FACTOR
+        if valid:
+            break
+        saturated = True
+        rho, rho2 = 0.98 * rho, 0.98 * rho2
+    factor = (6.0 / (6.0 - 8.0 * rho + 2.0 * rho2)) ** 2
+    return NoiseCorrelation(float(rho), float(factor), q1, se1, n, float(rho2), q2, saturated)
+
+
+def _lag_correlation(out, usable, lag, energy):
+    """The high-pass output's correlation between cells ``lag`` apart (both axes) and its
+    standard error."""
     products = []
     for axis in (0, 1):
         a = np.moveaxis(out, axis, 0)
         u = np.moveaxis(usable, axis, 0)
-        pair = u[:-1] & u[1:]
-        products.append(a[:-1][pair] * a[1:][pair])
+        pair = u[:-lag] & u[lag:]
+        products.append(a[:-lag][pair] * a[lag:][pair])
     products = np.concatenate(products)
     if energy <= 0 or products.size < 2:
-        q, se = float("nan"), float("nan")
-    else:
-        q = float(np.mean(products)) / energy
-        se = float(np.std(products)) / energy / np.sqrt(products.size)
-    significant = np.isfinite(q) and q - _WHITE_LAG_RATIO > CORRELATION_SIGNIFICANCE * se
-    # per axis the high-pass reads (6 - 8 rho) / 6 of the variance, and its output correlates
-    # (-4 + 7 rho) / (6 - 8 rho) between neighbours (the second difference's autocorrelation
-    # 6, -4, 1 at lags 0, 1, 2 against the noise's 1, rho, 0)
-    rho = float(np.clip((6.0 * q + 4.0) / (7.0 + 8.0 * q), 0.0, MAX_RHO)) if significant else 0.0
-    factor = (6.0 / (6.0 - 8.0 * rho)) ** 2
-    return NoiseCorrelation(rho, float(factor), q, se, n)
+        return float("nan"), float("nan")
+    return (float(np.mean(products)) / energy,
+            float(np.std(products)) / energy / np.sqrt(products.size))
+
+
+def _min_spectrum(rho, rho2) -> float:
+    """The minimum over frequencies of ``1 + 2 rho cos(w) + 2 rho2 cos(2 w)``."""
+    w = np.linspace(0.0, np.pi, 721)
+    return float(np.min(1.0 + 2.0 * rho * np.cos(w) + 2.0 * rho2 * np.cos(2.0 * w)))
 
 
 def fission(fields, variances, seed: int = 0, correlations=None):
@@ -324,10 +377,15 @@ def fission(fields, variances, seed: int = 0, correlations=None):
     for x, v, corr in zip(fields, variances, correlations):
         w = rng.standard_normal(np.shape(x))
         v = np.clip(np.asarray(v, dtype=np.float64), 0.0, None)
-        if corr is not None and corr.rho > 0:
-            a, b = corr.taps()
-            for axis in range(w.ndim):
-                w = ndimage.correlate1d(w, [a, b], axis=axis, mode="reflect")
+        if corr is not None and (corr.rho != 0 or corr.rho2 != 0):
+            # shaped in Fourier space: the amplitude is the square root of the model's spectrum
+            # along each axis (separable), so Z has unit variance and the model's correlations
+            spectrum = np.fft.fftn(w)
+            for axis, n in enumerate(w.shape):
+                shape = [1] * w.ndim
+                shape[axis] = n
+                spectrum = spectrum * np.sqrt(corr.spectrum(n)).reshape(shape)
+            w = np.real(np.fft.ifftn(spectrum))
             v = v * corr.variance_factor
         z = np.sqrt(v) * w
         plus.append(x + z)
