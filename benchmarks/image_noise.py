@@ -39,7 +39,7 @@ import _heldout as H  # noqa: E402
 import accuracy as A  # noqa: E402
 
 from chromflow import pipeline as pl  # noqa: E402
-from chromflow.inverse.noise import estimate_noise, local_level, noise_correlation  # noqa: E402
+from chromflow.inverse.noise import _lag_correlation, estimate_noise, local_level, noise_correlation  # noqa: E402
 
 #: (grid, pixel nm): 10 / 20 / 40 nm pixels on the standard ~52 nm cells ("std") and 20 nm
 #: pixels on 192 cells (~35 nm), the settings of ``invariance.py --tiff`` that differ in noise
@@ -62,17 +62,10 @@ def images(sim, path, table, pixel_nm):
 
 
 def lag_correlations(d, region, lags=(1, 2)):
-    """Correlation of ``d`` between cells ``lag`` apart along y and x (both axes pooled)."""
+    """Correlation of ``d`` between cells ``lag`` apart along y and x (both axes pooled), as
+    ``noise_correlation`` measures it on the high-pass output."""
     energy = float(np.mean(d[region] ** 2))
-    out = []
-    for lag in lags:
-        products = []
-        for axis in (0, 1):
-            a, u = np.moveaxis(d, axis, 0), np.moveaxis(region, axis, 0)
-            pair = u[:-lag] & u[lag:]
-            products.append(a[:-lag][pair] * a[lag:][pair])
-        out.append(float(np.mean(np.concatenate(products))) / energy)
-    return out
+    return [_lag_correlation(d, region, lag, energy)[0] for lag in lags]
 
 
 def measure(sim, path, grid, pixel_nm):

@@ -200,8 +200,7 @@ class NoiseCorrelation:
     def spectrum(self, n: int) -> np.ndarray:
         """The noise's power spectrum along an axis of ``n`` cells, at ``numpy.fft.fftfreq(n)``:
         ``1 + 2 rho cos(w) + 2 rho2 cos(2 w)`` (mean 1: unit variance), clipped at 0."""
-        w = 2.0 * np.pi * np.fft.fftfreq(int(n))
-        return np.clip(1.0 + 2.0 * self.rho * np.cos(w) + 2.0 * self.rho2 * np.cos(2.0 * w), 0.0, None)
+        return np.clip(_spectrum(self.rho, self.rho2, 2.0 * np.pi * np.fft.fftfreq(int(n))), 0.0, None)
 
 
 #: the largest variance factor :func:`noise_correlation` reports. The model reads the factor to
@@ -331,10 +330,15 @@ def _lag_correlation(out, usable, lag, energy):
             float(np.std(products)) / energy / np.sqrt(products.size))
 
 
+def _spectrum(rho, rho2, w):
+    """The power spectrum ``1 + 2 rho cos(w) + 2 rho2 cos(2 w)`` of noise correlated ``rho`` and
+    ``rho2`` at lags 1 and 2, at angular frequencies ``w``."""
+    return 1.0 + 2.0 * rho * np.cos(w) + 2.0 * rho2 * np.cos(2.0 * w)
+
+
 def _min_spectrum(rho, rho2) -> float:
-    """The minimum over frequencies of ``1 + 2 rho cos(w) + 2 rho2 cos(2 w)``."""
-    w = np.linspace(0.0, np.pi, 721)
-    return float(np.min(1.0 + 2.0 * rho * np.cos(w) + 2.0 * rho2 * np.cos(2.0 * w)))
+    """The minimum of :func:`_spectrum` over frequencies (0 to pi)."""
+    return float(np.min(_spectrum(rho, rho2, np.linspace(0.0, np.pi, 721))))
 
 
 def fission(fields, variances, seed: int = 0, correlations=None):
