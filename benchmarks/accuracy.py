@@ -294,7 +294,10 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
            "noise_correlation": float(np.mean([result.diagnostics["noise"][c].get("correlation", np.nan)
                                                for c in ("phi_h", "phi_e")])),
            "sparse_flag": any(f.startswith("sparse data") for f in result.diagnostics.get("flags", [])),
-           "ratio_map_r": result.summary()["ratio_map_r"]}
+           "ratio_map_r": result.summary()["ratio_map_r"],
+           # effort="auto": the halves' agreement at the domain scale and what it chose
+           "domain_agreement": result.summary()["domain_scale_agreement"],
+           "effort": result.summary()["effort"]}
     row.update(_scores(result, truth, fields, cells))
     # the smoothed ratio at the width the data's halves chose (result.ratio): the baseline a user
     # has without the truth

@@ -228,21 +228,24 @@ def _add_device(parser):
 
 def _add_settings_options(parser, d):
     """The pipeline settings options of run and batch; ``d``: the resolved default settings."""
+    from .inverse import DOMAIN_SCALE_EFFORT as larger
     parser.add_argument("--pixel-size", type=float, metavar="NM",
                         help=f"render pixel size in nm (TIFF: used only when the file records none; "
                              f"default: {d.render.pixel_size:g})")
     parser.add_argument("--method", choices=("pinn", "direct", "autodiff"),
                         help=f"inference method (default: {d.inference.method})")
     parser.add_argument("--iterations", type=int, metavar="N",
-                        help=f"training iterations (default: {d.inference.iterations})")
+                        help=f"training iterations (default: {d.inference.iterations}; "
+                             f"{larger['iterations']} where the data resolve domain-scale structure, "
+                             "docs/inference.md 'Effort')")
     parser.add_argument("--grid", type=int, metavar="N",
                         help=f"grid cells along the longer side of the nucleus, 16 to 2048 (default: {d.fields.grid})")
     parser.add_argument("--seed", type=int, metavar="S", help=f"random seed (default: {d.inference.seed})")
     parser.add_argument("--euchromatin-channel", metavar="VALUE",
                         help="value of the 'channel' column marking euchromatin (two-channel tables)")
     parser.add_argument("--ensemble", type=_positive_int, metavar="N",
-                        help=f"independently seeded fits; their spread is the uncertainty map "
-                             f"(default: {d.inference.ensemble})")
+                        help=f"independently seeded fits averaged into the map (default: {d.inference.ensemble}; "
+                             f"{larger['ensemble']} where the data resolve domain-scale structure)")
     parser.add_argument("--no-uncertainty", action="store_true",
                         help="skip the uncertainty map (faster; config inference.uncertainty = false)")
     parser.add_argument("--columns", type=_column_mapping, metavar="x=NAME,y=NAME",

@@ -99,6 +99,10 @@ def report_caption(result) -> str:
         if np.isfinite(r_ratio):
             parts.append(f"map vs smoothed phi_h/phi_e without physics (width {ratio['sigma_cells']:.1f} cells "
                          f"from the halves): r = {r_ratio:.2f}")
+    effort = diag.get("effort") or {}
+    if effort.get("larger"):
+        parts.append(f"domain-scale data (halves agree {effort['domain_scale_agreement']:.2f} at the domain scale): "
+                     f"{effort['ensemble']} fits of up to {effort['iterations']} steps")
     split = diag.get("split")
     if split is not None and split != "two-channel":
         parts.append(f"single channel: phi_h/phi_e from the '{split}' rule, an assumption (docs/domains.md)")

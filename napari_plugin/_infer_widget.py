@@ -237,8 +237,9 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
         self.device = ComboBox(label="device", choices=list(DEVICES), value=inf.device)
         self.iterations = SpinBox(label="iterations", min=1, max=1_000_000, step=100)
         self.ensemble = SpinBox(label="ensemble", min=1, max=32,
-                                tooltip="fits with seeds seed, seed+1, ...; their spread is the "
-                                "uncertainty map")
+                                tooltip="fits with seeds seed, seed+1, ..., averaged into the map; at the "
+                                "library's default the library takes 3 for domain-scale data (docs/inference.md, "
+                                "'Effort')")
         self.seed = SpinBox(label="seed", value=inf.seed, min=0, max=2**31 - 1)
         self.settings_file = FileEdit(label="settings file", mode="w", filter="*.json",
                                       tooltip="the JSON config of chromflow run/batch --config")

@@ -202,7 +202,7 @@ class ResultsWidget(ScrollableContainer):
         self.canvas.draw_idle()
 
     #: the table grows to show this many rows at most; beyond, it scrolls
-    MAX_TABLE_ROWS = 24
+    MAX_TABLE_ROWS = 30
 
     def _fit_table_to_rows(self):
         """Make the table tall enough to show every row (the panel scrolls, not the table)."""

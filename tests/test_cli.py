@@ -263,7 +263,8 @@ def test_help_shows_library_defaults_and_config_in_user_terms(capsys, monkeypatc
     assert main(["run", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for words in ("grid cells along the longer side of the nucleus, 16 to 2048 (default: 128)",
-                  f"training iterations (default: {inverse.DEFAULTS['pinn']['iterations']})",
+                  f"training iterations (default: {inverse.DEFAULTS['pinn']['iterations']};",
+                  f"{inverse.DOMAIN_SCALE_EFFORT['iterations']} where the data resolve domain-scale structure",
                   "inference method (default: pinn)", "(default: auto)",
                   "random seed (default: 0)", "default: 20)", "sections render, segmentation, fields and inference",
                   "docs/cli.md", "--ensemble N", "--no-uncertainty", "--columns x=NAME,y=NAME", "--units UNIT",
@@ -274,7 +275,7 @@ def test_help_shows_library_defaults_and_config_in_user_terms(capsys, monkeypatc
     monkeypatch.setitem(inverse.DEFAULTS["pinn"], "iterations", 321)
     assert main(["batch", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "training iterations (default: 321)" in text and "--euchromatin-channel VALUE" in text
+    assert "training iterations (default: 321;" in text and "--euchromatin-channel VALUE" in text
 
 
 def test_short_version_flag(capsys):

@@ -722,3 +722,54 @@ def test_noise_correlated_beyond_the_model_is_flagged_and_never_read_as_low_nois
     # independent noise never saturates
     white = infer_rates(_noisy(steady, 0.2, 5), method="direct", radius=3, uncertainty=False)
     assert not any(f.startswith("correlated noise:") for f in white.diagnostics["flags"])
+
+
+# ------------------------------------------------------------------------------------- effort
+def test_the_effort_follows_the_domain_scale_agreement_of_noisy_well_described_data():
+    from chromflow.inverse import DOMAIN_SCALE_AGREEMENT, LOW_NOISE_SHARE, _effort
+
+    noisy = [{"share": LOW_NOISE_SHARE + 0.3, "correlation_saturated": False}] * 2
+    assert _effort("auto", DOMAIN_SCALE_AGREEMENT + 0.01, noisy)[0]
+    assert not _effort("auto", DOMAIN_SCALE_AGREEMENT - 0.01, noisy)[0]
+    assert not _effort("auto", float("nan"), noisy)[0]
+    # fields with little noise run their whole budget already
+    quiet = [{"share": 0.03, "correlation_saturated": False}] * 2
+    assert not _effort("auto", 0.99, quiet)[0]
+    # noise correlated beyond the model: fission halves share part of it and agree too well
+    shared = [noisy[0], {**noisy[1], "correlation_saturated": True}]
+    larger, why = _effort("auto", 0.9, shared)
+    assert not larger and "not trusted" in why
+    assert _effort("domain", 0.0, quiet)[0] and not _effort("standard", 0.99, noisy)[0]
+
+
+def test_the_larger_effort_runs_more_members_at_the_first_members_step_unless_given(steady):
+    from chromflow.inverse import DEFAULTS, DOMAIN_SCALE_EFFORT
+
+    f = _noisy(steady, 0.2, 3)
+    quick = dict(uncertainty=False, device="cpu", check_every=5, patience=2, seed=0)
+    big = infer_rates(f, effort="domain", **quick)
+    eff = big.diagnostics["effort"]
+    assert eff["larger"] and (eff["iterations"], eff["ensemble"]) == tuple(DOMAIN_SCALE_EFFORT.values())
+    assert (big.settings["iterations"], big.settings["ensemble"]) == tuple(DOMAIN_SCALE_EFFORT.values())
+    assert -1 <= eff["domain_scale_agreement"] <= 1
+    tr = big.diagnostics["training"]
+    step = tr["best_iteration"]
+    runs = tr["members_iterations_run"]
+    assert len(runs) == 3 and all(step < n <= step + 2 for n in runs[1:])
+    assert big.summary()["effort"] == "domain"
+    assert np.isclose(big.summary()["domain_scale_agreement"], eff["domain_scale_agreement"])
+    given = infer_rates(f, effort="domain", iterations=40, ensemble=1, **quick)
+    assert (given.settings["iterations"], given.settings["ensemble"]) == (40, 1)
+    plain = infer_rates(f, effort="standard", iterations=40, **quick)
+    assert not plain.diagnostics["effort"]["larger"] and plain.settings["ensemble"] == DEFAULTS["pinn"]["ensemble"]
+    assert plain.summary()["effort"] == "standard"
+    assert infer_rates(f, method="direct", radius=3, uncertainty=False).summary()["effort"] == ""
+    with pytest.raises(ValueError, match="effort"):
+        infer_rates(f, effort="lots", **quick)
+
+
+def test_an_ensemble_is_the_same_on_every_run(steady):
+    """The members run two at a time in threads: the result must not depend on their timing."""
+    f = _noisy(steady, 0.1, 4)
+    a, b = (infer_rates(f, iterations=60, ensemble=3, uncertainty="noise", device="cpu", seed=1) for _ in range(2))
+    np.testing.assert_array_equal(a.rate, b.rate)

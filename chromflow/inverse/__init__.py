@@ -45,7 +45,7 @@ import torch
 
 from .._progress import CancelToken, ProgressCallback, check_cancel, report
 from ..errors import GridError, InputError
-from ..evaluate import cross_validated_ratio, rate_correlation
+from ..evaluate import cross_validated_ratio, domain_scale_reproducibility, rate_correlation
 from ..physics.chromatin import ChromatinModel, steady_state_residual
 from ..training import resolve_device
 from .boundary import boundary_layer_correction
@@ -62,7 +62,7 @@ METHODS = ("pinn", "direct", "autodiff")
 _COMMON = {"uncertainty": True, "edge": "auto", "held_out": 0.1}
 _NETWORK = {"iterations": 1000, "lr": 2e-2, "residual_weight": 1.0, "width": "auto", "depth": "auto", "blocks": 2,
             "fourier_scale": 1.0, "ensemble": 1, "log_every": 25, "dtype": "float32", "check_every": 10,
-            "patience": 30, "boundary_layer": True}
+            "patience": 30, "boundary_layer": True, "effort": "auto"}
 #: Default settings per method (``infer_rates`` keyword options override them). The single
 #: source of the defaults: the pipeline, the CLI and napari read them from here.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -117,6 +117,17 @@ EDGE_MODEL_ERROR_FLOOR = {"direct": 0.0, "pinn": 1.5, "autodiff": 1.5}
 #: read 0.67-0.98 (mean of the channels) and fields 0.03, so every decision stands.
 LOW_NOISE_SHARE = 0.4
 NETWORK_SIZE = {"low noise": (48, 4), "default": (32, 3)}
+#: ``effort="auto"`` (networks): noisy counting data whose halves agree on the ratio at the
+#: domain scale (:func:`chromflow.evaluate.domain_scale_reproducibility` at least
+#: ``DOMAIN_SCALE_AGREEMENT``, the worse channel's noise share at least :data:`LOW_NOISE_SHARE`,
+#: the noise described by the model) get the larger budget and ensemble ``DOMAIN_SCALE_EFFORT``:
+#: domain-scale detail takes the network more steps and averaging than the default gives, and
+#: the halves tell whether the counts hold any. Chosen on the held-out simulator's rendered
+#: tuning nuclei (seeds 100-104; docs/inference.md, "Effort"). Fields with little noise read
+#: ~1 but run their whole budget already (there 2000 steps bought nothing, session 11).
+DOMAIN_SCALE_AGREEMENT = 0.3
+DOMAIN_SCALE_EFFORT = {"iterations": 2000, "ensemble": 3}
+EFFORTS = ("auto", "standard", "domain")
 #: a map whose two halves correlate less than this is flagged as dominated by noise
 LOW_REPRODUCIBILITY = 0.5
 #: mean noise share of the two channels (:func:`noise_share`, the whole noise) from which a map is
@@ -339,6 +350,24 @@ def noise_share(phi, variance, interior) -> float:
 #: noise-free or smoothed fields the estimated variance tends to 0 and the data term would drown
 #: the physics (measured: correlation 0.68 instead of 0.9 on noise-free fields)
 MIN_NOISE_SHARE = 0.02
+
+
+def _effort(choice: str, agreement: float, noise_models) -> tuple[bool, str]:
+    """Whether a network inference takes :data:`DOMAIN_SCALE_EFFORT`, and why (``effort``)."""
+    if choice == "standard":
+        return False, "standard (effort='standard')"
+    if choice == "domain":
+        return True, "domain scale (effort='domain')"
+    shown = f"halves agree {agreement:.2f} on the ratio at the domain scale"
+    if any(_correlation_saturated(m) for m in noise_models):
+        # noise the model under-reads is partly shared by data-fission halves: they agree too well
+        return False, f"auto: standard, noise correlated beyond the noise model ({shown}, not trusted)"
+    worst = _worst_share(_sizing_shares(noise_models))
+    if not np.isfinite(worst) or worst < LOW_NOISE_SHARE:
+        return False, f"auto: standard, noise share {worst:.2f} < {LOW_NOISE_SHARE} (the fit runs its budget)"
+    if np.isfinite(agreement) and agreement >= DOMAIN_SCALE_AGREEMENT:
+        return True, f"auto: domain scale, {shown} (>= {DOMAIN_SCALE_AGREEMENT})"
+    return False, f"auto: standard, {shown} (< {DOMAIN_SCALE_AGREEMENT})"
 
 
 def _worst_share(shares) -> float:
@@ -655,7 +684,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     seed : int
         Seed of every random step (network start, held-out cells, data fission).
     iterations : int, optional
-        Most optimiser steps per fit (default ``DEFAULTS[method]["iterations"]``, 1000); the fit
+        Most optimiser steps per fit (default ``DEFAULTS[method]["iterations"]``, 1000, or 2000
+        with the larger ``effort``); the fit
         usually stops earlier, at the step chosen from the split-half refit's misfit to the other
         half (or, without the uncertainty, on held-out cells).
     radius : float or "auto", optional
@@ -666,7 +696,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         Coordinate network, or ``"grid"``: free values per cell (no network).
     optimizer : {"adam", "soap"}
     ensemble : int, optional
-        Number of fits with different seeds averaged into ``rate`` (default 1). The split-half
+        Number of fits with different seeds averaged into ``rate`` (default 1, or 3 with the
+        larger ``effort``; the others are read at the first one's step). The split-half
         refit shares its start with the first; the mixing weight, ``split_half_r`` and the noise
         part of the uncertainty come from that pair (one fit's noise: an upper bound).
     uncertainty : bool, optional
@@ -686,7 +717,11 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         ``depth``, ``blocks``, ``fourier_scale``, ``kernel``, ``log_every``, ``dtype``
         (``"float64"`` or ``"float32"``), ``boundary_layer`` (networks; default True: correct
         the map near the outline for the envelope's transport layer where the data show it,
-        :func:`chromflow.inverse.boundary.boundary_layer_correction`).
+        :func:`chromflow.inverse.boundary.boundary_layer_correction`), ``effort`` (networks;
+        ``"auto"``: :data:`DOMAIN_SCALE_EFFORT`, 2000 steps and an ensemble of 3, for noisy data
+        whose halves agree on the ratio at the domain scale,
+        :func:`chromflow.evaluate.domain_scale_reproducibility` >= :data:`DOMAIN_SCALE_AGREEMENT`;
+        ``"standard"``; ``"domain"``; ``iterations`` and ``ensemble`` given here stay).
 
     Returns
     -------
@@ -737,6 +772,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         opts["iterations"] = int(iterations)
     if ensemble is not None:
         opts["ensemble"] = int(ensemble)
+    if method != "direct" and opts["effort"] not in EFFORTS:
+        raise ValueError(f"effort must be one of {list(EFFORTS)}, got {opts['effort']!r}")
     if uncertainty is not None:
         opts["uncertainty"] = uncertainty
     opts["uncertainty"] = _uncertainty_mode(opts["uncertainty"])
@@ -799,6 +836,16 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     ratio = cross_validated_ratio(phi_h, phi_e, mask, *halves)
     diagnostics["ratio"] = {"sigma_cells": ratio.sigma_cells, "sigma_half_cells": ratio.sigma_half_cells,
                             "halves": halves_source}
+    if method != "direct":
+        agreement = domain_scale_reproducibility(phi_h, phi_e, mask, *halves)
+        larger, why = _effort(opts.pop("effort"), agreement, noise_models)
+        for key, value in DOMAIN_SCALE_EFFORT.items():
+            # what the caller set explicitly stays
+            if larger and {"iterations": iterations, "ensemble": ensemble}[key] is None:
+                opts[key] = value
+        diagnostics["effort"] = {"domain_scale_agreement": agreement, "larger": larger, "reason": why,
+                                 "iterations": int(opts["iterations"]), "ensemble": int(opts["ensemble"])}
+        settings.update(iterations=opts["iterations"], ensemble=opts["ensemble"], effort=why)
 
     if method == "direct":
         fit = _direct(phi_h, phi_e, mask, interior, spacing_um, opts, model)
@@ -948,6 +995,40 @@ def _bootstrap_span(opts):
     return (_bar_total(opts) - iters, iters, _bar_total(opts))
 
 
+def _more_members(method, data, weights, fit_cells, held, seed, step, n_members, iters, bar, common):
+    """Ensemble members ``2..n`` (seeds ``seed + 1, ...``), each read at the first member's step.
+
+    The step is the one the data chose for the first fit (the split-half refit's misfit to the
+    other half, else its held-out cells), so every member is stopped by the same honest check,
+    and none needs its own. They run two at a time (a core each on the CPU); on each member's
+    own schedule, so that it is the first fit's procedure from another start.
+    """
+    from .fit import StopSignal, fit_fields
+
+    at = StopSignal()
+    at.set(step)
+    dev = common["device"]
+    pairs = [list(range(k, min(k + 2, n_members))) for k in range(1, n_members, 2)]
+    out = []
+    for pair in pairs:
+        def one(k, lead):
+            # one progress bar per pair (the callbacks need not be thread-safe): the first member
+            # reports over both members' share of the bar
+            span = (pair[0] * iters, len(pair) * iters, bar) if lead else (0, 1, 1)
+            return fit_fields(method, data, weights, fit_cells, held, seed=seed + k, progress_span=span,
+                              message=f"{method} fits {pair[0] + 1}-{pair[-1] + 1}/{n_members}", stop_event=at,
+                              follow=True, **{**common, "progress": common["progress"] if lead else None})
+
+        with _parallel_threads(dev, len(pair)):
+            if len(pair) == 1:
+                out.append(one(pair[0], True))
+                continue
+            with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+                futures = [pool.submit(one, k, i == 0) for i, k in enumerate(pair)]
+                out += [f.result() for f in futures]
+    return out
+
+
 def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, opts, model, seed, dev,
                   progress, cancel, half=None):
     from .fit import StopSignal, fit_fields
@@ -988,17 +1069,17 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
 
                 side = pool.submit(lead)
             try:
-                for k in range(n_members):
-                    members.append(fit_fields(method, data, weights, fit_cells, held, seed=seed + k,
-                                              progress_span=(k * iters, iters, bar),
-                                              message=f"{method} fit {k + 1}/{n_members}",
-                                              stop_event=stop if k == 0 else None,
-                                              follow=companion if k == 0 else None, **common))
+                members.append(fit_fields(method, data, weights, fit_cells, held, seed=seed,
+                                          progress_span=(0, iters, bar), message=f"{method} fit 1/{n_members}",
+                                          stop_event=stop, follow=companion, **common))
             finally:
                 stop.abandon()                 # failed or cancelled: let the companion end
             if side is not None:
                 fitted = side.result()
     first = members[0]
+    if n_members > 1:
+        members += _more_members(method, data, weights, fit_cells, held, seed, first.best_iteration, n_members,
+                                 iters, bar, common)
     rate = np.mean([m.rate for m in members], axis=0)
     closed = np.mean([m.closed for m in members], axis=0)
     if companion:
@@ -1013,6 +1094,9 @@ def _network_fits(method, phi_h, phi_e, variances, mask, interior, spacing_um, o
                 "stop_reason": first.stop_reason, "held_out_cells": int(held.sum()),
                 "held_out_misfit": first.held_out_misfit,
                 "final_data_misfit": first.losses["data"][-1] if first.losses["data"] else float("nan")}
+    if n_members > 1:
+        # every member read at the first one's step (:func:`_more_members`)
+        training["members_iterations_run"] = [int(m.iterations_run) for m in members]
     if companion:
         # the step came from the split-half refit's misfit to the other half
         training.update(stop_reason=f"split half: {fitted.stop_reason}", stopping="misfit to the other half",

@@ -202,7 +202,11 @@ class RateMapResult:
         share, the smaller of the two channels: ~1 for independent halves, lower when molecules
         are seen in both, below 0.6 their difference was scaled up for the split-half score, the
         uncertainty and the ratio's width; NaN for data fission;
-        :func:`chromflow.inverse.noise.half_independence`), ``time_s``, ``device``.
+        :func:`chromflow.inverse.noise.half_independence`), ``domain_scale_agreement`` (how well
+        the two halves agree on ``phi_h / phi_e`` at the scale of heterochromatin domains,
+        :func:`chromflow.evaluate.domain_scale_reproducibility`; NaN for ``direct``), ``effort``
+        (the networks' ``"domain"`` when that agreement bought the larger budget and ensemble,
+        else ``"standard"``; empty for ``direct``), ``time_s``, ``device``.
         """
         m = self.mask
         lam = self.rate[m]
@@ -238,6 +242,9 @@ class RateMapResult:
             "ratio_sigma_cells": float((self.diagnostics.get("ratio") or {}).get("sigma_cells", float("nan"))),
             "ratio_map_r": rate_correlation(self.rate, self.ratio, m),
             "halves_independence": _smallest((self.diagnostics.get("halves") or {}).get("independence")),
+            "domain_scale_agreement": float((self.diagnostics.get("effort") or {}).get("domain_scale_agreement",
+                                                                                      float("nan"))),
+            "effort": _effort_name(self.diagnostics.get("effort")),
             "time_s": float(self.timing),
             "device": self.device,
         }
@@ -323,3 +330,8 @@ def _jsonable(obj):
     return str(obj)
 
 
+def _effort_name(effort) -> str:
+    """``"domain"`` / ``"standard"`` from ``diagnostics["effort"]``; empty when absent (direct)."""
+    if not effort:
+        return ""
+    return "domain" if effort.get("larger") else "standard"
