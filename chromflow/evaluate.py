@@ -455,6 +455,17 @@ class CrossValidatedRatio(NamedTuple):
     scores: dict
 
 
+def _with_half(phi_h, phi_e, mask, half_h, half_e):
+    """``(phi_h, phi_e, half_h, half_e, mask)`` as arrays of one shape (InputError otherwise)."""
+    h, e = _arr(phi_h, "phi_h"), _arr(phi_e, "phi_e")
+    ha, ea = _arr(half_h, "half_h"), _arr(half_e, "half_e")
+    m = np.asarray(mask, dtype=bool)
+    if not (h.shape == e.shape == ha.shape == ea.shape == m.shape):
+        raise InputError("phi_h, phi_e, their half and the mask must have one shape, got "
+                         f"{h.shape}, {e.shape}, {ha.shape}, {ea.shape}, {m.shape}")
+    return h, e, ha, ea, m
+
+
 def cross_validated_ratio(phi_h, phi_e, mask, half_h, half_e, sigmas=DEFAULT_SIGMAS) -> CrossValidatedRatio:
     """The smoothed ratio ``S[phi_h] / S[phi_e]`` at a width chosen from two halves of the data.
 
@@ -516,12 +527,7 @@ def cross_validated_ratio(phi_h, phi_e, mask, half_h, half_e, sigmas=DEFAULT_SIG
     >>> cv.sigma_half_cells > 0
     True
     """
-    h, e = _arr(phi_h, "phi_h"), _arr(phi_e, "phi_e")
-    ha, ea = _arr(half_h, "half_h"), _arr(half_e, "half_e")
-    m = np.asarray(mask, dtype=bool)
-    if not (h.shape == e.shape == ha.shape == ea.shape == m.shape):
-        raise InputError("phi_h, phi_e, their half and the mask must have one shape, got "
-                         f"{h.shape}, {e.shape}, {ha.shape}, {ea.shape}, {m.shape}")
+    h, e, ha, ea, m = _with_half(phi_h, phi_e, mask, half_h, half_e)
     hb, eb = 2.0 * h - ha, 2.0 * e - ea
     # the target: each half's plain ratio, or, where counts are so sparse that a half's cells are
     # often empty (a ratio <= 0 or undefined), its ratio at the least smoothing that is positive
@@ -614,12 +620,7 @@ def domain_scale_reproducibility(phi_h, phi_e, mask, half_h, half_e, depth_cells
     >>> abs(domain_scale_reproducibility((ha + hb) / 2, (ea + eb) / 2, m, ha, ea)) < 0.1
     True
     """
-    h, e = _arr(phi_h, "phi_h"), _arr(phi_e, "phi_e")
-    ha, ea = _arr(half_h, "half_h"), _arr(half_e, "half_e")
-    m = np.asarray(mask, dtype=bool)
-    if not (h.shape == e.shape == ha.shape == ea.shape == m.shape):
-        raise InputError("phi_h, phi_e, their half and the mask must have one shape, got "
-                         f"{h.shape}, {e.shape}, {ha.shape}, {ea.shape}, {m.shape}")
+    h, e, ha, ea, m = _with_half(phi_h, phi_e, mask, half_h, half_e)
     first, fine, coarse = DOMAIN_BAND_CELLS
     deep = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1] > float(depth_cells)
     bands = []

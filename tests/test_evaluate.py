@@ -291,3 +291,15 @@ def test_compare_one_row_on_the_same_cells(steady):
     assert perfect["corr"] == pytest.approx(1.0) and perfect["rmse"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(InputError, match="grid"):
         compare(truth[:10], truth, fields)
+
+
+def test_domain_scale_reproducibility_refuses_mismatched_halves_and_needs_deep_cells():
+    from chromflow.evaluate import domain_scale_reproducibility
+
+    m = np.ones((40, 40), bool)
+    f = np.full((40, 40), 0.3)
+    with pytest.raises(InputError, match="one shape"):
+        domain_scale_reproducibility(f, f, m, f[:-1], f)
+    tiny = np.zeros((40, 40), bool)
+    tiny[18:22, 18:22] = True            # no cell deeper than 4 cells
+    assert np.isnan(domain_scale_reproducibility(f, f, tiny, f, f))
