@@ -280,6 +280,7 @@ def run_e2e_case(case, seed, args):
 
 
 def _row(case, seed, result, truth, fields, cells, seconds, sim):
+    summary = result.summary()
     row = {"case": case, "seed": seed, "cell_nm": round(fields.spacing, 1), "grid": "x".join(map(str, fields.mask.shape)),
            "method": result.method, "time_s": seconds,
            "sim_residual": sim.info["residual"], "sim_iterations": sim.info["iterations"],
@@ -287,17 +288,17 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
            # the weight of the envelope's boundary-layer correction (0: the data did not show it)
            "edge_correction": float((result.diagnostics.get("boundary_layer") or {}).get("weight", np.nan)),
            "split_half_r": float(result.diagnostics.get("split_half_r", np.nan)),
-           "halves_independence": result.summary()["halves_independence"],
+           "halves_independence": summary["halves_independence"],
            # the mean noise share of the channels (what the sparse-data flag reads) and the flag
            "noise_share": float(np.mean([result.diagnostics["noise"][c].get("share", np.nan)
                                          for c in ("phi_h", "phi_e")])),
            "noise_correlation": float(np.mean([result.diagnostics["noise"][c].get("correlation", np.nan)
                                                for c in ("phi_h", "phi_e")])),
            "sparse_flag": any(f.startswith("sparse data") for f in result.diagnostics.get("flags", [])),
-           "ratio_map_r": result.summary()["ratio_map_r"],
+           "ratio_map_r": summary["ratio_map_r"],
            # effort="auto": the halves' agreement at the domain scale and what it chose
-           "domain_agreement": result.summary()["domain_scale_agreement"],
-           "effort": result.summary()["effort"]}
+           "domain_agreement": summary["domain_scale_agreement"],
+           "effort": summary["effort"]}
     row.update(_scores(result, truth, fields, cells))
     # the smoothed ratio at the width the data's halves chose (result.ratio): the baseline a user
     # has without the truth
