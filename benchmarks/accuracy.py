@@ -351,7 +351,8 @@ def header(args, seeds) -> str:
             f"{platform.node()} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
             "Baselines tuned on the truth (oracle), scored on the same cells: ratio = best smoothed "
             "phi_h/phi_e (sigma in cells), direct = best-radius infer_rates(method='direct') (r in cells). "
-            f"'int' columns: cells >= {INTERIOR_NM:.0f} nm inside the compared region.")
+            f"'int' columns: cells >= {INTERIOR_NM:.0f} nm inside the compared region. End-to-end grids of "
+            f"~{E2E_CELL_NM:.0f} nm cells.")
 
 
 def select_cases(patterns=None, quick: bool = False) -> list:
@@ -367,7 +368,7 @@ def select_cases(patterns=None, quick: bool = False) -> list:
 
 
 def main(argv=None):
-    global CACHE, INTERIOR_NM
+    global CACHE, INTERIOR_NM, E2E_CELL_NM
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_CASES)} with one seed")
     parser.add_argument("--cases", nargs="+", default=None,
@@ -385,6 +386,9 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--interior-nm", type=float, default=INTERIOR_NM,
                         help="distance from the compared region's outline of the 'int' cells (nm)")
+    parser.add_argument("--e2e-cell-nm", type=float, default=E2E_CELL_NM,
+                        help=f"grid cell size of the end-to-end cases, nm (default {E2E_CELL_NM:.0f}: the grid is "
+                             "sized to the nucleus for cells this wide)")
     parser.add_argument("--list", action="store_true", help="print the case names and exit")
     parser.add_argument("--out", default=None, help="CSV path")
     parser.add_argument("--cache", default=os.environ.get("CHROMFLOW_HELDOUT_CACHE"),
@@ -394,6 +398,7 @@ def main(argv=None):
     if args.cache:
         CACHE = Path(args.cache)
     INTERIOR_NM = float(args.interior_nm)
+    E2E_CELL_NM = float(args.e2e_cell_nm)
     if args.list:
         print("\n".join(ALL_CASES))
         print("\n".join(f"{c} (only when named)" for c in LARGE_CASES + RETURNING_CASES + TIFF_CASES))

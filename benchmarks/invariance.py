@@ -5,7 +5,8 @@ simulator and labelling, two channels, 1e6 localizations) goes through ``chromfl
 pipeline at grids 96 / 128 / 192 (pixel 20 nm) and pixel sizes 10 / 20 / 40 nm (grid 128).
 Every map is resampled (linear interpolation in nm) onto the reference run's grid (grid 128,
 pixel 20 nm) and compared there: Pearson correlation on the cells where both maps are finite,
-plus each run's correlation with the truth, beside the two baselines on its own grid.
+plus each run's correlation with the truth, beside the two baselines on its own grid, and the
+halves' agreement at the domain scale with the effort it chose (``summary()``).
 
     python benchmarks/invariance.py                      # the five runs (minutes on 2 cores)
     python benchmarks/invariance.py --method direct      # the same for the closed form
@@ -92,15 +93,18 @@ def main(argv=None):
     print(f"\nGrid and pixel invariance, {source}{path.name} ({args.rate} rate, {args.count} localizations, "
           f"seed {args.seed}); method {ref_result.method}, chromflow {cf.__version__}; maps resampled onto the "
           "grid-128 / 20 nm run's cells.\n")
-    print("| grid | pixel nm | cell nm | corr with reference | corr with truth | ratio corr | direct corr | rho | time s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| grid | pixel nm | cell nm | corr with reference | corr with truth | ratio corr | direct corr | rho | "
+          "agreement | effort | time s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (grid, pixel), (fields, result, row, seconds) in runs.items():
         on_ref = ev.truth_on_grid(result.to_image("rate"), ref_fields.phi_h.shape, ref_fields.spacing,
                                   ref_fields.origin)
         agree = ev.rate_correlation(on_ref, ref_result.rate, ref_fields.mask)
+        summary = result.summary()     # the effort follows the halves' agreement at the domain scale (nm)
         rho = np.mean([result.diagnostics["noise"][c].get("correlation", np.nan) for c in ("phi_h", "phi_e")])
         print(f"| {grid} | {pixel:g} | {fields.spacing:.1f} | {agree:.3f} | {row['corr']:.3f} | "
-              f"{row['ratio_corr']:.3f} | {row['direct_corr']:.3f} | {rho:.2f} | {seconds:.0f} |")
+              f"{row['ratio_corr']:.3f} | {row['direct_corr']:.3f} | {rho:.2f} | "
+              f"{summary['domain_scale_agreement']:.2f} | {summary['effort']} | {seconds:.0f} |")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from .errors import GridError, InputError
 __all__ = ["rate_correlation", "rmse", "coverage", "smoothed_ratio", "best_smoothed_ratio", "best_direct",
            "baselines", "compare", "truth_on_grid", "Baseline", "DEFAULT_SIGMAS", "DEFAULT_RADII",
            "cross_validated_ratio", "CrossValidatedRatio", "HALF_TO_FULL_WIDTH", "domain_scale_reproducibility",
-           "DOMAIN_BAND_CELLS"]
+           "DOMAIN_BAND_UM", "DOMAIN_BAND_MAX_CELL_UM"]
 
 #: Smoothing widths (grid cells) tried by :func:`best_smoothed_ratio`; 0 is the plain ratio.
 DEFAULT_SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
@@ -559,26 +559,32 @@ def cross_validated_ratio(phi_h, phi_e, mask, half_h, half_e, sigmas=DEFAULT_SIG
     return CrossValidatedRatio(smoothed_ratio(h, e, m, sigma), float(sigma), float(best), scores)
 
 
-#: the band of :func:`domain_scale_reproducibility`, grid cells: each half's ratio is smoothed by
-#: the first width (the cell-to-cell noise), and what a Gaussian of the third keeps (the
-#: nucleus-wide trend) is taken from what one of the second keeps. At 50 nm cells: ~75-300 nm
-#: scales, those of heterochromatin domains
-DOMAIN_BAND_CELLS = (1.0, 1.5, 6.0)
+#: the band of :func:`domain_scale_reproducibility`, um: each half's ratio is smoothed by the
+#: first width (the cell-to-cell noise at 50 nm cells), and what a Gaussian of the third keeps
+#: (the nucleus-wide trend) is taken from what one of the second keeps: structure of ~75-300 nm,
+#: that of heterochromatin domains. Until 0.6 the band was 1, 1.5 and 6 grid cells, which is
+#: this at 50 nm cells and read larger structure on coarser grids
+DOMAIN_BAND_UM = (0.05, 0.075, 0.3)
+#: cells wider than this (um) cannot show the band (its outer width would span fewer than two
+#: cells): :func:`domain_scale_reproducibility` gives no reading (NaN)
+DOMAIN_BAND_MAX_CELL_UM = 0.15
 
 
-def domain_scale_reproducibility(phi_h, phi_e, mask, half_h, half_e, depth_cells: float = 4.0) -> float:
+def domain_scale_reproducibility(phi_h, phi_e, mask, half_h, half_e, spacing_um: float,
+                                 depth_um: float = 0.2) -> float:
     """How well two halves of the data agree on the ratio ``phi_h / phi_e`` at the domain scale.
 
     A quality measure without ground truth, like the split-half correlation of the map (and
     Fourier ring correlation in SMLM), but read from the data before any fit: ``~0`` when the
     counts do not resolve structure at the scale of heterochromatin domains, ``~1`` when both
     halves show the same. One half ``A = (half_h, half_e)`` is given, the other is
-    ``B = 2 X - A``. Each half's ratio :func:`smoothed_ratio` at ``DOMAIN_BAND_CELLS[0]`` is
-    band-passed (mask-normalised Gaussians of ``DOMAIN_BAND_CELLS[1]`` minus
-    ``DOMAIN_BAND_CELLS[2]`` cells), and the two are correlated on the cells deeper than
-    ``depth_cells`` inside the mask (the outline's own step would agree in both halves).
+    ``B = 2 X - A``. Each half's ratio :func:`smoothed_ratio` at ``DOMAIN_BAND_UM[0]`` is
+    band-passed (mask-normalised Gaussians of ``DOMAIN_BAND_UM[1]`` minus ``DOMAIN_BAND_UM[2]``,
+    ~75-300 nm), and the two are correlated on the cells deeper than ``depth_um`` inside the mask
+    (the outline's own step would agree in both halves). Grids of cells wider than
+    ``DOMAIN_BAND_MAX_CELL_UM`` (150 nm) cannot resolve the band: NaN.
 
-    Measured on the held-out simulator's rendered tuning nuclei (50 nm cells, localization
+    Measured on the held-out simulator's rendered tuning nuclei (~50 nm cells, localization
     halves): lambda varying on the domain scale, 2e6 localizations 0.32-0.58, 3e6 0.58-0.65,
     1e6 0.25-0.36; smooth lambda 1e6 0.09-0.19, 2e6-3e6 0.25-0.36 (the total chromatin has
     domain-scale structure whatever the rate's scale); 3e5 0.04-0.19. Fields with 3 % noise
@@ -592,18 +598,21 @@ def domain_scale_reproducibility(phi_h, phi_e, mask, half_h, half_e, depth_cells
         Nucleus.
     half_h, half_e : (ny, nx) ndarray
         One half of the data on the same grid and scale as the whole.
-    depth_cells : float
-        Cells this close to the outside are left out, grid cells.
+    spacing_um : float
+        Grid cell size, um.
+    depth_um : float
+        Cells this close to the outside are left out, um.
 
     Returns
     -------
     float
-        Pearson correlation of the two band-passed ratios; NaN with fewer than 10 usable cells.
+        Pearson correlation of the two band-passed ratios; NaN with fewer than 10 usable cells or
+        cells wider than ``DOMAIN_BAND_MAX_CELL_UM``.
 
     Examples
     --------
-    Halves that share a pattern of ~4-cell blobs under independent noise agree; pure noise does
-    not.
+    Halves that share a pattern of ~200 nm blobs (50 nm cells) under independent noise agree;
+    pure noise does not, and the same data on 200 nm cells give no reading.
 
     >>> import numpy as np
     >>> from scipy import ndimage
@@ -613,16 +622,23 @@ def domain_scale_reproducibility(phi_h, phi_e, mask, half_h, half_e, depth_cells
     >>> h = 0.3 * (1 + 2 * blobs); e = np.full(m.shape, 0.2)
     >>> noisy = (lambda f: f * (1 + 0.1 * rng.standard_normal(m.shape)))
     >>> ha, ea, hb, eb = noisy(h), noisy(e), noisy(h), noisy(e)
-    >>> domain_scale_reproducibility((ha + hb) / 2, (ea + eb) / 2, m, ha, ea) > 0.5
+    >>> domain_scale_reproducibility((ha + hb) / 2, (ea + eb) / 2, m, ha, ea, 0.05) > 0.5
+    True
+    >>> bool(np.isnan(domain_scale_reproducibility((ha + hb) / 2, (ea + eb) / 2, m, ha, ea, 0.2)))
     True
     >>> flat = (lambda f: noisy(np.full(m.shape, f)))
     >>> ha, ea, hb, eb = flat(0.3), flat(0.2), flat(0.3), flat(0.2)
-    >>> abs(domain_scale_reproducibility((ha + hb) / 2, (ea + eb) / 2, m, ha, ea)) < 0.1
+    >>> abs(domain_scale_reproducibility((ha + hb) / 2, (ea + eb) / 2, m, ha, ea, 0.05)) < 0.1
     True
     """
     h, e, ha, ea, m = _with_half(phi_h, phi_e, mask, half_h, half_e)
-    first, fine, coarse = DOMAIN_BAND_CELLS
-    deep = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1] > float(depth_cells)
+    spacing_um = float(spacing_um)
+    if not (np.isfinite(spacing_um) and spacing_um > 0):
+        raise ValueError(f"spacing_um must be a positive cell size in um, got {spacing_um}")
+    if spacing_um > DOMAIN_BAND_MAX_CELL_UM:
+        return float("nan")
+    first, fine, coarse = (width / spacing_um for width in DOMAIN_BAND_UM)
+    deep = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1] > float(depth_um) / spacing_um
     bands = []
     for a_h, a_e in ((ha, ea), (2.0 * h - ha, 2.0 * e - ea)):
         r = smoothed_ratio(a_h, a_e, m, first)

@@ -5,7 +5,7 @@ import types
 
 import numpy as np
 import pytest
-from scipy import special
+from scipy import ndimage, special
 
 from chromflow import Image
 from chromflow.errors import InputError
@@ -299,7 +299,37 @@ def test_domain_scale_reproducibility_refuses_mismatched_halves_and_needs_deep_c
     m = np.ones((40, 40), bool)
     f = np.full((40, 40), 0.3)
     with pytest.raises(InputError, match="one shape"):
-        domain_scale_reproducibility(f, f, m, f[:-1], f)
+        domain_scale_reproducibility(f, f, m, f[:-1], f, 0.05)
+    with pytest.raises(ValueError, match="spacing_um"):
+        domain_scale_reproducibility(f, f, m, f, f, 0.0)
     tiny = np.zeros((40, 40), bool)
-    tiny[18:22, 18:22] = True            # no cell deeper than 4 cells
-    assert np.isnan(domain_scale_reproducibility(f, f, tiny, f, f))
+    tiny[18:22, 18:22] = True            # no cell deeper than 200 nm (4 cells of 50 nm)
+    assert np.isnan(domain_scale_reproducibility(f, f, tiny, f, f, 0.05))
+
+
+def test_domain_scale_reproducibility_reads_the_same_nucleus_alike_on_25_and_50_nm_cells():
+    """The band is in nm: one nucleus on two grids reads alike; cells wider than the band (150 nm)
+    give no reading. Until 0.6 the band was in cells, and the coarser grid read larger structure."""
+    from chromflow.evaluate import DOMAIN_BAND_MAX_CELL_UM, domain_scale_reproducibility
+
+    rng = np.random.default_rng(4)
+    n = 240                              # 25 nm cells: a 6 um square
+    m = np.ones((n, n), bool)
+    # ~200 nm domains of heterochromatin over a uniform euchromatin, and two independent halves
+    # of the counts (Poisson-like noise, the same per nm^2 on any grid)
+    domains = ndimage.gaussian_filter(rng.standard_normal(m.shape), 4.0)
+    h = 0.3 * (1 + 3 * domains / domains.std() * 0.2)
+    e = np.full(m.shape, 0.2)
+    noisy = (lambda f: f * (1 + 0.8 * rng.standard_normal(m.shape)))
+    ha, ea, hb, eb = noisy(h), noisy(e), noisy(h), noisy(e)
+    block = (lambda f, k: f.reshape(n // k, k, n // k, k).mean(axis=(1, 3)))
+
+    def reading(k):
+        halves = [block(a, k) for a in (ha, ea, hb, eb)]
+        whole_h, whole_e = (halves[0] + halves[2]) / 2, (halves[1] + halves[3]) / 2
+        return domain_scale_reproducibility(whole_h, whole_e, m[::k, ::k], halves[0], halves[1], 0.025 * k)
+
+    fine, coarse = reading(1), reading(2)
+    assert 0.2 < fine < 0.95 and abs(fine - coarse) < 0.1, (fine, coarse)
+    wide = next(k for k in (4, 6, 8) if 0.025 * k > DOMAIN_BAND_MAX_CELL_UM)
+    assert np.isnan(reading(wide))

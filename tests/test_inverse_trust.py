@@ -731,7 +731,8 @@ def test_the_effort_follows_the_domain_scale_agreement_of_noisy_well_described_d
     noisy = [{"share": LOW_NOISE_SHARE + 0.3, "correlation_saturated": False}] * 2
     assert _effort("auto", DOMAIN_SCALE_AGREEMENT + 0.01, noisy)[0]
     assert not _effort("auto", DOMAIN_SCALE_AGREEMENT - 0.01, noisy)[0]
-    assert not _effort("auto", float("nan"), noisy)[0]
+    larger, why = _effort("auto", float("nan"), noisy)
+    assert not larger and "no domain-scale reading" in why   # cells wider than 150 nm
     # fields with little noise run their whole budget already
     quiet = [{"share": 0.03, "correlation_saturated": False}] * 2
     assert not _effort("auto", 0.99, quiet)[0]
@@ -740,6 +741,21 @@ def test_the_effort_follows_the_domain_scale_agreement_of_noisy_well_described_d
     larger, why = _effort("auto", 0.9, shared)
     assert not larger and "not trusted" in why
     assert _effort("domain", 0.0, quiet)[0] and not _effort("standard", 0.99, noisy)[0]
+
+
+def test_cells_wider_than_the_domain_band_give_no_agreement_and_the_standard_effort(steady):
+    """The agreement's band is in nm: on 200 nm cells it cannot be read (NaN, kept as JSON null in
+    the diagnostics), the effort stays standard, and the summary and a saved file carry NaN."""
+    from chromflow.evaluate import DOMAIN_BAND_MAX_CELL_UM
+
+    f = _noisy(steady, 0.3, 3)
+    f.spacing = 1000.0 * DOMAIN_BAND_MAX_CELL_UM + 50.0
+    r = infer_rates(f, uncertainty=False, device="cpu", iterations=30, check_every=10, seed=0)
+    eff = r.diagnostics["effort"]
+    assert eff["domain_scale_agreement"] is None and not eff["larger"]
+    assert "no domain-scale reading" in eff["reason"]
+    s = r.summary()
+    assert np.isnan(s["domain_scale_agreement"]) and s["effort"] == "standard"
 
 
 def test_the_larger_effort_runs_more_members_at_the_first_members_step_unless_given(steady):

@@ -122,7 +122,9 @@ NETWORK_SIZE = {"low noise": (48, 4), "default": (32, 3)}
 #: ``DOMAIN_SCALE_AGREEMENT``, the worse channel's noise share at least :data:`LOW_NOISE_SHARE`,
 #: the noise described by the model) get the larger budget and ensemble ``DOMAIN_SCALE_EFFORT``:
 #: domain-scale detail takes the network more steps and averaging than the default gives, and
-#: the halves tell whether the counts hold any. Chosen on the held-out simulator's rendered
+#: the halves tell whether the counts hold any. Grids of cells wider than
+#: :data:`chromflow.evaluate.DOMAIN_BAND_MAX_CELL_UM` (150 nm) resolve no domains and give no
+#: reading: standard effort. Chosen on the held-out simulator's rendered
 #: tuning nuclei (seeds 100-104; docs/inference.md, "Effort"). Fields with little noise read
 #: ~1 but run their whole budget already (there 2000 steps bought nothing, session 11).
 DOMAIN_SCALE_AGREEMENT = 0.3
@@ -365,7 +367,10 @@ def _effort(choice: str, agreement: float, noise_models) -> tuple[bool, str]:
     worst = _worst_share(_sizing_shares(noise_models))
     if not np.isfinite(worst) or worst < LOW_NOISE_SHARE:
         return False, f"auto: standard, noise share {worst:.2f} < {LOW_NOISE_SHARE} (the fit runs its budget)"
-    if np.isfinite(agreement) and agreement >= DOMAIN_SCALE_AGREEMENT:
+    if not np.isfinite(agreement):
+        # cells wider than the band (DOMAIN_BAND_MAX_CELL_UM), or too few cells deep inside
+        return False, "auto: standard, no domain-scale reading (cells too wide or too few deep inside)"
+    if agreement >= DOMAIN_SCALE_AGREEMENT:
         return True, f"auto: domain scale, {shown} (>= {DOMAIN_SCALE_AGREEMENT})"
     return False, f"auto: standard, {shown} (< {DOMAIN_SCALE_AGREEMENT})"
 
@@ -720,8 +725,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         :func:`chromflow.inverse.boundary.boundary_layer_correction`), ``effort`` (networks;
         ``"auto"``: :data:`DOMAIN_SCALE_EFFORT`, 2000 steps and an ensemble of 3, for noisy data
         whose halves agree on the ratio at the domain scale,
-        :func:`chromflow.evaluate.domain_scale_reproducibility` >= :data:`DOMAIN_SCALE_AGREEMENT`;
-        ``"standard"``; ``"domain"``; ``iterations`` and ``ensemble`` given here stay).
+        :func:`chromflow.evaluate.domain_scale_reproducibility` >= :data:`DOMAIN_SCALE_AGREEMENT`,
+        which needs cells of at most 150 nm; ``"standard"``; ``"domain"``; ``iterations`` and ``ensemble`` given here stay).
 
     Returns
     -------
@@ -837,7 +842,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     diagnostics["ratio"] = {"sigma_cells": ratio.sigma_cells, "sigma_half_cells": ratio.sigma_half_cells,
                             "halves": halves_source}
     if method != "direct":
-        agreement = domain_scale_reproducibility(phi_h, phi_e, mask, *halves)
+        agreement = domain_scale_reproducibility(phi_h, phi_e, mask, *halves, spacing_um)
         larger, why = _effort(opts.pop("effort"), agreement, noise_models)
         for key, value in DOMAIN_SCALE_EFFORT.items():
             # what the caller set explicitly stays

@@ -231,19 +231,17 @@ class RateMapResult:
             "nucleus_area_um2": float(m.sum() * (self.spacing / 1000.0) ** 2),
             "n_pixels": int(m.sum()),
             "edge_fraction": float(self.edge[m].mean()) if m.any() else float("nan"),
-            "split_half_r": float(self.diagnostics.get("split_half_r", float("nan"))),
+            "split_half_r": _number(self.diagnostics.get("split_half_r")),
             "flags": FLAG_SEPARATOR.join(self.diagnostics.get("flags", [])),
             "method": self.method,
             "network": (f"{self.settings['width']}x{self.settings['depth']}"
                         if self.method != "direct" and "width" in (self.settings or {}) else ""),
-            "closed_form_weight": float((self.diagnostics.get("training") or {}).get("closed_form_weight",
-                                                                                     float("nan"))),
-            "edge_correction": float((self.diagnostics.get("boundary_layer") or {}).get("weight", float("nan"))),
-            "ratio_sigma_cells": float((self.diagnostics.get("ratio") or {}).get("sigma_cells", float("nan"))),
+            "closed_form_weight": _number((self.diagnostics.get("training") or {}).get("closed_form_weight")),
+            "edge_correction": _number((self.diagnostics.get("boundary_layer") or {}).get("weight")),
+            "ratio_sigma_cells": _number((self.diagnostics.get("ratio") or {}).get("sigma_cells")),
             "ratio_map_r": rate_correlation(self.rate, self.ratio, m),
             "halves_independence": _smallest((self.diagnostics.get("halves") or {}).get("independence")),
-            "domain_scale_agreement": float((self.diagnostics.get("effort") or {}).get("domain_scale_agreement",
-                                                                                      float("nan"))),
+            "domain_scale_agreement": _number((self.diagnostics.get("effort") or {}).get("domain_scale_agreement")),
             "effort": _effort_name(self.diagnostics.get("effort")),
             "time_s": float(self.timing),
             "device": self.device,
@@ -328,6 +326,12 @@ def _jsonable(obj):
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
+
+
+def _number(value) -> float:
+    """A diagnostic number as a float: NaN where it is absent or stored as JSON null (a NaN reading,
+    :func:`_jsonable`)."""
+    return float("nan") if value is None else float(value)
 
 
 def _effort_name(effort) -> str:
