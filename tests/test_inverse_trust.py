@@ -741,6 +741,11 @@ def test_the_effort_follows_the_domain_scale_agreement_of_noisy_well_described_d
     larger, why = _effort("auto", 0.9, shared)
     assert not larger and "not trusted" in why
     assert _effort("domain", 0.0, quiet)[0] and not _effort("standard", 0.99, noisy)[0]
+    # one channel: phi_h / phi_e follow the total density, so the agreement is not the marks'
+    assert _effort("auto", 0.9, noisy, "two-channel")[0]
+    larger, why = _effort("auto", 0.9, noisy, "density")
+    assert not larger and "one channel" in why
+    assert _effort("domain", 0.9, noisy, "density")[0]
 
 
 def test_cells_wider_than_the_domain_band_give_no_agreement_and_the_standard_effort(steady):

@@ -354,12 +354,21 @@ def noise_share(phi, variance, interior) -> float:
 MIN_NOISE_SHARE = 0.02
 
 
-def _effort(choice: str, agreement: float, noise_models) -> tuple[bool, str]:
+#: ``fields.settings["split"]`` of fields whose ``phi_h / phi_e`` were assumed from one channel's
+#: density (:func:`chromflow.fields.chromatin_fields` without ``euchromatin``), not measured
+ASSUMED_SPLITS = ("density", "uniform")
+
+
+def _effort(choice: str, agreement: float, noise_models, split=None) -> tuple[bool, str]:
     """Whether a network inference takes :data:`DOMAIN_SCALE_EFFORT`, and why (``effort``)."""
     if choice == "standard":
         return False, "standard (effort='standard')"
     if choice == "domain":
         return True, "domain scale (effort='domain')"
+    if split in ASSUMED_SPLITS:
+        # one channel: the ratio is a function of the total density, so the halves' agreement
+        # reads the density's structure, not the marks'; the rule was tuned on two channels
+        return False, f"auto: standard, one channel (phi_h / phi_e from the {split} rule; the effort is chosen on two)"
     shown = f"halves agree {agreement:.2f} on the ratio at the domain scale"
     if any(_correlation_saturated(m) for m in noise_models):
         # noise the model under-reads is partly shared by data-fission halves: they agree too well
@@ -726,7 +735,8 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         ``"auto"``: :data:`DOMAIN_SCALE_EFFORT`, 2000 steps and an ensemble of 3, for noisy data
         whose halves agree on the ratio at the domain scale,
         :func:`chromflow.evaluate.domain_scale_reproducibility` >= :data:`DOMAIN_SCALE_AGREEMENT`,
-        which needs cells of at most 150 nm; ``"standard"``; ``"domain"``; ``iterations`` and ``ensemble`` given here stay).
+        which needs cells of at most 150 nm and two measured channels (fields split from one
+        channel's density keep the standard effort); ``"standard"``; ``"domain"``; ``iterations`` and ``ensemble`` given here stay).
 
     Returns
     -------
@@ -843,7 +853,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
                             "halves": halves_source}
     if method != "direct":
         agreement = domain_scale_reproducibility(phi_h, phi_e, mask, *halves, spacing_um)
-        larger, why = _effort(opts.pop("effort"), agreement, noise_models)
+        larger, why = _effort(opts.pop("effort"), agreement, noise_models, split)
         for key, value in DOMAIN_SCALE_EFFORT.items():
             # what the caller set explicitly stays
             if larger and {"iterations": iterations, "ensemble": ensemble}[key] is None:
