@@ -228,7 +228,9 @@ def _add_device(parser):
 
 def _add_settings_options(parser, d):
     """The pipeline settings options of run and batch; ``d``: the resolved default settings."""
+    from .inverse import DEFAULTS as library_defaults
     from .inverse import DOMAIN_SCALE_EFFORT as larger
+    from .pipeline import INFERENCE_EFFORTS
     parser.add_argument("--pixel-size", type=float, metavar="NM",
                         help=f"render pixel size in nm (TIFF: used only when the file records none; "
                              f"default: {d.render.pixel_size:g})")
@@ -246,6 +248,10 @@ def _add_settings_options(parser, d):
     parser.add_argument("--ensemble", type=_positive_int, metavar="N",
                         help=f"independently seeded fits averaged into the map (default: {d.inference.ensemble}; "
                              f"{larger['ensemble']} where the data resolve domain-scale structure)")
+    parser.add_argument("--effort", choices=INFERENCE_EFFORTS,
+                        help=f"networks (default: {library_defaults['pinn']['effort']}): 'auto' gives data whose halves resolve domain-scale structure "
+                             f"{larger['iterations']} steps and {larger['ensemble']} fits, 'standard' never (faster), "
+                             "'domain' always; --iterations and --ensemble given stay (docs/inference.md 'Effort')")
     parser.add_argument("--no-uncertainty", action="store_true",
                         help="skip the uncertainty map (faster; config inference.uncertainty = false)")
     parser.add_argument("--columns", type=_column_mapping, metavar="x=NAME,y=NAME",
@@ -358,6 +364,7 @@ def _settings_from_args(args):
         ("fields", "euchromatin"): None if getattr(args, "euchromatin", None) is None else str(args.euchromatin),
         ("fields", "euchromatin_channel"): _channel_value(getattr(args, "euchromatin_channel", None)),
         ("inference", "ensemble"): getattr(args, "ensemble", None),
+        ("inference", "effort"): getattr(args, "effort", None),
         ("inference", "uncertainty"): False if getattr(args, "no_uncertainty", False) else None,
         ("render", "columns"): getattr(args, "columns", None),
         ("render", "units"): getattr(args, "units", None),

@@ -77,6 +77,9 @@ OUTPUT_KINDS = {
     "summary": "_summary.json",
 }
 INFERENCE_METHODS = ("pinn", "direct", "autodiff")
+#: ``inference.effort`` values: :data:`chromflow.inverse.EFFORTS` (kept here so that reading settings
+#: does not import torch; a test holds the two equal)
+INFERENCE_EFFORTS = ("auto", "standard", "domain")
 #: Nucleus areas (um^2) taken as plausible; outside this range the pipeline warns. Mammalian
 #: nuclei are ~50-400 um^2; set ``segmentation.nucleus_area_um2`` for other cells.
 PLAUSIBLE_NUCLEUS_AREA_UM2 = (10.0, 1000.0)
@@ -240,7 +243,12 @@ class InferenceSettings:
     backbone : str or None
         Backbone network name (e.g. ``"mlp"``, ``"piratenet"``); None = default.
     ensemble : int or None
-        Number of independently seeded fits behind the uncertainty map; None = default.
+        Independently seeded fits averaged into the map (networks); None = default.
+    effort : {"auto", "standard", "domain"} or None
+        Networks: ``"auto"`` (the default) gives data whose two halves resolve domain-scale
+        structure 2000 steps and an ensemble of 3, ``"standard"`` never (faster), ``"domain"``
+        always; ``iterations`` and ``ensemble`` set here stay. None = default. Ignored by
+        ``direct``. See docs/inference.md, "Effort".
     uncertainty : bool or None
         Compute the uncertainty map (False skips it: faster); None = the library's default.
     optimizer : str or None
@@ -256,6 +264,7 @@ class InferenceSettings:
     radius: float | None = None
     backbone: str | None = None
     ensemble: int | None = None
+    effort: str | None = None
     uncertainty: bool | None = None
     optimizer: str | None = None
     device: str = "auto"
@@ -338,6 +347,7 @@ _CHECKS = {
                    "null, \"auto\" or a positive number of grid cells"),
         "backbone": (lambda v: v is None or isinstance(v, str), "null or a backbone name"),
         "ensemble": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+        "effort": (lambda v: v is None or v in INFERENCE_EFFORTS, f"null or one of {', '.join(INFERENCE_EFFORTS)}"),
         "uncertainty": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
         "optimizer": (lambda v: v is None or isinstance(v, str), "null or an optimizer name"),
         "device": (lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())),
@@ -508,7 +518,7 @@ class PipelineSettings:
                 setattr(fs, key, tuple(value) if isinstance(value, (list, tuple)) else value)
         inf = out.inference
         method_defaults = DEFAULTS.get(inf.method, {})
-        for key in ("iterations", "radius", "ensemble"):
+        for key in ("iterations", "radius", "ensemble", "effort"):
             if getattr(inf, key) is None and key in method_defaults:
                 setattr(inf, key, method_defaults[key])
         for key in ("backbone", "optimizer", "uncertainty"):
@@ -1067,6 +1077,8 @@ def infer(fields, settings: PipelineSettings | None = None, progress: ProgressCa
     options = {k: v for k, v in (("iterations", s.iterations), ("radius", s.radius), ("backbone", s.backbone),
                                  ("ensemble", s.ensemble), ("optimizer", s.optimizer),
                                  ("uncertainty", s.uncertainty)) if v is not None}
+    if s.effort is not None and s.method != "direct":
+        options["effort"] = s.effort        # networks only: direct fits once, in closed form
     if "uncertainty" in options and "uncertainty" not in inspect.signature(infer_rates).parameters:
         raise InputError("setting inference.uncertainty (--no-uncertainty) needs a chromflow whose infer_rates "
                          "has an uncertainty option; leave it unset", path=getattr(fields, "source", None))

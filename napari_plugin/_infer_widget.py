@@ -23,7 +23,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
                               PushButton, SpinBox)
 
 from chromflow.errors import CancelledError, InputError
-from chromflow.pipeline import INFERENCE_METHODS, PipelineSettings
+from chromflow.pipeline import INFERENCE_EFFORTS, INFERENCE_METHODS, PipelineSettings
 from chromflow.report import EDGE_BIAS_DEPTH_UM, edge_bias_zone
 
 from ._layers import (RATE_LEGEND, image_from_layer, nucleus_contours, plugin_settings,
@@ -38,7 +38,7 @@ __all__ = ["InferWidget", "inference_steps", "result_layers", "negative_rate_war
 INFER_METHODS = INFERENCE_METHODS
 DEVICES = ("auto", "cpu", "cuda")
 #: the inference options that have a control, and the library defaults they start from
-_OPTIONAL = ("iterations", "ensemble", "radius")
+_OPTIONAL = ("iterations", "ensemble", "effort", "radius")
 
 
 def library_default(method: str, key: str):
@@ -206,8 +206,8 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
     -----
     Controls start at the pipeline's defaults (``PipelineSettings()`` and
     ``chromflow.inverse.DEFAULTS``). A control left at the library's default is stored as None
-    in the settings (= "the library default", as in a CLI config); *iterations* and *ensemble*
-    are disabled for methods that do not use them (``direct``).
+    in the settings (= "the library default", as in a CLI config); *iterations*, *ensemble* and
+    *effort* are disabled for methods that do not use them (``direct``).
     """
 
     TITLE = "Infer rates"
@@ -240,6 +240,11 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
                                 tooltip="fits with seeds seed, seed+1, ..., averaged into the map; at the "
                                 "library's default the library takes 3 for domain-scale data (docs/inference.md, "
                                 "'Effort')")
+        self.effort = ComboBox(label="effort", choices=list(INFERENCE_EFFORTS),
+                               tooltip="auto: 2000 steps and 3 fits where the data's halves resolve "
+                               "domain-scale structure, else the defaults; standard: never (faster); "
+                               "domain: always. Iterations and ensemble set away from their defaults stay "
+                               "(docs/inference.md, 'Effort')")
         self.seed = SpinBox(label="seed", value=inf.seed, min=0, max=2**31 - 1)
         self.settings_file = FileEdit(label="settings file", mode="w", filter="*.json",
                                       tooltip="the JSON config of chromflow run/batch --config")
@@ -253,7 +258,7 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
                           labels=False)
         super().__init__(widgets=[self.image, self.euchromatin, self.nucleus_labels, self.grid,
                                   self.method, self.radius, self.device, self.iterations,
-                                  self.ensemble, self.seed, self.settings_file, files,
+                                  self.ensemble, self.effort, self.seed, self.settings_file, files,
                                   self.run_button, self.cancel_button, self.progress, self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -292,7 +297,7 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
             control.enabled = default is not None or key == "radius"
             chosen = getattr(inf, key) if keep_values else None
             value = chosen if chosen is not None else default
-            if value == "auto":          # the library picks the radius from the cell size
+            if key == "radius" and value == "auto":   # the library picks the radius from the cell size
                 value = 0.0
             if value is not None:
                 control.value = value

@@ -268,7 +268,8 @@ def test_help_shows_library_defaults_and_config_in_user_terms(capsys, monkeypatc
                   "inference method (default: pinn)", "(default: auto)",
                   "random seed (default: 0)", "default: 20)", "sections render, segmentation, fields and inference",
                   "docs/cli.md", "--ensemble N", "--no-uncertainty", "--columns x=NAME,y=NAME", "--units UNIT",
-                  "--camera-pixel-size NM", "--allow-several-objects"):
+                  "--camera-pixel-size NM", "--allow-several-objects",
+                  f"--effort {{{','.join(inverse.EFFORTS)}}}", f"networks (default: {inverse.DEFAULTS['pinn']['effort']})"):
         assert words in text, words
     assert "PipelineSettings" not in text and "default: None" not in text
     # the numbers come from the library at run time, not from a copy in the CLI
@@ -295,19 +296,20 @@ def test_new_options_reach_the_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "run_file", fake_run_file)
     path = tmp_path / "cell.csv"
     path.write_text("x,y\n1,2\n")
-    code = main(["run", str(path), "--out", str(tmp_path / "o"), "--ensemble", "4", "--no-uncertainty",
+    code = main(["run", str(path), "--out", str(tmp_path / "o"), "--ensemble", "4", "--effort", "standard",
+                 "--no-uncertainty",
                  "--columns", "x=east,y=north", "--units", "um", "--camera-pixel-size", "160",
                  "--allow-several-objects", "--no-merge-blinks", "--max-dark-frames", "3", "--device", "cpu", "-q"])
     assert code == EXIT_CANCELLED
     s = seen["settings"]
     assert (s.render.merge_blinks, s.render.max_dark_frames) == (False, 3)
-    assert (s.inference.ensemble, s.inference.uncertainty) == (4, False)
+    assert (s.inference.ensemble, s.inference.uncertainty, s.inference.effort) == (4, False, "standard")
     assert s.render.columns == {"x": "east", "y": "north"} and s.render.units == "um"
     assert s.render.camera_pixel_size == 160.0 and s.segmentation.allow_several_objects is True
     # unset options leave None = the library default
     main(["run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu", "-q"])
     s = seen["settings"]
-    assert (s.inference.ensemble, s.inference.uncertainty, s.render.columns) == (None, None, None)
+    assert (s.inference.ensemble, s.inference.uncertainty, s.render.columns, s.inference.effort) == (None,) * 4
     assert s.fields.grid == 128  # chromatin_fields' default
     assert (s.render.merge_blinks, s.render.max_dark_frames) == (True, 1)
 

@@ -258,8 +258,16 @@ def test_direct_method_controls_and_negative_rate_warning(viewer_with_sample, mo
     SegmentWidget(viewer).segment()
     widget = InferWidget(viewer)
     assert widget.iterations.enabled and widget.ensemble.enabled and widget.radius.enabled
+    assert widget.effort.enabled and widget.effort.value == "auto"
     widget.method.value = "direct"
     assert not widget.iterations.enabled and not widget.ensemble.enabled and widget.radius.enabled
+    assert not widget.effort.enabled and widget.update_settings().inference.effort is None
+    widget.method.value = "pinn"
+    widget.effort.value = "standard"
+    assert widget.update_settings().inference.effort == "standard"
+    widget.effort.value = "auto"            # the library's default is stored as None
+    assert widget.update_settings().inference.effort is None
+    widget.method.value = "direct"
     widget.grid.value, widget.device.value = GRID, "cpu"
     seen_negative = []
     for radius in (2.0, 6.0):

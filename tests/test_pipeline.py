@@ -504,6 +504,10 @@ def test_none_means_the_library_default_read_at_call_time(monkeypatch):
     assert (r.fields.grid, r.render.pixel_size) == (128, 20.0)
     assert (r.inference.iterations, r.inference.radius, r.inference.ensemble) == (
         inverse.DEFAULTS["pinn"]["iterations"], inverse.DEFAULTS["pinn"]["radius"], inverse.DEFAULTS["pinn"]["ensemble"])
+    assert r.inference.effort == inverse.DEFAULTS["pinn"]["effort"]
+    # the values a settings file may hold are the library's (kept apart so settings need no torch)
+    from chromflow.pipeline import INFERENCE_EFFORTS
+    assert INFERENCE_EFFORTS == inverse.EFFORTS
     monkeypatch.setitem(inverse.DEFAULTS["pinn"], "iterations", 123)
     assert PipelineSettings().resolved().inference.iterations == 123  # not a copy made at import
     # None and the explicit default are the same run: same fingerprint
@@ -533,7 +537,20 @@ def test_infer_passes_only_what_was_set(monkeypatch):
     seen.clear()
     s.inference.uncertainty, s.inference.ensemble = False, 5
     infer("fields", s)
-    assert seen["uncertainty"] is False and seen["ensemble"] == 5
+    assert seen["uncertainty"] is False and seen["ensemble"] == 5 and "effort" not in seen
+    s.inference.effort = "standard"
+    infer("fields", s)
+    assert seen["effort"] == "standard"
+    # direct fits once in closed form: the networks' effort is not passed to it
+    seen.clear()
+    s.inference.method = "direct"
+    infer("fields", s)
+    assert "effort" not in seen
+    s.inference.method = "pinn"
+    s.inference.effort = "lots"
+    with pytest.raises(InputError, match="effort"):
+        s.validate()
+    s.inference.effort = "standard"
     # an infer_rates without the option: a clear error naming the setting, not a crash
     monkeypatch.setattr(inverse, "infer_rates", lambda fields, method="pinn", device="auto", seed=0, **kw: kw)
     with pytest.raises(InputError, match="inference.uncertainty"):
