@@ -1134,7 +1134,7 @@ def summarize(loaded: LoadedInput, mask, fields, result, settings: PipelineSetti
     ``pixel_size_nm``, ``image_shape``, ``nucleus_area_um2`` (mask pixels
     of the density image times the pixel area), ``grid`` (``"ny x nx"`` as ``"64x64"``),
     ``grid_spacing_nm``; the rate statistics of :meth:`RateMapResult.summary` (``mean_rate``,
-    ``median_rate``, ``std_rate``, ``p05_rate``, ``p95_rate``, ``mean_uncertainty``,
+    ``median_rate``, ``std_rate``, ``p05_rate``, ``p95_rate``, ``mean_uncertainty``, ``median_uncertainty``,
     ``rms_residual``, ``heterochromatin_fraction`` = ``sum phi_h / sum (phi_h + phi_e)`` in the
     nucleus, ``n_pixels`` (grid cells in the nucleus), ``method``, ``device``, ``time_s``);
     the heterochromatin domains: ``n_domains``, ``domain_area_um2`` and ``domain_diameter_nm``

@@ -794,3 +794,17 @@ def test_an_ensemble_is_the_same_on_every_run(steady):
     f = _noisy(steady, 0.1, 4)
     a, b = (infer_rates(f, iterations=60, ensemble=3, uncertainty="noise", device="cpu", seed=1) for _ in range(2))
     np.testing.assert_array_equal(a.rate, b.rate)
+
+
+def test_summary_median_uncertainty_is_the_typical_cells_where_a_few_absurd_cells_dominate_the_mean(steady):
+    r = infer_rates(_noisy(steady, 0.1, 2), method="direct", radius=3, seed=0)
+    m = r.mask & np.isfinite(r.uncertainty)
+    s = r.summary()
+    assert np.isclose(s["median_uncertainty"], np.median(r.uncertainty[m]))
+    assert np.isclose(s["mean_uncertainty"], np.mean(r.uncertainty[m]))
+    # one cell in a thousand where lambda is absurd (phi_e ~ 0) moves the mean, not the median
+    ys, xs = np.nonzero(m)
+    r.uncertainty[ys[:: 1000], xs[:: 1000]] = 1e6
+    after = r.summary()
+    assert after["mean_uncertainty"] > 10 * s["mean_uncertainty"]
+    assert abs(after["median_uncertainty"] - s["median_uncertainty"]) < 0.05 * s["median_uncertainty"]

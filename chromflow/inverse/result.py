@@ -183,7 +183,8 @@ class RateMapResult:
         """Scalar summary (one row of ``summary.csv``).
 
         Keys: ``mean_rate``, ``median_rate``, ``std_rate``, ``p05_rate``, ``p95_rate``,
-        ``mean_uncertainty``, ``rms_residual``, ``heterochromatin_fraction`` (share of the
+        ``mean_uncertainty``, ``median_uncertainty`` (the typical cell's: a few cells of absurd
+        lambda can dominate the mean), ``rms_residual``, ``heterochromatin_fraction`` (share of the
         chromatin that is heterochromatin, ``sum phi_h / sum (phi_h + phi_e)`` on the mask),
         ``mean_rate_deep`` (mean over the cells deeper than :data:`EDGE_BIAS_DEPTH_UM` inside the
         outline, free of the edge bias that maps of simulated nuclei show; NaN for a smaller
@@ -226,6 +227,8 @@ class RateMapResult:
             "p05_rate": stat(lambda a: np.percentile(a, 5), lam),
             "p95_rate": stat(lambda a: np.percentile(a, 95), lam),
             "mean_uncertainty": float(np.nanmean(unc)) if np.isfinite(unc).any() else float("nan"),
+            # the typical cell's: where lambda is absurd (flagged) its uncertainty can dominate the mean
+            "median_uncertainty": float(np.nanmedian(unc)) if np.isfinite(unc).any() else float("nan"),
             "rms_residual": float(np.sqrt(np.nanmean(res ** 2))) if np.isfinite(res).any() else float("nan"),
             "heterochromatin_fraction": float(np.nansum(h) / total) if total > 0 else float("nan"),
             "nucleus_area_um2": float(m.sum() * (self.spacing / 1000.0) ** 2),
