@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .inverse.result import EDGE_BIAS_DEPTH_UM, edge_bias_zone
+from .inverse.result import EDGE_BIAS_DEPTH_UM, _number, edge_bias_zone
 from .io._atomic import atomic_path
 
 __all__ = ["make_report", "make_domains_figure", "report_caption", "wrap_caption", "nice_scale_bar_length",
@@ -92,7 +92,7 @@ def report_caption(result) -> str:
                      "both); their difference was scaled up")
     ratio = diag.get("ratio") or {}
     rate, smooth = getattr(result, "rate", None), getattr(result, "ratio", None)
-    if rate is not None and smooth is not None and np.isfinite(ratio.get("sigma_cells", np.nan)):
+    if rate is not None and smooth is not None and np.isfinite(_number(ratio.get("sigma_cells"))):
         from .evaluate import rate_correlation
 
         r_ratio = rate_correlation(rate, smooth, getattr(result, "mask", None))
@@ -101,8 +101,10 @@ def report_caption(result) -> str:
                          f"from the halves): r = {r_ratio:.2f}")
     effort = diag.get("effort") or {}
     if effort.get("larger"):
-        parts.append(f"domain-scale data (halves agree {effort['domain_scale_agreement']:.2f} at the domain scale): "
-                     f"{effort['ensemble']} fits of up to {effort['iterations']} steps")
+        # the reason says why: the halves' agreement (auto) or the caller's choice; the agreement
+        # itself may be absent (NaN, JSON null) on cells too wide for the domain band
+        parts.append(f"larger effort: {effort['ensemble']} fits of up to {effort['iterations']} steps "
+                     f"({effort.get('reason', '')})")
     split = diag.get("split")
     if split is not None and split != "two-channel":
         parts.append(f"single channel: phi_h/phi_e from the '{split}' rule, an assumption (docs/domains.md)")

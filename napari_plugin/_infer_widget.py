@@ -23,6 +23,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
                               PushButton, SpinBox)
 
 from chromflow.errors import CancelledError, InputError
+from chromflow.inverse.result import _number
 from chromflow.pipeline import INFERENCE_EFFORTS, INFERENCE_METHODS, PipelineSettings
 from chromflow.report import EDGE_BIAS_DEPTH_UM, edge_bias_zone
 
@@ -151,7 +152,7 @@ def result_layers(result, base: str, source=None, settings: PipelineSettings | N
     ratio = getattr(result, "ratio", None)
     # the baseline without physics, on the rate's colour scale: its eye button compares the two
     if ratio is not None and np.isfinite(np.asarray(ratio, dtype=float)[mask]).any():
-        sigma = float((result.diagnostics.get("ratio") or {}).get("sigma_cells", np.nan))
+        sigma = _number((result.diagnostics.get("ratio") or {}).get("sigma_cells"))
         layers.append((np.asarray(ratio, dtype=float),
                        {**common, "name": f"{base} smoothed phi_h/phi_e (no physics)", "colormap": "viridis",
                         "visible": False, "contrast_limits": layers[0][1]["contrast_limits"],

@@ -761,6 +761,31 @@ def test_cells_wider_than_the_domain_band_give_no_agreement_and_the_standard_eff
     assert "no domain-scale reading" in eff["reason"]
     s = r.summary()
     assert np.isnan(s["domain_scale_agreement"]) and s["effort"] == "standard"
+    # forced, the larger effort runs there too, and the report says why without the reading
+    from chromflow.report import report_caption
+
+    forced = infer_rates(f, uncertainty=False, device="cpu", iterations=30, check_every=10, seed=0,
+                         effort="domain", ensemble=2)
+    assert forced.diagnostics["effort"]["domain_scale_agreement"] is None
+    assert forced.summary()["effort"] == "domain"
+    assert "larger effort: 2 fits of up to 30 steps (domain scale (effort='domain'))" in " ".join(
+        report_caption(forced).split())
+
+
+def test_the_report_caption_reads_nan_diagnostics_stored_as_json_null():
+    """A result saved and loaded holds NaN diagnostics as None (JSON null): the caption skips them."""
+    from chromflow.report import report_caption
+
+    m = np.ones((8, 8), bool)
+    r = SimpleNamespace(method="pinn", mask=m, edge=None, spacing=50.0, rate=np.ones(m.shape),
+                        ratio=np.ones(m.shape),
+                        diagnostics={"split_half_r": None, "flags": [], "ratio": {"sigma_cells": None},
+                                     "effort": {"larger": True, "domain_scale_agreement": None,
+                                                "reason": "domain scale (effort='domain')",
+                                                "ensemble": 3, "iterations": 2000}})
+    text = " ".join(report_caption(r).split())
+    assert "smoothed phi_h/phi_e" not in text and "split-half" not in text
+    assert "larger effort: 3 fits of up to 2000 steps" in text
 
 
 def test_the_larger_effort_runs_more_members_at_the_first_members_step_unless_given(steady):
