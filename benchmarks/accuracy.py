@@ -286,8 +286,8 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
            "sim_residual": sim.info["residual"], "sim_iterations": sim.info["iterations"],
            "sim_seconds": sim.info["seconds"],
            # the weight of the envelope's boundary-layer correction (0: the data did not show it)
-           "edge_correction": float((result.diagnostics.get("boundary_layer") or {}).get("weight", np.nan)),
-           "split_half_r": float(result.diagnostics.get("split_half_r", np.nan)),
+           "edge_correction": summary["edge_correction"],
+           "split_half_r": summary["split_half_r"],
            "halves_independence": summary["halves_independence"],
            # the mean noise share of the channels (what the sparse-data flag reads) and the flag
            "noise_share": float(np.mean([result.diagnostics["noise"][c].get("share", np.nan)

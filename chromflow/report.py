@@ -283,7 +283,7 @@ def make_report(density_image, mask, result, path=None, title=None):
     rate_limits = _robust_limits(rate)
     # the baseline without physics on the rate's colour scale, so the two read side by side
     ratio = _masked(getattr(result, "ratio", np.full(grid_mask.shape, np.nan)), grid_mask)
-    width = ((getattr(result, "diagnostics", None) or {}).get("ratio") or {}).get("sigma_cells", np.nan)
+    width = _number(((getattr(result, "diagnostics", None) or {}).get("ratio") or {}).get("sigma_cells"))
     # its width (cells) was chosen by the data's two halves (chromflow.evaluate.cross_validated_ratio)
     ratio_unit = f"φ_h / φ_e, width {width:.1f} cells" if np.isfinite(width) else "φ_h / φ_e (dimensionless)"
     panels = [

@@ -274,6 +274,17 @@ def test_report_caption_sets_the_map_beside_the_smoothed_ratio():
     assert "without physics" not in report_caption(old)
 
 
+def test_make_report_draws_a_result_whose_nan_diagnostics_were_stored_as_json_null():
+    density = Image(np.random.default_rng(0).random((100, 150)), pixel_size=20.0, name="cell")
+    mask = np.zeros(density.shape, bool)
+    mask[20:80, 30:120] = True
+    result = _hand_made_result()
+    result.diagnostics = {"split_half_r": None, "flags": [], "ratio": {"sigma_cells": None}}
+    fig = make_report(density, mask, result)
+    units = [ax.get_ylabel() for ax in fig.axes]
+    assert "φ_h / φ_e (dimensionless)" in units and not any("width" in u for u in units)
+
+
 def test_make_report_rejects_mismatched_mask():
     density = Image(np.ones((10, 10)), pixel_size=20.0)
     with pytest.raises(ValueError, match="mask shape"):
