@@ -53,6 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__
+from ._json import jsonable
 from .errors import ChromflowError, InputError, OutputError
 from .io._atomic import atomic_path
 
@@ -265,7 +266,7 @@ def _comparable(settings_dict: dict) -> dict:
 
     # None and the library default it stands for are the same settings
     settings_dict = PipelineSettings.from_dict(settings_dict).resolved().to_dict()
-    data = json.loads(json.dumps(settings_dict, default=str))
+    data = jsonable(settings_dict)
     data.get("inference", {}).pop("device", None)  # the device does not change the answer
     return data
 
@@ -326,7 +327,7 @@ def _read_record(path: Path) -> dict | None:
 
 def _write_json(path: Path, data) -> None:
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        Path(tmp).write_text(json.dumps(jsonable(data), indent=2) + "\n", encoding="utf-8")
 
 
 def _now() -> str:

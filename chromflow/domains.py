@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._json import jsonable as _jsonable
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import ChromflowError, InputError
 
@@ -388,23 +389,6 @@ def publish_all(files: dict, out_dir) -> dict:
         raise
     shutil.rmtree(tmp_dir, ignore_errors=True)
     return {kind: Path(final) for kind, (final, _) in files.items()}
-
-
-def _jsonable(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
 
 
 # ----------------------------------------------------------------------------------------------

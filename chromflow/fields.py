@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ._json import jsonable
 from .errors import GridError, InputError, SegmentationError
 from .image import Image
 from .io._atomic import atomic_path
@@ -145,7 +146,7 @@ class ChromatinFields:
             extra = {} if self.edge is None else {"edge": self.edge}
             np.savez(fh, phi_h=self.phi_h, phi_e=self.phi_e, mask=self.mask, spacing=self.spacing, **extra,
                      origin=np.asarray(self.origin), source="" if self.source is None else self.source,
-                     settings=json.dumps(self.settings))
+                     settings=json.dumps(jsonable(self.settings)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ChromatinFields":

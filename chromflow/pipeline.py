@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._json import jsonable as _jsonable
 from ._progress import CancelToken, ProgressCallback, check_cancel, report
 from .errors import ChromflowError, InputError, OutputError
 from ._validate import check_input_file
@@ -1098,24 +1099,6 @@ def _domain_stats(phi_h, phi_e, mask, spacing_nm):
     areas_um2 = np.bincount(labels.ravel())[1:] * (spacing_nm / 1000.0) ** 2
     mean_area = float(areas_um2.mean())
     return int(n), mean_area, float(2000.0 * math.sqrt(mean_area / math.pi))
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        value = float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
 
 
 def _background_keys(background) -> dict:

@@ -52,7 +52,8 @@ from .boundary import boundary_layer_correction
 from .direct import direct_rates, footprint_inside
 from .noise import (MAX_VARIANCE_FACTOR, MIN_HALF_INDEPENDENCE, estimate_noise, fission, half_independence, local_level,
                     noise_correlation)
-from .result import RateMapResult, _jsonable, edge_bias_zone
+from .._json import jsonable as _jsonable
+from .result import RateMapResult, edge_bias_zone
 
 __all__ = ["infer_rates", "RateMapResult", "METHODS", "DEFAULTS", "direct_rates", "edge_band_cells",
            "closed_form_weight", "network_size", "noise_share"]

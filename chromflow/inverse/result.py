@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._json import jsonable as _jsonable
 from ..errors import InputError
 from ..evaluate import rate_correlation
 from ..image import Image
@@ -317,23 +317,9 @@ class RateMapResult:
                    diagnostics=meta.get("diagnostics", {}))
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
 def _number(value) -> float:
     """A diagnostic number as a float: NaN where it is absent or stored as JSON null (a NaN reading,
-    :func:`_jsonable`)."""
+    :func:`chromflow._json.jsonable`)."""
     return float("nan") if value is None else float(value)
 
 
