@@ -24,7 +24,8 @@ Data come from :mod:`_heldout` (a pseudo-spectral solver and a labelling model i
 
 Each case prints one row: the method (``infer_rates`` defaults plus the command-line options)
 with its Pearson correlation, RMSE and 90 % interval coverage against the true lambda, and
-the best smoothed ratio and best-radius direct inversion (both tuned on the truth, an oracle)
+the best smoothed ratio, the best-radius direct inversion and the closed form with a smooth
+chemical potential at its best width (``evaluate.best_potential``; all three tuned on the truth, an oracle)
 on the same cells, and the smoothed ratio at the width two halves of the data choose ("ratio
 cv": ``result.ratio``, the baseline a user has without the truth); then the same on interior cells (>= 250 nm inside the compared region's
 outline). Times are wall-clock seconds of the method alone.
@@ -201,7 +202,8 @@ def _infer(fields, method, device, seed, options):
 def _scores(result, truth, fields, cells):
     row = ev.compare(result, truth, fields, mask=cells)
     return {k: row[k] for k in ("n_cells", "corr", "rmse", "coverage", "ratio_corr", "ratio_sigma", "direct_corr",
-                                "direct_radius", "ratio_rmse", "direct_rmse", "coverage_missing")}
+                                "direct_radius", "ratio_rmse", "direct_rmse", "coverage_missing", "potential_corr",
+                                "potential_width_nm", "potential_rmse")}
 
 
 def run_field_case(case, seed, args):
@@ -306,7 +308,8 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
     interior = cells & _interior(cells, fields.spacing)
     if interior.sum() >= 10:
         inner = _scores(result, truth, fields, interior)
-        row.update({f"{k}_in": inner[k] for k in ("n_cells", "corr", "coverage", "ratio_corr", "direct_corr")})
+        row.update({f"{k}_in": inner[k] for k in ("n_cells", "corr", "coverage", "ratio_corr", "direct_corr",
+                                                 "potential_corr")})
     return row
 
 
@@ -316,12 +319,13 @@ def _row(case, seed, result, truth, fields, cells, seconds, sim):
 MAIN_COLUMNS = [("case", "case"), ("seed", "seed"), ("cell_nm", "cell nm"), ("method", "method"),
                 ("corr", "corr"), ("rmse", "RMSE"), ("coverage", "cov90"), ("ratio_corr", "ratio corr"),
                 ("ratio_sigma", "ratio sigma"), ("direct_corr", "direct corr"), ("direct_radius", "direct r"),
+                ("potential_corr", "potential corr"), ("potential_width_nm", "potential nm"),
                 ("cv_ratio_corr", "ratio cv"), ("split_half_r", "split r"),
                 ("corr_in", "corr int"), ("coverage_in", "cov90 int"), ("ratio_corr_in", "ratio int"),
                 ("direct_corr_in", "direct int"), ("edge_correction", "edge corr"), ("time_s", "time s")]
 
 
-_KNOBS = {"cell_nm", "ratio_sigma", "direct_radius", "time_s"}
+_KNOBS = {"cell_nm", "ratio_sigma", "direct_radius", "potential_width_nm", "time_s"}
 
 
 def _fmt(v, key=""):
@@ -350,7 +354,9 @@ def header(args, seeds) -> str:
             f"field noise {100 * args.noise:.0f} % of each field's nuclear {args.noise_relative_to}; chromflow {cf.__version__}; "
             f"{platform.node()} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
             "Baselines tuned on the truth (oracle), scored on the same cells: ratio = best smoothed "
-            "phi_h/phi_e (sigma in cells), direct = best-radius infer_rates(method='direct') (r in cells). "
+            "phi_h/phi_e (sigma in cells), direct = best-radius infer_rates(method='direct') (r in cells), "
+            "potential = the closed form with a smooth chemical potential at its best width "
+            "(evaluate.best_potential, nm). "
             f"'int' columns: cells >= {INTERIOR_NM:.0f} nm inside the compared region. End-to-end grids of "
             f"~{E2E_CELL_NM:.0f} nm cells.")
 

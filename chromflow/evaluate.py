@@ -42,12 +42,14 @@ from .errors import GridError, InputError
 __all__ = ["rate_correlation", "rmse", "coverage", "smoothed_ratio", "best_smoothed_ratio", "best_direct",
            "baselines", "compare", "truth_on_grid", "Baseline", "DEFAULT_SIGMAS", "DEFAULT_RADII",
            "cross_validated_ratio", "CrossValidatedRatio", "HALF_TO_FULL_WIDTH", "domain_scale_reproducibility",
-           "DOMAIN_BAND_UM", "DOMAIN_BAND_MAX_CELL_UM"]
+           "DOMAIN_BAND_UM", "DOMAIN_BAND_MAX_CELL_UM", "best_potential", "DEFAULT_POTENTIAL_WIDTHS_NM"]
 
 #: Smoothing widths (grid cells) tried by :func:`best_smoothed_ratio`; 0 is the plain ratio.
 DEFAULT_SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 #: Mollifier radii (grid cells) tried by :func:`best_direct`.
 DEFAULT_RADII = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
+#: Gaussian widths of the chemical potential (nm) tried by :func:`best_potential`.
+DEFAULT_POTENTIAL_WIDTHS_NM = (75.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 600.0, 800.0, 1000.0, 1200.0)
 #: A baseline candidate must be finite on at least this share of the compared cells to be scored.
 MIN_FINITE_SHARE = 0.99
 #: :func:`cross_validated_ratio` chooses the width on halves of the data, which carry twice the
@@ -701,8 +703,64 @@ def best_direct(fields, truth, radii=DEFAULT_RADII, cells=None, **infer_options)
     return _pick(candidates, truth, cells)
 
 
+def best_potential(fields, truth, widths_nm=DEFAULT_POTENTIAL_WIDTHS_NM, cells=None, edge="auto") -> Baseline:
+    """The closed form with a smooth chemical potential at its best width (an oracle).
+
+    :func:`chromflow.inverse.direct.smooth_potential_rates` on the fields' cells without their
+    edge band (the band :func:`chromflow.infer_rates` leaves out of its data term, ``edge`` as
+    there), reported on the whole mask, at the potential's width that correlates best with the
+    truth. A third baseline beside :func:`best_smoothed_ratio` and :func:`best_direct`: it keeps
+    the transport term but takes it from the smooth potential instead of 4th derivatives of
+    the fields, so it is the strongest closed form measured (docs/inference.md, "A closed form
+    with a smooth potential").
+
+    Parameters
+    ----------
+    fields : ChromatinFields
+        Or any object with ``phi_h``, ``phi_e``, ``mask``, ``spacing`` (nm).
+    truth : (ny, nx) ndarray
+        True rate on the fields' grid (NaN where unknown).
+    widths_nm : sequence of float
+        Gaussian widths of the potential to try, nm (``phi_h`` is smoothed by a quarter of it).
+    cells : (ny, nx) bool ndarray, optional
+        Cells scored (default: mask cells with a finite truth).
+    edge : "auto", float or bool ndarray
+        The edge band, as ``infer_rates(edge=...)``.
+
+    Returns
+    -------
+    Baseline
+        ``rate``, ``value`` (the chosen width, nm), ``corr``, ``scores``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> m = np.zeros((40, 40), bool); m[5:35, 5:35] = True
+    >>> truth = 1.5 + 0.01 * np.arange(40.0)[None, :] * np.ones((40, 1))
+    >>> f = SimpleNamespace(phi_h=0.2 * truth, phi_e=np.full((40, 40), 0.2), mask=m, spacing=50.0)
+    >>> b = best_potential(f, truth, widths_nm=(200.0, 400.0), edge=0)
+    >>> b.corr > 0.99
+    True
+    """
+    from .inverse import _edge_band
+    from .inverse.direct import smooth_potential_rates
+
+    truth = _arr(truth, "truth")
+    mask = np.asarray(fields.mask, dtype=bool)
+    band, _ = _edge_band(fields, mask, float(fields.spacing), edge, getattr(fields, "source", None))
+    data = mask & ~band
+    cells = _compared_cells(mask, truth, cells)
+    if not data.any():
+        return _pick([], truth, cells)
+    spacing_um = float(fields.spacing) / 1000.0
+    candidates = ((float(w), smooth_potential_rates(fields.phi_h, fields.phi_e, data, spacing_um, float(w) / 1000.0,
+                                                    out_mask=mask)) for w in widths_nm)
+    return _pick(candidates, truth, cells)
+
+
 def baselines(fields, truth, mask=None, sigmas=DEFAULT_SIGMAS, radii=DEFAULT_RADII) -> dict:
-    """Both oracle-tuned baselines on the same cells.
+    """The oracle-tuned baselines on the same cells: smoothed ratio, direct, smooth potential.
 
     Parameters
     ----------
@@ -718,7 +776,8 @@ def baselines(fields, truth, mask=None, sigmas=DEFAULT_SIGMAS, radii=DEFAULT_RAD
     Returns
     -------
     dict
-        ``{"ratio": Baseline, "direct": Baseline}``.
+        ``{"ratio": Baseline, "direct": Baseline, "potential": Baseline}`` (the last from
+        :func:`best_potential` with its default widths).
 
     Examples
     --------
@@ -730,12 +789,13 @@ def baselines(fields, truth, mask=None, sigmas=DEFAULT_SIGMAS, radii=DEFAULT_RAD
     ...                     spacing=50.0, origin=(0.0, 0.0), source=None)
     >>> b = baselines(f, truth, radii=(2.0,))
     >>> sorted(b), round(b["ratio"].corr, 6), round(b["direct"].corr, 2)   # direct: 100 nm edge band
-    (['direct', 'ratio'], 1.0, 1.0)
+    (['direct', 'potential', 'ratio'], 1.0, 1.0)
     """
     shape = np.shape(fields.phi_h)
     true = truth_on_grid(truth, shape, fields.spacing, fields.origin)
     return {"ratio": best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, true, sigmas, cells=mask),
-            "direct": best_direct(fields, true, radii, cells=mask)}
+            "direct": best_direct(fields, true, radii, cells=mask),
+            "potential": best_potential(fields, true, cells=mask)}
 
 
 def compare(result_or_rate, truth, fields, mask=None, level: float = 0.9, sigmas=DEFAULT_SIGMAS,
@@ -768,7 +828,8 @@ def compare(result_or_rate, truth, fields, mask=None, level: float = 0.9, sigmas
         which carries no uncertainty; a result whose uncertainty is NaN scores 0 there),
         ``coverage_missing`` (cells without a usable uncertainty), ``n_cells``, ``ratio_corr``,
         ``ratio_rmse``, ``ratio_sigma`` (cells), ``direct_corr``, ``direct_rmse``,
-        ``direct_radius`` (cells), ``beats_ratio``, ``beats_direct``.
+        ``direct_radius`` (cells), ``potential_corr``, ``potential_rmse``, ``potential_width_nm``
+        (:func:`best_potential`), ``beats_ratio``, ``beats_direct``, ``beats_potential``.
 
     Examples
     --------
@@ -808,8 +869,9 @@ def compare(result_or_rate, truth, fields, mask=None, level: float = 0.9, sigmas
     row["coverage"] = cov["coverage"]
     row["coverage_missing"] = cov["n_missing"]
     base = {"ratio": best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, true, sigmas, cells=cells),
-            "direct": best_direct(fields, true, radii, cells=cells)}
-    for name, key in (("ratio", "ratio_sigma"), ("direct", "direct_radius")):
+            "direct": best_direct(fields, true, radii, cells=cells),
+            "potential": best_potential(fields, true, cells=cells)}
+    for name, key in (("ratio", "ratio_sigma"), ("direct", "direct_radius"), ("potential", "potential_width_nm")):
         b = base[name]
         row[f"{name}_corr"] = b.corr
         row[f"{name}_rmse"] = rmse(b.rate, true, cells)

@@ -259,6 +259,21 @@ def test_best_direct_on_exact_steady_state(steady):
     np.testing.assert_array_equal(b.rate, ref)
 
 
+def test_best_potential_on_exact_steady_state(steady):
+    from chromflow.evaluate import best_potential
+    from chromflow.inverse.direct import smooth_potential_rates
+
+    fields, truth = steady
+    b = best_potential(fields, truth, widths_nm=(100.0, 200.0, 2000.0), edge=0)
+    # noise-free: the narrowest potential loses least of the rate's structure
+    assert b.value == 100.0 and b.corr > 0.95 and b.scores[2000.0] < b.corr
+    ref = smooth_potential_rates(fields.phi_h, fields.phi_e, fields.mask, fields.spacing / 1000, 0.1)
+    np.testing.assert_array_equal(b.rate, ref)
+    # the edge band is left out of the data, the map still covers the whole mask
+    banded = best_potential(fields, truth, widths_nm=(100.0,), edge=150.0)
+    assert np.isfinite(banded.rate[fields.mask]).all() and not np.array_equal(banded.rate, b.rate)
+
+
 def test_compare_one_row_on_the_same_cells(steady):
     fields, truth = steady
     mask = fields.mask
@@ -273,8 +288,10 @@ def test_compare_one_row_on_the_same_cells(steady):
     assert row["corr"] == pytest.approx(rate_correlation(est, truth, mask))
     assert row["rmse"] == pytest.approx(0.05, rel=0.1)
     assert abs(row["coverage"] - 0.9) < 0.05 and row["coverage_missing"] == 0
-    for key in ("ratio_corr", "ratio_sigma", "ratio_rmse", "direct_corr", "direct_radius", "direct_rmse"):
+    for key in ("ratio_corr", "ratio_sigma", "ratio_rmse", "direct_corr", "direct_radius", "direct_rmse",
+                "potential_corr", "potential_width_nm", "potential_rmse"):
         assert np.isfinite(row[key]), key
+    assert row["beats_potential"] == (row["corr"] > row["potential_corr"])
     assert row["beats_ratio"] == (row["corr"] > row["ratio_corr"])
     # a restricting mask changes the cells of the method and of both baselines alike
     sub = compare(est, truth, fields, mask=inner, radii=(2.0, 3.0), sigmas=(0.0, 1.0))

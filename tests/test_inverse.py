@@ -199,3 +199,43 @@ def test_pinn_on_cuda_matches_cpu_closely(nucleus):
     r = infer_rates(fields, method="pinn", iterations=PINN_ITERATIONS, device="cuda")
     assert r.device.startswith("cuda")
     assert _corr(r.rate, rate, fields.mask) > PINN_MIN_CORR
+
+
+def test_smooth_potential_rates_recover_a_known_rate_map(nucleus):
+    """The closed form with a smooth chemical potential on steady fields of the model (FD solver)."""
+    from chromflow.inverse.direct import smooth_potential_rates
+
+    f, rate = nucleus
+    inner = ndimage.binary_erosion(f.mask, iterations=4)
+    lam = smooth_potential_rates(f.phi_h, f.phi_e, f.mask, SPACING_NM / 1000, sigma_mu_um=0.2)
+    assert np.isnan(lam[~f.mask]).all() and np.isfinite(lam[f.mask]).all()
+    # noise-free: the potential's smoothing is the only error (measured 0.017 at most inside)
+    assert np.abs(lam[inner] - rate[inner]).max() < 0.03
+    assert _corr(lam, rate, f.mask) > 0.99
+    # counting-like noise, 10 % of each field's spread: the transport is read from the smooth
+    # potential, not from 4th derivatives of the noise (measured 0.995 at 300 nm)
+    rng = np.random.default_rng(0)
+    h = f.phi_h + 0.1 * f.phi_h[f.mask].std() * rng.standard_normal(f.phi_h.shape)
+    e = f.phi_e + 0.1 * f.phi_e[f.mask].std() * rng.standard_normal(f.phi_h.shape)
+    assert _corr(smooth_potential_rates(h, e, f.mask, SPACING_NM / 1000, sigma_mu_um=0.3), rate, f.mask) > 0.98
+    # a wider potential smooths the rate: the error grows with the width
+    wide = smooth_potential_rates(f.phi_h, f.phi_e, f.mask, SPACING_NM / 1000, sigma_mu_um=0.8)
+    assert np.abs(wide[inner] - rate[inner]).max() > 2 * np.abs(lam[inner] - rate[inner]).max()
+
+
+def test_smooth_potential_rates_bad_input():
+    from chromflow.inverse.direct import smooth_potential_rates
+
+    m = np.zeros((16, 16), bool)
+    m[4:12, 4:12] = True
+    h, e = np.full(m.shape, 0.3), np.full(m.shape, 0.2)
+    with pytest.raises(ValueError, match="sigma_mu_um"):
+        smooth_potential_rates(h, e, m, 0.05, sigma_mu_um=0.0)
+    with pytest.raises(ValueError, match="sigma_h_um"):
+        smooth_potential_rates(h, e, m, 0.05, sigma_h_um=-1.0)
+    with pytest.raises(ValueError, match="no cells"):
+        smooth_potential_rates(h, e, np.zeros_like(m), 0.05)
+    # the outside never enters: zeros there change nothing
+    a = smooth_potential_rates(h, e, m, 0.05)
+    b = smooth_potential_rates(np.where(m, h, 0.0), np.where(m, e, 0.0), m, 0.05)
+    np.testing.assert_allclose(a[m], b[m])

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ..physics.chromatin import ChromatinModel, FieldDerivatives, chemical_potential_laplacian
 
-__all__ = ["direct_rates", "footprint_inside", "local_linear_smooth", "mollified_transport", "mollifier_layer", "layer_derivatives"]
+__all__ = ["direct_rates", "smooth_potential_rates", "footprint_inside", "local_linear_smooth", "mollified_transport", "mollifier_layer", "layer_derivatives"]
 
 #: the field derivatives every rate method needs
 ORDERS = ("u", (1, 0), (0, 1), "lap", "biharmonic")
@@ -248,3 +248,93 @@ def direct_rates(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, ker
     h = FieldDerivatives(h_val, h.dy, h.dx, h.lap, h.bilap)
     e = FieldDerivatives(e_val, e.dy, e.dx, e.lap, e.bilap)
     return lam, (h, e), interior
+
+
+def _laplacian_5(values, spacing_um: float) -> np.ndarray:
+    """5-point Laplacian (1/um^2), the array's border continued by its nearest value."""
+    return ndimage.laplace(values, mode="nearest") / spacing_um ** 2
+
+
+def smooth_potential_rates(phi_h, phi_e, mask, spacing_um: float, sigma_mu_um: float = 0.3,
+                           sigma_h_um: float | None = None, model: ChromatinModel = ChromatinModel(),
+                           out_mask=None) -> np.ndarray:
+    """Closed-form rate with a smooth chemical potential: ``(phi_h - lap(mu_d) / 2) / phi_e``.
+
+    :func:`direct_rates` smooths the fields and takes the transport ``lap(mu_d) / 2`` from their
+    4th derivatives, where counting noise is amplified most. This estimator smooths the
+    potential instead. At steady state ``lap(mu_d) = 2 (phi_h - lambda phi_e)`` is bounded, so
+    ``mu_d`` is two orders smoother than the fields (on the held-out simulator's domain-scale
+    nuclei, a 200 nm Gaussian changes it by 0.0025, against 0.018 for the spread of
+    ``phi_e``). Reading ``mu_d = -phi_e + F(phi_h) - l^2 lap(phi_h - phi_e)`` backwards, the
+    fine structure of ``phi_e`` then follows from ``phi_h``:
+
+    1. ``mu = -phi_e + F(phi_h) - l^2 lap(phi_h - phi_e)`` on the data (5-point Laplacian),
+       smoothed by a Gaussian of ``sigma_mu_um``: ``mu_s``;
+    2. ``h = phi_h`` smoothed by ``sigma_h_um`` (default ``sigma_mu_um / 4``);
+    3. ``e`` solves ``(1 - l^2 lap) e = F(h) - l^2 lap(h) - mu_s`` (FFT, the same Laplacian);
+    4. ``lambda = (h - lap(mu_s) / 2) / e``.
+
+    Counting noise of the smaller, noisier ``phi_e`` then reaches the map only through the
+    smooth ``mu_s``. Cells outside ``mask`` (an edge band, the outside) take the nearest data
+    cell's values before any filter, so the outside never dilutes the edge.
+
+    Parameters
+    ----------
+    phi_h, phi_e : (ny, nx) ndarray
+        Volume fractions.
+    mask : (ny, nx) bool ndarray
+        Cells with data (the nucleus without its edge band).
+    spacing_um : float
+        Grid cell size in um.
+    sigma_mu_um : float
+        Gaussian width for the potential, um (> 0).
+    sigma_h_um : float, optional
+        Gaussian width for ``phi_h``, um (>= 0; default ``sigma_mu_um / 4``).
+    model : ChromatinModel
+        ``phi_max`` and ``l`` of ``F`` and the gradient term.
+    out_mask : (ny, nx) bool ndarray, optional
+        Cells where the rate is reported (default ``mask``).
+
+    Returns
+    -------
+    (ny, nx) ndarray
+        ``lambda``; NaN outside ``out_mask`` and where the reconstructed ``phi_e <= 0``.
+
+    Examples
+    --------
+    Uniform fields give the ratio exactly:
+
+    >>> m = np.zeros((24, 24), bool); m[4:20, 4:20] = True
+    >>> lam = smooth_potential_rates(np.full((24, 24), 0.3), np.full((24, 24), 0.2), m, 0.05)
+    >>> bool(np.allclose(lam[m], 1.5)), bool(np.isnan(lam[0, 0]))
+    (True, True)
+    """
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        raise ValueError("mask has no cells")
+    if not sigma_mu_um > 0:
+        raise ValueError(f"sigma_mu_um must be > 0, got {sigma_mu_um}")
+    sigma_h_um = 0.25 * sigma_mu_um if sigma_h_um is None else float(sigma_h_um)
+    if not sigma_h_um >= 0:
+        raise ValueError(f"sigma_h_um must be >= 0, got {sigma_h_um}")
+    s = float(spacing_um)
+    _, idx = ndimage.distance_transform_edt(~mask, return_indices=True)
+    h_raw = np.asarray(phi_h, dtype=np.float64)[tuple(idx)]
+    e_raw = np.asarray(phi_e, dtype=np.float64)[tuple(idx)]
+    l2 = model.length_um ** 2
+    bulk = lambda p: p * (model.phi_max - p) * (model.phi_max - 2.0 * p)  # noqa: E731  F of the model
+    mu = -e_raw + bulk(h_raw) - l2 * _laplacian_5(h_raw - e_raw, s)
+    mu_s = ndimage.gaussian_filter(mu, sigma_mu_um / s, mode="nearest")
+    h = ndimage.gaussian_filter(h_raw, sigma_h_um / s, mode="nearest") if sigma_h_um > 0 else h_raw
+    rhs = bulk(h) - l2 * _laplacian_5(h, s) - mu_s
+    # (1 - l^2 lap) e = rhs with the 5-point symbol; padded so that the FFT's wrap-around stays outside
+    pad = 8
+    padded = np.pad(rhs, pad, mode="edge")
+    ky = 4.0 * np.sin(np.pi * np.fft.fftfreq(padded.shape[0])) ** 2
+    kx = 4.0 * np.sin(np.pi * np.fft.fftfreq(padded.shape[1])) ** 2
+    symbol = 1.0 + l2 / s ** 2 * (ky[:, None] + kx[None, :])
+    e = np.real(np.fft.ifft2(np.fft.fft2(padded) / symbol))[pad:-pad, pad:-pad]
+    where = mask if out_mask is None else np.asarray(out_mask, bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = (h - 0.5 * _laplacian_5(mu_s, s)) / e
+    return np.where(where & (e > 0), lam, np.nan)
