@@ -629,13 +629,15 @@ def run_demo(out_dir, fast: bool = False, device=None, progress=None, cancel=Non
     # the map's correlation beside the trivial baselines on the same cells (docs/evaluate.md)
     row = compare(run.result, truth, run.fields)
     correlation, n = row["corr"], row["n_cells"]
-    baselines = {k: row[k] for k in ("ratio_corr", "ratio_sigma", "direct_corr", "direct_radius")}
+    baselines = {k: row[k] for k in ("ratio_corr", "ratio_sigma", "direct_corr", "direct_radius", "potential_corr",
+                                     "potential_width_nm")}
     # the smoothed ratio whose width the data chose (result.ratio), on the same cells
     true = truth_on_grid(truth, run.result.rate.shape, run.result.spacing, run.result.origin)
     cells = run.fields.mask & np.isfinite(true) & np.isfinite(run.result.rate)
     baselines["cv_ratio_corr"] = rate_correlation(run.result.ratio, true, cells)
     run.summary.update(truth_correlation=correlation, ratio_truth_correlation=row["ratio_corr"],
                        direct_truth_correlation=row["direct_corr"],
+                       potential_truth_correlation=row["potential_corr"],
                        cv_ratio_truth_correlation=baselines["cv_ratio_corr"])
     write_outputs(run, out_dir, cancel=cancel)
     return {"summary": run.summary, "correlation": correlation, "n_compared": n, "baselines": baselines,
@@ -669,7 +671,8 @@ def _cmd_demo(args) -> int:
     b = outcome["baselines"]
     print(f"chromflow: baselines on the same fields and cells, each tuned on the truth: smoothed phi_h/phi_e "
           f"{b['ratio_corr']:.3f} (sigma {b['ratio_sigma']:g} cells), direct inversion {b['direct_corr']:.3f} "
-          f"(radius {b['direct_radius']:g} cells); without the truth, the smoothed phi_h/phi_e at the width "
+          f"(radius {b['direct_radius']:g} cells), closed form with a smooth potential {b['potential_corr']:.3f} "
+          f"(width {b['potential_width_nm']:g} nm); without the truth, the smoothed phi_h/phi_e at the width "
           f"the data's halves chose (<stem>_ratio.tif) {b['cv_ratio_corr']:.3f}")
     if outcome["correlation"] < b["ratio_corr"]:
         n = outcome["summary"].get("n_localizations")

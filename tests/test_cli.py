@@ -217,6 +217,8 @@ def test_demo_fast(tmp_path, capsys):
     # the fast demo is itself a direct inversion: the direct baseline, tuned on the truth, is at
     # least as good as the fixed demo radius on the same fields
     assert direct == pytest.approx(summary["direct_truth_correlation"], abs=1e-3) and direct >= corr - 1e-3
+    potential = float(line.split("smooth potential ")[1].split()[0])
+    assert potential == pytest.approx(summary["potential_truth_correlation"], abs=1e-3) and 0 < potential <= 1
     assert ("smoothed ratio reads the rate better" in text) == (corr < ratio)
     # the truth-free smoothed ratio (result.ratio) is printed beside them; it cannot beat the
     # same ratio at the width tuned on the truth by more than the oracle's grid of widths allows
