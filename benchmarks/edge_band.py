@@ -8,8 +8,9 @@ localization density (``--density`` per um^2 of nucleus: 5e4, i.e. 1e6 for the d
 nucleus) and ~50 nm cells, and infers the rate map with the band forced to each width of
 ``--widths`` (nm) and with the band the fields measure (``auto``). Every map is scored on the same
 cells: all cells of the segmented nucleus where the truth is defined (``all``), and those at
-least 250 nm inside (``interior``), beside both oracle baselines on the same cells (the best
-smoothed ratio and the best-radius direct inversion, ``chromflow.evaluate``).
+least 250 nm inside (``interior``), beside the three oracle baselines on the same cells (the best
+smoothed ratio, the best-radius direct inversion and the closed form with a smooth potential,
+``chromflow.evaluate``).
 
 The uncertainty runs in its ``"noise"`` mode: the split-half refit that chooses the stopping step
 runs (the maps are those of the default), the bootstrap refit, which changes only the intervals,
@@ -49,8 +50,8 @@ def nucleus(size: str, seed: int, rate: str = "smooth"):
 
 
 def nucleus_data(size: str, seed: int, density: float, rate: str = "smooth") -> dict:
-    """One rendered nucleus: its fields, the truth on their grid, the scored cells and both oracle
-    baselines on them (best smoothed ratio, best-radius direct)."""
+    """One rendered nucleus: its fields, the truth on their grid, the scored cells and the oracle
+    baselines on them (best smoothed ratio, best-radius direct, smooth potential)."""
     sim = nucleus(size, seed, rate)
     area_um2 = float(sim.inside.sum()) * (sim.spacing_nm / 1000.0) ** 2
     count = float(round(density * area_um2, -3))
@@ -66,6 +67,7 @@ def nucleus_data(size: str, seed: int, density: float, rate: str = "smooth") -> 
     for name, c in scored.items():
         out[f"ratio_{name}"] = ev.best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, truth, cells=c).corr
         out[f"direct_{name}"] = ev.best_direct(fields, truth, cells=c).corr
+        out[f"potential_{name}"] = ev.best_potential(fields, truth, cells=c).corr
     return out
 
 
@@ -83,7 +85,7 @@ def sweep(size: str, seed: int, widths, density: float, device: str = "auto", ra
                      "cells": int(scored["all"].sum()), "auto_band_nm": auto_nm,
                      "band": "auto" if width == "auto" else f"{width:g}", "band_cells": int(r.edge.sum()),
                      **{f"corr_{k}": ev.rate_correlation(r.rate, truth, c) for k, c in scored.items()},
-                     **{f"{b}_{k}": data[f"{b}_{k}"] for b in ("ratio", "direct") for k in scored},
+                     **{f"{b}_{k}": data[f"{b}_{k}"] for b in ("ratio", "direct", "potential") for k in scored},
                      "step": r.diagnostics["training"]["best_iteration"], "time_s": time.perf_counter() - start})
         print(f"  {rows[-1]['size']} seed {seed} band {rows[-1]['band']:>4s} nm: all {rows[-1]['corr_all']:.3f}, "
               f"interior {rows[-1]['corr_interior']:.3f} (step {rows[-1]['step']}, {rows[-1]['time_s']:.0f} s)",
@@ -92,14 +94,14 @@ def sweep(size: str, seed: int, widths, density: float, device: str = "auto", ra
 
 
 def table(frame: pd.DataFrame, column: str) -> str:
-    """Markdown: one row per nucleus, one column per band width, the two oracle baselines last."""
+    """Markdown: one row per nucleus, one column per band width, the three oracle baselines last."""
     bands = list(dict.fromkeys(frame["band"]))
     lines = ["| nucleus | seed | area um^2 | auto band nm | " + " | ".join(
-        f"{b} nm" if b != "auto" else "auto" for b in bands) + " | oracle ratio | oracle direct |",
-        "|" + "---|" * (len(bands) + 6)]
+        f"{b} nm" if b != "auto" else "auto" for b in bands) + " | oracle ratio | oracle direct | oracle potential |",
+        "|" + "---|" * (len(bands) + 7)]
     for (size, seed), g in frame.groupby(["size", "seed"], sort=False):
         by = dict(zip(g["band"], g[column]))
-        base = [g[column.replace("corr", b)].iloc[0] for b in ("ratio", "direct")]
+        base = [g[column.replace("corr", b)].iloc[0] for b in ("ratio", "direct", "potential")]
         lines.append(f"| {size} | {seed} | {g['area_um2'].iloc[0]:.1f} | {g['auto_band_nm'].iloc[0]:.0f} | "
                      + " | ".join(f"{v:.3f}" for v in [*(by[b] for b in bands), *base]) + " |")
     return "\n".join(lines)

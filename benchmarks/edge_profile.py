@@ -130,6 +130,7 @@ def main(argv=None) -> int:
         fitted = (result.phi_h, result.phi_e)
     rows.append(("oracle direct", ev.best_direct(fields, truth).rate))
     rows.append(("oracle ratio", ev.best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, truth).rate))
+    rows.append(("oracle smooth potential", ev.best_potential(fields, truth).rate))
     rows.append(("FD closed form, true fields", finite_difference_rate(phi_h, phi_e, spacing_um)))
     with np.errstate(divide="ignore", invalid="ignore"):
         transport = np.where(mask, (phi_h - truth * phi_e) / phi_e, np.nan)

@@ -259,7 +259,7 @@ def test_ash_render_keeps_counts_and_tiff_reads_back_with_its_pixel_size(tmp_pat
 
 def test_edge_band_sweep_table_and_sizes():
     """benchmarks/edge_band.py: every nucleus size fits its box with room for the outline's
-    roughness, and the table has one row per nucleus, one column per band, the two oracles last."""
+    roughness, and the table has one row per nucleus, one column per band, the three oracles last."""
     import pandas as pd
     from edge_band import SIZES, table
 
@@ -268,8 +268,10 @@ def test_edge_band_sweep_table_and_sizes():
     areas = [np.pi * a * b for (a, b), _ in SIZES.values()]
     assert areas == sorted(areas) and areas[0] > 10.0        # the pipeline's plausible range starts at 10 um^2
     rows = [{"size": s, "seed": 1, "area_um2": 20.0, "auto_band_nm": 120.0, "band": b, "corr_all": c,
-             "ratio_all": 0.9, "direct_all": 0.7} for s in ("small", "large") for b, c in (("auto", 0.95), ("0", 0.8))]
+             "ratio_all": 0.9, "direct_all": 0.7, "potential_all": 0.85}
+            for s in ("small", "large") for b, c in (("auto", 0.95), ("0", 0.8))]
     text = table(pd.DataFrame(rows), "corr_all").splitlines()
     assert text[0].startswith("| nucleus | seed")
-    assert text[0].endswith("| auto | 0 nm | oracle ratio | oracle direct |")
-    assert len(text) == 4 and text[2] == "| small | 1 | 20.0 | 120 | 0.950 | 0.800 | 0.900 | 0.700 |"
+    assert text[0].endswith("| auto | 0 nm | oracle ratio | oracle direct | oracle potential |")
+    assert text[1].count("---") == 9
+    assert len(text) == 4 and text[2] == "| small | 1 | 20.0 | 120 | 0.950 | 0.800 | 0.900 | 0.700 | 0.850 |"
