@@ -29,3 +29,26 @@ def test_import_does_not_load_torch():
     code = "import sys, chromflow; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_citation_and_license_match_the_package():
+    """CITATION.cff carries the released version and the licence the package declares."""
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:          # Python 3.10 has no tomllib
+        import pytest
+
+        tomllib = pytest.importorskip("tomli")
+
+    root = Path(__file__).resolve().parents[1]
+    citation = yaml.safe_load((root / "CITATION.cff").read_text(encoding="utf-8"))
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert citation["version"] == cf.__version__
+    assert citation["license"] == project["license"] == "BSD-3-Clause"
+    assert "BSD 3-Clause License" in (root / project["license-files"][0]).read_text(encoding="utf-8")
+    # the release date is the CHANGELOG's for this version
+    assert f"## {cf.__version__} ({citation['date-released']})" in (root / "CHANGELOG.md").read_text(encoding="utf-8")
