@@ -1,4 +1,4 @@
-"""Accuracy of the rate map on held-out data, beside both oracle-tuned baselines on the same cells.
+"""Accuracy of the rate map on held-out data, beside oracle-tuned baselines on the same cells.
 
 Data come from :mod:`_heldout` (a pseudo-spectral solver and a labelling model independent of
 ``chromflow.simulate``). Two families of cases:

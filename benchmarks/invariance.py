@@ -5,7 +5,7 @@ simulator and labelling, two channels, 1e6 localizations) goes through ``chromfl
 pipeline at grids 96 / 128 / 192 (pixel 20 nm) and pixel sizes 10 / 20 / 40 nm (grid 128).
 Every map is resampled (linear interpolation in nm) onto the reference run's grid (grid 128,
 pixel 20 nm) and compared there: Pearson correlation on the cells where both maps are finite,
-plus each run's correlation with the truth, beside the two baselines on its own grid, and the
+plus each run's correlation with the truth, beside the oracle baselines on its own grid, and the
 halves' agreement at the domain scale with the effort it chose (``summary()``).
 
     python benchmarks/invariance.py                      # the five runs (minutes on 2 cores)

@@ -1,7 +1,7 @@
-"""Accuracy of a rate map against a known truth, beside two baselines computed on the same cells.
+"""Accuracy of a rate map against a known truth, beside baselines computed on the same cells.
 
 A rate map is only worth its physics when it beats what needs none. Every accuracy figure of
-chromflow is therefore reported next to two *oracle-tuned* baselines (see DESIGN.md, "When the
+chromflow is therefore reported next to *oracle-tuned* baselines (see DESIGN.md, "When the
 physics matters"):
 
 * the **smoothed ratio** ``S_sigma[phi_h] / S_sigma[phi_e]`` (the local reaction balance, transport
@@ -9,9 +9,13 @@ physics matters"):
   values by its correlation with the truth (:func:`best_smoothed_ratio`);
 * the **direct inversion** ``chromflow.infer_rates(fields, method="direct", radius=r)`` (closed
   form on mollified data derivatives), with the radius ``r`` picked the same way
-  (:func:`best_direct`).
+  (:func:`best_direct`);
+* since 0.7.1, the **closed form with a smooth chemical potential**
+  (:func:`chromflow.inverse.direct.smooth_potential_rates`: the transport from the data's
+  potential smoothed in nm, not from 4th derivatives of the fields), with its width picked the
+  same way (:func:`best_potential`): the strongest closed form measured.
 
-Both are tuned *on the truth* (an oracle no real user has), so a method that beats them beats
+All are tuned *on the truth* (an oracle no real user has), so a method that beats them beats
 any setting of them. All metrics of one comparison are computed on the same cells
 (:func:`compare`).
 
@@ -800,7 +804,7 @@ def baselines(fields, truth, mask=None, sigmas=DEFAULT_SIGMAS, radii=DEFAULT_RAD
 
 def compare(result_or_rate, truth, fields, mask=None, level: float = 0.9, sigmas=DEFAULT_SIGMAS,
             radii=DEFAULT_RADII) -> dict:
-    """One table row: a method's accuracy beside both oracle-tuned baselines, on the same cells.
+    """One table row: a method's accuracy beside the oracle-tuned baselines, on the same cells.
 
     The compared cells are the fields' mask (and the result's, and ``mask`` when given) where the
     truth and the method's map are finite. The baselines are tuned and scored on exactly those
@@ -819,7 +823,8 @@ def compare(result_or_rate, truth, fields, mask=None, level: float = 0.9, sigmas
     level : float
         Nominal level of the coverage interval.
     sigmas, radii : sequence of float
-        Candidates of the two baselines (grid cells).
+        Candidates of the ratio and direct baselines (grid cells); the potential's are
+        :data:`DEFAULT_POTENTIAL_WIDTHS_NM`.
 
     Returns
     -------
