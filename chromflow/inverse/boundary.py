@@ -28,10 +28,9 @@ correction removes most of the rim (measured in docs/inference.md).
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from ..physics.chromatin import ChromatinModel
-from .direct import footprint_inside, mollified_transport
+from .direct import continue_nearest, footprint_inside, mollified_transport
 
 __all__ = ["boundary_layer_correction", "BOUNDARY_LAYER_DEPTH_UM", "RING_SECTORS", "PROFILE_Z"]
 
@@ -151,8 +150,7 @@ def boundary_layer_correction(phi_h, phi_e, fit_h, fit_e, mask, interior, spacin
     for k, value in zip(rings, means):
         correction[valid & (ring == k)] = weight * value
     # cells nearer the outline than the first usable ring take the nearest usable cell's value
-    _, idx = ndimage.distance_transform_edt(~valid, return_indices=True)
-    correction = np.where(valid, correction, correction[tuple(idx)])
+    correction = continue_nearest(correction, valid)
     depth = dist * spacing_um
     taper = np.clip((depth_um - depth) / (0.25 * depth_um), 0.0, 1.0)
     return np.where(mask, taper * correction, 0.0), info

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..physics.chromatin import ChromatinModel, FieldDerivatives, chemical_potential_laplacian
+from ..physics.chromatin import ChromatinModel, FieldDerivatives, bulk_potential, chemical_potential_laplacian
 
-__all__ = ["direct_rates", "smooth_potential_rates", "footprint_inside", "local_linear_smooth", "mollified_transport", "mollifier_layer", "layer_derivatives"]
+__all__ = ["direct_rates", "smooth_potential_rates", "continue_nearest", "footprint_inside", "local_linear_smooth", "mollified_transport", "mollifier_layer", "layer_derivatives"]
 
 #: the field derivatives every rate method needs
 ORDERS = ("u", (1, 0), (0, 1), "lap", "biharmonic")
@@ -129,6 +129,21 @@ def _fill_nearest(values, where):
         return values
     _, idx = ndimage.distance_transform_edt(~np.isfinite(values), return_indices=True)
     return np.where(missing, values[tuple(idx)], values)
+
+
+def continue_nearest(values, region) -> np.ndarray:
+    """``values`` with every cell outside ``region`` given the value of its nearest region cell.
+
+    ``values`` may carry leading axes (``(..., ny, nx)``); one distance transform serves them all.
+
+    Examples
+    --------
+    >>> region = np.array([[False, True, True, False]])
+    >>> continue_nearest(np.array([[9.0, 1.0, 2.0, 9.0]]), region).tolist()
+    [[1.0, 1.0, 2.0, 2.0]]
+    """
+    _, idx = ndimage.distance_transform_edt(~np.asarray(region, bool), return_indices=True)
+    return np.asarray(values)[(..., *idx)]
 
 
 def footprint_inside(mask, halo: int) -> np.ndarray:
@@ -236,8 +251,7 @@ def direct_rates(phi_h, phi_e, mask, spacing_um: float, radius: float = 3.0, ker
     where_out = mask if out_mask is None else np.asarray(out_mask, bool) | mask
     if (where_out & ~mask).any():
         # cells beyond the data (an edge band): the transport of the nearest data cell
-        _, idx = ndimage.distance_transform_edt(~mask, return_indices=True)
-        transport = np.where(mask, transport, transport[tuple(idx)])
+        transport = continue_nearest(transport, mask)
     weights = kernel_1d(0, radius, kernel=kernel)
     where = where_out
     h_val = _fill_nearest(local_linear_smooth(phi_h, mask, weights, where), where)
@@ -318,15 +332,12 @@ def smooth_potential_rates(phi_h, phi_e, mask, spacing_um: float, sigma_mu_um: f
     if not sigma_h_um >= 0:
         raise ValueError(f"sigma_h_um must be >= 0, got {sigma_h_um}")
     s = float(spacing_um)
-    _, idx = ndimage.distance_transform_edt(~mask, return_indices=True)
-    h_raw = np.asarray(phi_h, dtype=np.float64)[tuple(idx)]
-    e_raw = np.asarray(phi_e, dtype=np.float64)[tuple(idx)]
+    h_raw, e_raw = continue_nearest(np.stack([phi_h, phi_e]).astype(np.float64), mask)
     l2 = model.length_um ** 2
-    bulk = lambda p: p * (model.phi_max - p) * (model.phi_max - 2.0 * p)  # noqa: E731  F of the model
-    mu = -e_raw + bulk(h_raw) - l2 * _laplacian_5(h_raw - e_raw, s)
+    mu = -e_raw + bulk_potential(h_raw, model.phi_max) - l2 * _laplacian_5(h_raw - e_raw, s)
     mu_s = ndimage.gaussian_filter(mu, sigma_mu_um / s, mode="nearest")
     h = ndimage.gaussian_filter(h_raw, sigma_h_um / s, mode="nearest") if sigma_h_um > 0 else h_raw
-    rhs = bulk(h) - l2 * _laplacian_5(h, s) - mu_s
+    rhs = bulk_potential(h, model.phi_max) - l2 * _laplacian_5(h, s) - mu_s
     # (1 - l^2 lap) e = rhs with the 5-point symbol; padded so that the FFT's wrap-around stays outside
     pad = 8
     padded = np.pad(rhs, pad, mode="edge")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .._progress import check_cancel, report
 from ..physics.chromatin import ChromatinModel, FieldDerivatives, steady_state_residual
 from ..training import make_optimizer, seed_everything
-from .direct import ORDERS, derivatives_um, mollifier_layer
+from .direct import ORDERS, continue_nearest, derivatives_um, mollifier_layer
 
 __all__ = ["FieldNet", "GridFields", "FitOutput", "fit_fields", "inverse_softplus", "StopSignal"]
 
@@ -147,10 +147,7 @@ class FitOutput:
 
 def _padded_start(phi, region, pad):
     # nearest-region continuation of the data outside the region, then edge padding
-    from scipy import ndimage
-
-    _, idx = ndimage.distance_transform_edt(~region, return_indices=True)
-    return np.pad(phi[tuple(idx)], pad, mode="edge")
+    return np.pad(continue_nearest(phi, region), pad, mode="edge")
 
 
 def fit_fields(method, data, weights, fit_cells, held_out, mask, spacing_um, opts, model: ChromatinModel,
