@@ -19,10 +19,11 @@ the true lambda of estimators that are each given something the data do not have
   ratio linearised around broad means of the channels (so that it is linear in the noise), or
   one such filter per channel. The fit is **cross-fitted**, so that it is no in-sample number:
   the filter fitted on the nucleus' left half predicts the right half and vice versa, and the
-  correlation is taken over both predictions. For a Gaussian random rate (the simulator's rate
-  is one) observed linearly under Gaussian noise, the posterior mean is such a filter, so these
-  columns estimate what *any* estimator could reach on these data, as far as the model is near
-  linear and the filter is stationary (one half-nucleus of cells fits ~11 numbers, so the
+  correlation is taken over both predictions. For a Gaussian random rate observed linearly
+  under Gaussian noise, the posterior mean is such a filter. The simulator's ``log lambda`` is a
+  Gaussian random field with sd 0.4, so its rate is nearly Gaussian. These columns therefore
+  estimate what *any* estimator could reach on these data, as far as the rate is near-Gaussian,
+  the model near-linear and the filter stationary (one half-nucleus of cells fits ~11 numbers, so the
   estimate itself scatters by a few hundredths). ``linear, ratio, in-sample`` fits and scores
   the filter on all cells: optimistic where the cross-fitted one is pessimistic, so the two
   bracket the best such filter;
