@@ -218,10 +218,13 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="+", default=["e2e-domain-2e6"], help="end-to-end cases of accuracy.py")
     p.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102], help="default: tuning seeds")
     p.add_argument("--map", action="store_true", help="also run the default infer_rates map (~1 min a nucleus)")
+    p.add_argument("--e2e-cell-nm", type=float, default=A.E2E_CELL_NM,
+                   help=f"grid cell size, nm (default {A.E2E_CELL_NM:.0f}, as accuracy.py)")
     p.add_argument("--cache", default=os.environ.get("CHROMFLOW_HELDOUT_CACHE"))
     args = p.parse_args(argv)
     if args.cache:
         A.CACHE = Path(args.cache)
+    A.E2E_CELL_NM = float(args.e2e_cell_nm)
     for case in args.cases:
         if not case.startswith("e2e-") or case.endswith(("-tiff", "-returning")):
             raise SystemExit(f"noise_limit.py takes plain end-to-end cases (e2e-<rate>-<count>), got {case}")
