@@ -23,8 +23,8 @@ the true lambda of estimators that are each given something the data do not have
   under Gaussian noise, the posterior mean is such a filter. The simulator's ``log lambda`` is a
   Gaussian random field with sd 0.4, so its rate is nearly Gaussian. These columns therefore
   estimate what *any* estimator could reach on these data, as far as the rate is near-Gaussian,
-  the model near-linear and the filter stationary (one half-nucleus of cells fits ~11 numbers, so the
-  estimate itself scatters by a few hundredths). ``linear, ratio, in-sample`` (and ``linear, 2
+  the model near-linear and the filter stationary (one half-nucleus of cells fits ~11 numbers,
+  so the estimate itself scatters by a few hundredths). ``linear, ratio, in-sample`` (and ``linear, 2
   channels, in-sample``) fit and score the filter on all cells: optimistic where the
   cross-fitted one is pessimistic, so the two bracket the best such filter;
 * ``map`` (with ``--map``): the default ``infer_rates`` map.
@@ -83,9 +83,11 @@ def noise_free_fields(sim, fields):
 
 
 def masked_smooth(values, region, sigma):
-    """Normalised Gaussian smoothing of ``values`` over ``region`` (``sigma`` in cells; 0: none)."""
+    """Normalised Gaussian smoothing of ``values`` over ``region`` (``sigma`` in cells; 0: none),
+    read everywhere: unlike ``chromflow.fields._masked_smooth`` it also continues the smoothed
+    values into the cells outside ``region`` (the edge band, which the scores include)."""
     if sigma == 0:
-        return np.where(region, values, 0.0)
+        return np.asarray(values, dtype=float)
     num = ndimage.gaussian_filter(np.where(region, values, 0.0), sigma, mode="constant")
     den = ndimage.gaussian_filter(region.astype(float), sigma, mode="constant")
     return num / np.maximum(den, 1e-12)
