@@ -127,8 +127,7 @@ def _fill_nearest(values, where):
     missing = where & ~np.isfinite(values)
     if not missing.any() or not np.isfinite(values[where]).any():
         return values
-    _, idx = ndimage.distance_transform_edt(~np.isfinite(values), return_indices=True)
-    return np.where(missing, values[tuple(idx)], values)
+    return np.where(missing, continue_nearest(values, np.isfinite(values)), values)
 
 
 def continue_nearest(values, region) -> np.ndarray:
