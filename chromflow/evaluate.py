@@ -873,9 +873,7 @@ def compare(result_or_rate, truth, fields, mask=None, level: float = 0.9, sigmas
         cov = coverage(rate, unc, true, level=level, mask=cells, details=True)
     row["coverage"] = cov["coverage"]
     row["coverage_missing"] = cov["n_missing"]
-    base = {"ratio": best_smoothed_ratio(fields.phi_h, fields.phi_e, fields.mask, true, sigmas, cells=cells),
-            "direct": best_direct(fields, true, radii, cells=cells),
-            "potential": best_potential(fields, true, cells=cells)}
+    base = baselines(fields, true, cells, sigmas, radii)
     for name, key in (("ratio", "ratio_sigma"), ("direct", "direct_radius"), ("potential", "potential_width_nm")):
         b = base[name]
         row[f"{name}_corr"] = b.corr
