@@ -4,8 +4,9 @@ For end-to-end cases of ``accuracy.py`` (a simulated nucleus of the held-out sim
 written as a ThunderSTORM file and read by the pipeline), prints per nucleus the correlation with
 the true lambda of estimators that are each given something the data do not have:
 
-* ``ratio`` / ``potential``: the oracle smoothed ratio and the oracle smooth-potential closed form
-  on the data (as ``accuracy.py``; widths tuned on the truth);
+* ``ratio`` / ``direct`` / ``potential``: the oracle smoothed ratio, the oracle best-radius
+  direct inversion and the oracle smooth-potential closed form on the data (as ``accuracy.py``;
+  widths and radius tuned on the truth);
 * ``noise-free ratio`` / ``noise-free potential``: the same two oracles on the *noise-free*
   fields on the same grid (the simulator's 10 nm fields averaged over each grid cell): what the
   transport alone costs each of them, with no counting noise;
@@ -176,6 +177,7 @@ def limits(case, seed, run_map=False):
     row = {"case": case, "seed": seed, "cell_nm": round(fields.spacing, 1), "n_cells": int(cells.sum())}
 
     row["ratio"] = ev.best_smoothed_ratio(fields.phi_h, fields.phi_e, mask, truth, cells=cells).corr
+    row["direct"] = ev.best_direct(fields, truth, cells=cells).corr
     row["potential"] = ev.best_potential(fields, truth, cells=cells).corr
     clean = cf.ChromatinFields(np.where(mask, np.nan_to_num(true_h), 0.0), np.where(mask, np.nan_to_num(true_e), 0.0),
                                mask, spacing=fields.spacing, origin=fields.origin, edge=fields.edge)
@@ -214,7 +216,7 @@ def limits(case, seed, run_map=False):
     return row
 
 
-COLUMNS = [("ratio", "oracle ratio"), ("potential", "oracle potential"), ("map", "map"),
+COLUMNS = [("ratio", "oracle ratio"), ("direct", "oracle direct"), ("potential", "oracle potential"), ("map", "map"),
            ("nf_ratio", "noise-free: ratio"), ("nf_potential", "noise-free: potential"),
            ("truth_plus_error", "truth + data error"), ("linear_ratio", "linear, ratio"),
            ("linear_ratio_in", "linear, ratio, in-sample"),
