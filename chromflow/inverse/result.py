@@ -193,7 +193,9 @@ class RateMapResult:
         independent halves of the data; NaN when not computed), ``flags`` (warnings, ``"; "``
         separated, empty when none), ``method``, ``network`` (the networks' ``width x depth``,
         empty for ``direct``), ``closed_form_weight`` (the networks' share of the closed-form
-        reading in the map, NaN for ``direct``; docs/inference.md), ``edge_correction`` (the
+        reading in the map, NaN for ``direct``; docs/inference.md), ``ratio_weight`` (the
+        networks' share of the smoothed ratio ``ratio`` in the map, the ``infer_rates`` option of
+        that name, default 0; NaN for ``direct``), ``edge_correction`` (the
         weight of the envelope's boundary-layer correction, 0 where the data did not show the
         layer above their noise, NaN for ``direct`` or when it was switched off;
         :mod:`chromflow.inverse.boundary`), ``ratio_sigma_cells`` (the width of the smoothed
@@ -240,6 +242,7 @@ class RateMapResult:
             "network": (f"{self.settings['width']}x{self.settings['depth']}"
                         if self.method != "direct" and "width" in (self.settings or {}) else ""),
             "closed_form_weight": _number((self.diagnostics.get("training") or {}).get("closed_form_weight")),
+            "ratio_weight": _number((self.diagnostics.get("training") or {}).get("ratio_weight")),
             "edge_correction": _number((self.diagnostics.get("boundary_layer") or {}).get("weight")),
             "ratio_sigma_cells": _number((self.diagnostics.get("ratio") or {}).get("sigma_cells")),
             "ratio_map_r": rate_correlation(self.rate, self.ratio, m),
