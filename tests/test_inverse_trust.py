@@ -617,6 +617,9 @@ def test_ratio_weight_mixes_the_smoothed_ratio_into_the_map(steady):
     assert np.allclose(mixed.rate[m], (plain.rate + 0.4 * (plain.ratio - plain.rate))[m], rtol=0, atol=1e-12)
     shift = 2 * (mixed.rate - plain.rate) * plain.phi_e
     assert np.allclose(mixed.residual[m], (plain.residual + shift)[m], rtol=0, atol=1e-9)
+    # "how far the physics moved the map from the ratio" reads the network's own map, not the mix
+    assert mixed.summary()["ratio_map_r"] == pytest.approx(plain.summary()["ratio_map_r"], abs=1e-9)
+    assert mixed.summary()["ratio_map_r"] < _corr(mixed.rate, mixed.ratio, m)
     # the split-half score is the mixed map's: the ratio is the more reproducible reading
     assert mixed.diagnostics["split_half_r"] > plain.diagnostics["split_half_r"]
     # measured 0.917 against the network's 0.890 and the ratio's 0.861

@@ -964,6 +964,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
                 plus_ratio = smoothed_ratio(half[0], half[1], mask, ratio.sigma_cells)
                 plus, single = _mix_in_ratio(plus, plus_ratio, w_ratio), _mix_in_ratio(single, ratio.rate, w_ratio)
         training["ratio_weight"] = w_ratio
+        diagnostics["ratio"]["network_map_r"] = rate_correlation(network_rate, ratio.rate, mask)
         if opts["boundary_layer"] and not worst_share < LOW_NOISE_SHARE:
             # rendered counting data: their near-outline transport is dominated by what the
             # model lacks (render blur, correlated counting noise), which the ring profile's
@@ -1026,7 +1027,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     diagnostics["training"] = training
     diagnostics["flags"] = _flags(rate, mask, interior, split_r, edge,
                                   [m["share"] for m in noise_models if np.isfinite(m.get("share", np.nan))],
-                                  rate_correlation(rate if method == "direct" else network_rate, ratio.rate, mask),
+                                  diagnostics["ratio"].get("network_map_r", rate_correlation(rate, ratio.rate, mask)),
                                   [m["share_read"] for m in noise_models if np.isfinite(m.get("share_read", np.nan))],
                                   [_correlation_saturated(m) for m in noise_models])
     settings["training"] = training

@@ -195,12 +195,14 @@ class RateMapResult:
         empty for ``direct``), ``closed_form_weight`` (the networks' share of the closed-form
         reading in the map, NaN for ``direct``; docs/inference.md), ``ratio_weight`` (the
         networks' share of the smoothed ratio ``ratio`` in the map, the ``infer_rates`` option of
-        that name, default 0; NaN for ``direct``), ``edge_correction`` (the
+        that name: 0 on low-noise fields, 0.4 on rendered counting data; NaN for ``direct``), ``edge_correction`` (the
         weight of the envelope's boundary-layer correction, 0 where the data did not show the
         layer above their noise, NaN for ``direct`` or when it was switched off;
         :mod:`chromflow.inverse.boundary`), ``ratio_sigma_cells`` (the width of the smoothed
         ratio in ``ratio``, grid cells) and ``ratio_map_r`` (the correlation of the map with it
-        over the nucleus: how far the physics moved the map from the ratio; NaN without it),
+        over the nucleus: how far the physics moved the map from the ratio; for networks the
+        map before the share ``ratio_weight`` of the ratio was mixed in, so the mix does not
+        inflate it; NaN without it),
         ``halves_independence`` (how much of the noise the two halves of the localizations do not
         share, the smaller of the two channels: ~1 for independent halves, lower when molecules
         are seen in both, below 0.6 their difference was scaled up for the split-half score, the
@@ -245,7 +247,7 @@ class RateMapResult:
             "ratio_weight": _number((self.diagnostics.get("training") or {}).get("ratio_weight")),
             "edge_correction": _number((self.diagnostics.get("boundary_layer") or {}).get("weight")),
             "ratio_sigma_cells": _number((self.diagnostics.get("ratio") or {}).get("sigma_cells")),
-            "ratio_map_r": rate_correlation(self.rate, self.ratio, m),
+            "ratio_map_r": _ratio_map_r(self, m),
             "halves_independence": _smallest((self.diagnostics.get("halves") or {}).get("independence")),
             "domain_scale_agreement": _number((self.diagnostics.get("effort") or {}).get("domain_scale_agreement")),
             "effort": _effort_name(self.diagnostics.get("effort")),
@@ -331,3 +333,12 @@ def _effort_name(effort) -> str:
     if not effort:
         return ""
     return "domain" if effort.get("larger") else "standard"
+
+
+def _ratio_map_r(result, cells) -> float:
+    """Correlation of the map with the smoothed ratio: for networks that of their own map, before
+    the ratio was mixed in (recorded by ``infer_rates``); else of ``rate``."""
+    recorded = (result.diagnostics.get("ratio") or {}).get("network_map_r")
+    if recorded is not None:
+        return _number(recorded)
+    return rate_correlation(result.rate, result.ratio, cells)
