@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         A.CACHE = Path(args.cache)
     rows = []
     rule = f"rule ({inv.RATIO_WEIGHT:g} from {inv.RATIO_WEIGHT_SHARES[0]:g} to {inv.RATIO_WEIGHT_SHARES[1]:g})"
-    print(f"| case | seed | noise share | w of the rule | " + " | ".join(f"w = {w:g}" for w in args.weights)
+    print("| case | seed | noise share | w of the rule | " + " | ".join(f"w = {w:g}" for w in args.weights)
           + f" | {rule} | oracle ratio |")
     print("|---|---:|---:|---:|" + "---:|" * (len(args.weights) + 2))
     for case in args.cases:
