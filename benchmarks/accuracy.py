@@ -239,17 +239,25 @@ def e2e_fields(path, settings):
     return loaded, pl.compute_fields(loaded.density, mask, settings, loaded.euchromatin, loaded.half)
 
 
-def run_e2e_case(case, seed, args):
-    from chromflow import pipeline as pl
-
+def e2e_case_input(case, seed):
+    """``(sim, path, settings)`` of an end-to-end case ``e2e-<rate>-<count>[-tiff|-returning]``:
+    the simulation, its cached localization file (or, for ``-tiff``, the heterochromatin image
+    with the euchromatin image in ``settings``) and the default pipeline settings for it."""
     _, rate, count_key, *labelling = case.split("-")
     bursts = RETURNING_BURSTS if labelling == ["returning"] else 1.0
     sim, path = localization_file(rate, {**COUNTS, **LARGE_COUNTS}[count_key], seed, bursts=bursts)
-    truth_img = sim.truth_image()
     settings = e2e_settings(sim)
     if labelling == ["tiff"]:
         path, settings.fields.euchromatin = tiff_files(sim, path)
         settings.fields.euchromatin_channel = None
+    return sim, path, settings
+
+
+def run_e2e_case(case, seed, args):
+    from chromflow import pipeline as pl
+
+    sim, path, settings = e2e_case_input(case, seed)
+    truth_img = sim.truth_image()
     for dotted, value in args.pipeline.items():
         section, key = dotted.split(".", 1)
         setattr(getattr(settings, section), key, value)

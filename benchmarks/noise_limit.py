@@ -163,9 +163,7 @@ def cross_fitted_linear(regressors, truth, cells, folds: int = FOLDS):
 
 def limits(case, seed, run_map=False):
     """One row: the columns of the module docstring for one end-to-end nucleus."""
-    _, rate, count_key = case.split("-")[:3]
-    sim, path = A.localization_file(rate, A.COUNTS[count_key], seed)
-    settings = A.e2e_settings(sim)
+    sim, path, settings = A.e2e_case_input(case, seed)
     settings.inference.seed = seed
     _, fields = A.e2e_fields(path, settings)
     truth = ev.truth_on_grid(sim.truth_image(), fields.phi_h.shape, fields.spacing, fields.origin)

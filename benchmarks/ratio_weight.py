@@ -47,29 +47,15 @@ def case_fields(case: str, seed: int, noise: float = A.FIELD_NOISE):
         _, geometry, rate, cell = case.split("-")
         _, fields, truth = A.field_data(geometry, rate, float(cell[:-2]), seed, noise)
         return fields, truth
-    _, rate, count_key, *labelling = case.split("-")
-    bursts = A.RETURNING_BURSTS if labelling == ["returning"] else 1.0
-    sim, path = A.localization_file(rate, {**A.COUNTS, **A.LARGE_COUNTS}[count_key], seed, bursts=bursts)
-    settings = A.e2e_settings(sim)
-    if labelling == ["tiff"]:
-        path, settings.fields.euchromatin = A.tiff_files(sim, path)
-        settings.fields.euchromatin_channel = None
+    sim, path, settings = A.e2e_case_input(case, seed)
     _, fields = A.e2e_fields(path, settings)
     return fields, ev.truth_on_grid(sim.truth_image(), fields.phi_h.shape, fields.spacing, fields.origin)
 
 
 def mixed_correlations(rate, ratio, truth, cells, weights=WEIGHTS) -> list:
-    """Correlation with ``truth`` on ``cells`` of ``rate + w (ratio - rate)`` for each ``w``
-    (cells where the ratio is not finite keep ``rate``, as in ``infer_rates``)."""
-    q = np.where(np.isfinite(ratio), ratio, rate)
-    return [ev.rate_correlation(rate + w * (q - rate), truth, cells) for w in weights]
-
-
-def ramp(share: float, maximum: float, start: float, end: float) -> float:
-    """The weight of a ramp rule: 0 up to ``start``, ``maximum`` from ``end`` (and for NaN)."""
-    if not np.isfinite(share):
-        return maximum
-    return float(maximum * np.clip((share - start) / (end - start), 0.0, 1.0))
+    """Correlation with ``truth`` on ``cells`` of ``rate + w (ratio - rate)`` for each ``w``, mixed
+    as ``infer_rates`` mixes (cells where the ratio is not a plausible rate keep ``rate``)."""
+    return [ev.rate_correlation(inv._mix_in_ratio(rate, ratio, w), truth, cells) for w in weights]
 
 
 def rule_table(rows, maxima=RULE_MAXIMA, starts=RULE_STARTS, ends=RULE_ENDS) -> list:
@@ -82,7 +68,8 @@ def rule_table(rows, maxima=RULE_MAXIMA, starts=RULE_STARTS, ends=RULE_ENDS) -> 
         if end <= start:
             continue
         got = np.array([mixed_correlations(r["rate"], r["ratio"], r["truth"], r["cells"],
-                                           (ramp(r["share"], maximum, start, end),))[0] for r in rows])
+                                           (inv.ratio_weight(r["share"], maximum, (start, end)),))[0]
+                        for r in rows])
         out.append((float(np.mean(got - base)), float(np.min(got - base)), maximum, start, end))
     return sorted(out, key=lambda t: -t[0])
 

@@ -313,20 +313,22 @@ def test_noise_limit_bands_are_a_partition_and_the_linear_oracle_undoes_a_known_
 
 
 def test_ratio_weight_benchmark_scores_mixes_and_rules_against_known_answers():
-    """benchmarks/ratio_weight.py: its ramp is the package's rule at the package's constants; two
-    readings with independent errors of the same size mix best half and half, and the grid of
-    rules ranks first a rule whose weight at the data's share is near that half."""
-    from ratio_weight import mixed_correlations, ramp, rule_table
+    """benchmarks/ratio_weight.py: the ramps it scores are the package's rule with other
+    constants; two readings with independent errors of the same size mix best half and half, and
+    the grid of rules ranks first a rule whose weight at the data's share is near that half."""
+    from ratio_weight import mixed_correlations, rule_table
 
     import chromflow.inverse as inv
 
     for share in (0.0, 0.1, 0.3, 0.45, 0.6, 0.95, float("nan")):
-        assert ramp(share, inv.RATIO_WEIGHT, *inv.RATIO_WEIGHT_SHARES) == pytest.approx(inv.ratio_weight(share))
+        assert inv.ratio_weight(share, inv.RATIO_WEIGHT, inv.RATIO_WEIGHT_SHARES) == inv.ratio_weight(share)
+    assert inv.ratio_weight(0.5, 0.6, (0.3, 0.7)) == pytest.approx(0.3)
     rng = np.random.default_rng(7)
-    truth = rng.standard_normal((80, 80))
+    # rates around 1.5 with errors of 0.2: plausible rates, which the mix takes in everywhere
+    truth = 1.5 + 0.2 * rng.standard_normal((80, 80))
     cells = np.ones(truth.shape, bool)
-    rate = truth + rng.standard_normal(truth.shape)
-    ratio = truth + rng.standard_normal(truth.shape)
+    rate = truth + 0.2 * rng.standard_normal(truth.shape)
+    ratio = truth + 0.2 * rng.standard_normal(truth.shape)
     ratio[0, :5] = np.nan                                   # not finite: the cell keeps the rate
     corrs = mixed_correlations(rate, ratio, truth, cells, (0.0, 0.25, 0.5, 0.75, 1.0))
     assert int(np.argmax(corrs)) == 2
@@ -334,4 +336,4 @@ def test_ratio_weight_benchmark_scores_mixes_and_rules_against_known_answers():
     assert corrs[0] == pytest.approx(1 / np.sqrt(2), abs=0.02)
     assert corrs[2] == pytest.approx(1 / np.sqrt(1.5), abs=0.02)
     top = rule_table([{"rate": rate, "ratio": ratio, "truth": truth, "cells": cells, "share": 0.9}])[0]
-    assert top[0] > 0.05 and abs(ramp(0.9, *top[2:]) - 0.5) <= 0.1
+    assert top[0] > 0.05 and abs(inv.ratio_weight(0.9, top[2], top[3:]) - 0.5) <= 0.1

@@ -400,23 +400,28 @@ def _effort(choice: str, agreement: float, noise_models, split=None) -> tuple[bo
     return False, f"auto: standard, {shown} (< {DOMAIN_SCALE_AGREEMENT})"
 
 
-def ratio_weight(share: float) -> float:
+def ratio_weight(share: float, maximum: float = RATIO_WEIGHT, shares: tuple = RATIO_WEIGHT_SHARES) -> float:
     """Share of the smoothed ratio mixed into a network's map for data of this noise share.
 
-    0 up to ``RATIO_WEIGHT_SHARES[0]``, rising linearly to :data:`RATIO_WEIGHT` at
-    ``RATIO_WEIGHT_SHARES[1]`` and staying there; :data:`RATIO_WEIGHT` for a NaN share (noise the
-    model could not describe, as in images smoothed after rendering: not low-noise).
+    0 up to ``shares[0]``, rising linearly to ``maximum`` at ``shares[1]`` and staying there;
+    ``maximum`` for a NaN share (noise the model could not describe, as in images smoothed after
+    rendering: not low-noise). The defaults are the package's rule (:data:`RATIO_WEIGHT`,
+    :data:`RATIO_WEIGHT_SHARES`); ``benchmarks/ratio_weight.py`` scores other ramps with them.
 
     Parameters
     ----------
     share : float
         The larger noise share of the two channels (:func:`noise_share`: 0 without noise, 1 when
         all of the cell-to-cell spread is noise).
+    maximum : float
+        The weight from the end of the ramp on.
+    shares : (float, float)
+        Noise shares where the ramp starts and ends.
 
     Returns
     -------
     float
-        The weight ``w`` of ``rate + w (ratio - rate)``, in ``[0, RATIO_WEIGHT]``.
+        The weight ``w`` of ``rate + w (ratio - rate)``, in ``[0, maximum]``.
 
     Examples
     --------
@@ -425,9 +430,9 @@ def ratio_weight(share: float) -> float:
     """
     share = float(share)
     if not np.isfinite(share):
-        return RATIO_WEIGHT
-    lo, hi = RATIO_WEIGHT_SHARES
-    return float(RATIO_WEIGHT * np.clip((share - lo) / (hi - lo), 0.0, 1.0))
+        return float(maximum)
+    lo, hi = shares
+    return float(maximum * np.clip((share - lo) / (hi - lo), 0.0, 1.0))
 
 
 def _mix_in_ratio(rate, ratio, weight: float):
@@ -1025,9 +1030,13 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         rate = rate - shift
         res = res - 2.0 * shift * ef          # the residual of the reported map
     diagnostics["training"] = training
+    # networks recorded their own map's agreement before the mix; direct's map is its own
+    ratio_r = diagnostics["ratio"].get("network_map_r")
+    if ratio_r is None:
+        ratio_r = rate_correlation(rate, ratio.rate, mask)
     diagnostics["flags"] = _flags(rate, mask, interior, split_r, edge,
                                   [m["share"] for m in noise_models if np.isfinite(m.get("share", np.nan))],
-                                  diagnostics["ratio"].get("network_map_r", rate_correlation(rate, ratio.rate, mask)),
+                                  ratio_r,
                                   [m["share_read"] for m in noise_models if np.isfinite(m.get("share_read", np.nan))],
                                   [_correlation_saturated(m) for m in noise_models])
     settings["training"] = training
