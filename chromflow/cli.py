@@ -64,6 +64,19 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _ratio_weight(text):
+    """``auto`` or a number from 0 to 1 (``--ratio-weight``)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def _column_mapping(text):
     """``x=X_nm,y=Y_nm`` -> {"x": "X_nm", "y": "Y_nm"}."""
     mapping = {}
@@ -252,6 +265,11 @@ def _add_settings_options(parser, d):
                         help=f"networks (default: {library_defaults['pinn']['effort']}): 'auto' gives data whose halves resolve domain-scale structure "
                              f"{larger['iterations']} steps and {larger['ensemble']} fits, 'standard' never (faster), "
                              "'domain' always; --iterations and --ensemble given stay (docs/inference.md 'Effort')")
+    parser.add_argument("--ratio-weight", type=_ratio_weight, metavar="auto|W",
+                        help=f"networks (default: {library_defaults['pinn']['ratio_weight']}): share W (0-1) of the smoothed "
+                             "phi_h/phi_e mixed into the rate map; 'auto' takes it from the data's noise share (0 on "
+                             "low-noise fields, up to 0.4 on rendered counts), 0 keeps the network's own map "
+                             "(docs/inference.md 'Mixing in the smoothed ratio')")
     parser.add_argument("--no-uncertainty", action="store_true",
                         help="skip the uncertainty map (faster; config inference.uncertainty = false)")
     parser.add_argument("--columns", type=_column_mapping, metavar="x=NAME,y=NAME",
@@ -365,6 +383,7 @@ def _settings_from_args(args):
         ("fields", "euchromatin_channel"): _channel_value(getattr(args, "euchromatin_channel", None)),
         ("inference", "ensemble"): getattr(args, "ensemble", None),
         ("inference", "effort"): getattr(args, "effort", None),
+        ("inference", "ratio_weight"): getattr(args, "ratio_weight", None),
         ("inference", "uncertainty"): False if getattr(args, "no_uncertainty", False) else None,
         ("render", "columns"): getattr(args, "columns", None),
         ("render", "units"): getattr(args, "units", None),

@@ -250,6 +250,12 @@ class InferenceSettings:
         structure 2000 steps and an ensemble of 3, ``"standard"`` never (faster), ``"domain"``
         always; ``iterations`` and ``ensemble`` set here stay. None = default. Ignored by
         ``direct``. See docs/inference.md, "Effort".
+    ratio_weight : "auto", float or None
+        Networks: the share (0-1) of the smoothed phi_h/phi_e (``<stem>_ratio.tif``) mixed into
+        the rate map. ``"auto"`` (the default) takes it from the data's noise share: 0 on
+        low-noise fields, up to 0.4 on rendered counting data; ``0`` keeps the network's own
+        map. None = default. Ignored by ``direct``. See docs/inference.md, "Mixing in the
+        smoothed ratio".
     uncertainty : bool or None
         Compute the uncertainty map (False skips it: faster); None = the library's default.
     optimizer : str or None
@@ -266,6 +272,7 @@ class InferenceSettings:
     backbone: str | None = None
     ensemble: int | None = None
     effort: str | None = None
+    ratio_weight: str | float | None = None
     uncertainty: bool | None = None
     optimizer: str | None = None
     device: str = "auto"
@@ -349,6 +356,8 @@ _CHECKS = {
         "backbone": (lambda v: v is None or isinstance(v, str), "null or a backbone name"),
         "ensemble": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
         "effort": (lambda v: v is None or v in INFERENCE_EFFORTS, f"null or one of {', '.join(INFERENCE_EFFORTS)}"),
+        "ratio_weight": (lambda v: v is None or v == "auto" or (_is_number(v) and 0 <= v <= 1),
+                         "null, \"auto\" or a number from 0 to 1"),
         "uncertainty": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
         "optimizer": (lambda v: v is None or isinstance(v, str), "null or an optimizer name"),
         "device": (lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())),
@@ -519,7 +528,7 @@ class PipelineSettings:
                 setattr(fs, key, tuple(value) if isinstance(value, (list, tuple)) else value)
         inf = out.inference
         method_defaults = DEFAULTS.get(inf.method, {})
-        for key in ("iterations", "radius", "ensemble", "effort"):
+        for key in ("iterations", "radius", "ensemble", "effort", "ratio_weight"):
             if getattr(inf, key) is None and key in method_defaults:
                 setattr(inf, key, method_defaults[key])
         for key in ("backbone", "optimizer", "uncertainty"):
@@ -1078,8 +1087,8 @@ def infer(fields, settings: PipelineSettings | None = None, progress: ProgressCa
     options = {k: v for k, v in (("iterations", s.iterations), ("radius", s.radius), ("backbone", s.backbone),
                                  ("ensemble", s.ensemble), ("optimizer", s.optimizer),
                                  ("uncertainty", s.uncertainty)) if v is not None}
-    if s.effort is not None and s.method != "direct":
-        options["effort"] = s.effort        # networks only: direct fits once, in closed form
+    if s.method != "direct":                # networks only: direct fits once, in closed form
+        options.update({k: v for k, v in (("effort", s.effort), ("ratio_weight", s.ratio_weight)) if v is not None})
     if "uncertainty" in options and "uncertainty" not in inspect.signature(infer_rates).parameters:
         raise InputError("setting inference.uncertainty (--no-uncertainty) needs a chromflow whose infer_rates "
                          "has an uncertainty option; leave it unset", path=getattr(fields, "source", None))

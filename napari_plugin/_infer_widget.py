@@ -40,6 +40,8 @@ INFER_METHODS = INFERENCE_METHODS
 DEVICES = ("auto", "cpu", "cuda")
 #: the inference options that have a control, and the library defaults they start from
 _OPTIONAL = ("iterations", "ensemble", "effort", "radius")
+#: the *ratio mix* control: the library's ``ratio_weight="auto"``, 0, or a share from a settings file
+_RATIO_MIX_CHOICES = ("auto", "off")
 
 
 def library_default(method: str, key: str):
@@ -207,8 +209,8 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
     -----
     Controls start at the pipeline's defaults (``PipelineSettings()`` and
     ``chromflow.inverse.DEFAULTS``). A control left at the library's default is stored as None
-    in the settings (= "the library default", as in a CLI config); *iterations*, *ensemble* and
-    *effort* are disabled for methods that do not use them (``direct``).
+    in the settings (= "the library default", as in a CLI config); *iterations*, *ensemble*,
+    *effort* and *ratio mix* are disabled for methods that do not use them (``direct``).
     """
 
     TITLE = "Infer rates"
@@ -246,6 +248,11 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
                                "domain-scale structure, else the defaults; standard: never (faster); "
                                "domain: always. Iterations and ensemble set away from their defaults stay "
                                "(docs/inference.md, 'Effort')")
+        self.ratio_weight = ComboBox(label="ratio mix", choices=list(_RATIO_MIX_CHOICES),
+                                     tooltip="auto: mix a share of the smoothed phi_h/phi_e into the map, from "
+                                     "the data's noise share (0 on low-noise fields, up to 0.4 on rendered "
+                                     "counts); off: the network's own map (docs/inference.md, 'Mixing in the "
+                                     "smoothed ratio'). Other shares come from a settings file.")
         self.seed = SpinBox(label="seed", value=inf.seed, min=0, max=2**31 - 1)
         self.settings_file = FileEdit(label="settings file", mode="w", filter="*.json",
                                       tooltip="the JSON config of chromflow run/batch --config")
@@ -259,7 +266,7 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
                           labels=False)
         super().__init__(widgets=[self.image, self.euchromatin, self.nucleus_labels, self.grid,
                                   self.method, self.radius, self.device, self.iterations,
-                                  self.ensemble, self.effort, self.seed, self.settings_file, files,
+                                  self.ensemble, self.effort, self.ratio_weight, self.seed, self.settings_file, files,
                                   self.run_button, self.cancel_button, self.progress, self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -302,6 +309,7 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
                 value = 0.0
             if value is not None:
                 control.value = value
+        self._show_ratio_mix(library_default(method, "ratio_weight"), inf.ratio_weight if keep_values else None)
         if method == "direct":
             self.radius.tooltip = ("direct: closed form on the data mollified over this radius "
                                    "(grid cells); too small a radius gives noisy, even negative lambda")
@@ -322,7 +330,24 @@ class InferWidget(WorkerCallbacks, ScrollableContainer):
             if key == "radius" and value is not None and value <= 0:
                 value = "auto"
             setattr(inf, key, None if value is None or value == default else value)
+        mix = self.ratio_weight.value if self.ratio_weight.enabled else None
+        inf.ratio_weight = None if mix in (None, "auto") else 0.0 if mix == "off" else float(mix)
         return self.settings.validate()
+
+    def _show_ratio_mix(self, default, chosen):
+        """*ratio mix*: greyed out where the method has no mix (``direct``); a share other than
+        auto / off (from a settings file) is shown as one more choice, so that it is kept."""
+        self.ratio_weight.enabled = default is not None
+        value = default if chosen is None else chosen
+        if value is None or value == "auto":
+            label = "auto"
+        elif float(value) == 0.0:
+            label = "off"
+        else:
+            label = f"{float(value):g}"
+        choices = list(_RATIO_MIX_CHOICES) + ([label] if label not in _RATIO_MIX_CHOICES else [])
+        self.ratio_weight.choices = choices
+        self.ratio_weight.value = label
 
     def save_settings(self, path) -> None:
         """Save the shared settings as the JSON config that ``chromflow run --config`` reads."""

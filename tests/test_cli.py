@@ -271,7 +271,8 @@ def test_help_shows_library_defaults_and_config_in_user_terms(capsys, monkeypatc
                   "random seed (default: 0)", "default: 20)", "sections render, segmentation, fields and inference",
                   "docs/cli.md", "--ensemble N", "--no-uncertainty", "--columns x=NAME,y=NAME", "--units UNIT",
                   "--camera-pixel-size NM", "--allow-several-objects",
-                  f"--effort {{{','.join(inverse.EFFORTS)}}}", f"networks (default: {inverse.DEFAULTS['pinn']['effort']})"):
+                  f"--effort {{{','.join(inverse.EFFORTS)}}}", f"networks (default: {inverse.DEFAULTS['pinn']['effort']})",
+                  "--ratio-weight auto|W", f"networks (default: {inverse.DEFAULTS['pinn']['ratio_weight']}): share W"):
         assert words in text, words
     assert "PipelineSettings" not in text and "default: None" not in text
     # the numbers come from the library at run time, not from a copy in the CLI
@@ -299,21 +300,32 @@ def test_new_options_reach_the_settings(tmp_path, monkeypatch):
     path = tmp_path / "cell.csv"
     path.write_text("x,y\n1,2\n")
     code = main(["run", str(path), "--out", str(tmp_path / "o"), "--ensemble", "4", "--effort", "standard",
-                 "--no-uncertainty",
+                 "--no-uncertainty", "--ratio-weight", "0",
                  "--columns", "x=east,y=north", "--units", "um", "--camera-pixel-size", "160",
                  "--allow-several-objects", "--no-merge-blinks", "--max-dark-frames", "3", "--device", "cpu", "-q"])
     assert code == EXIT_CANCELLED
     s = seen["settings"]
     assert (s.render.merge_blinks, s.render.max_dark_frames) == (False, 3)
     assert (s.inference.ensemble, s.inference.uncertainty, s.inference.effort) == (4, False, "standard")
+    assert s.inference.ratio_weight == 0.0
     assert s.render.columns == {"x": "east", "y": "north"} and s.render.units == "um"
     assert s.render.camera_pixel_size == 160.0 and s.segmentation.allow_several_objects is True
     # unset options leave None = the library default
     main(["run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu", "-q"])
     s = seen["settings"]
     assert (s.inference.ensemble, s.inference.uncertainty, s.render.columns, s.inference.effort) == (None,) * 4
+    assert s.inference.ratio_weight is None
+    main(["run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu", "-q", "--ratio-weight", "AUTO"])
+    assert seen["settings"].inference.ratio_weight == "auto"
     assert s.fields.grid == 128  # chromatin_fields' default
     assert (s.render.merge_blinks, s.render.max_dark_frames) == (True, 1)
+
+
+def test_bad_ratio_weight_is_a_usage_error(tmp_path, capsys):
+    for bad in ("1.5", "-0.2", "half"):
+        assert main(["run", "x.csv", "--out", str(tmp_path), "--ratio-weight", bad]) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert "--ratio-weight" in err and "0 to 1" in err
 
 
 def test_bad_column_mapping_is_a_usage_error(tmp_path, capsys):

@@ -250,7 +250,7 @@ def test_two_channel_file_gives_the_pipelines_two_channel_map(make_napari_viewer
     assert not np.allclose(viewer.layers["cell rate"].data, expected.rate, equal_nan=True)
 
 
-def test_direct_method_controls_and_negative_rate_warning(viewer_with_sample, monkeypatch, errors):
+def test_direct_method_controls_and_negative_rate_warning(viewer_with_sample, monkeypatch, errors, tmp_path):
     monkeypatch.setenv(SYNC_ENV, "1")
     warnings = []
     monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
@@ -267,6 +267,19 @@ def test_direct_method_controls_and_negative_rate_warning(viewer_with_sample, mo
     assert widget.update_settings().inference.effort == "standard"
     widget.effort.value = "auto"            # the library's default is stored as None
     assert widget.update_settings().inference.effort is None
+    # the ratio mix: auto is the library's default (None), off is 0, direct has none
+    assert widget.ratio_weight.enabled and widget.ratio_weight.value == "auto"
+    assert widget.update_settings().inference.ratio_weight is None
+    widget.ratio_weight.value = "off"
+    assert widget.update_settings().inference.ratio_weight == 0.0
+    # a share from a settings file is shown and kept, not rounded to auto / off
+    config = tmp_path / "mix.json"
+    PipelineSettings.from_dict({"inference": {"ratio_weight": 0.25}}).to_json(config)
+    widget.load_settings(config)
+    assert widget.ratio_weight.value == "0.25" and widget.update_settings().inference.ratio_weight == 0.25
+    widget.ratio_weight.value = "auto"
+    widget.method.value = "direct"
+    assert not widget.ratio_weight.enabled and widget.update_settings().inference.ratio_weight is None
     widget.method.value = "direct"
     widget.grid.value, widget.device.value = GRID, "cpu"
     seen_negative = []

@@ -516,6 +516,7 @@ def test_none_means_the_library_default_read_at_call_time(monkeypatch):
     assert (r.inference.iterations, r.inference.radius, r.inference.ensemble) == (
         inverse.DEFAULTS["pinn"]["iterations"], inverse.DEFAULTS["pinn"]["radius"], inverse.DEFAULTS["pinn"]["ensemble"])
     assert r.inference.effort == inverse.DEFAULTS["pinn"]["effort"]
+    assert r.inference.ratio_weight == inverse.DEFAULTS["pinn"]["ratio_weight"] == "auto"
     # the values a settings file may hold are the library's (kept apart so settings need no torch)
     from chromflow.pipeline import INFERENCE_EFFORTS
     assert INFERENCE_EFFORTS == inverse.EFFORTS
@@ -549,19 +550,32 @@ def test_infer_passes_only_what_was_set(monkeypatch):
     s.inference.uncertainty, s.inference.ensemble = False, 5
     infer("fields", s)
     assert seen["uncertainty"] is False and seen["ensemble"] == 5 and "effort" not in seen
-    s.inference.effort = "standard"
+    assert "ratio_weight" not in seen
+    s.inference.effort, s.inference.ratio_weight = "standard", 0
     infer("fields", s)
-    assert seen["effort"] == "standard"
-    # direct fits once in closed form: the networks' effort is not passed to it
+    assert seen["effort"] == "standard" and seen["ratio_weight"] == 0
+    # direct fits once in closed form: the networks' effort and ratio mix are not passed to it
     seen.clear()
     s.inference.method = "direct"
     infer("fields", s)
-    assert "effort" not in seen
+    assert "effort" not in seen and "ratio_weight" not in seen
     s.inference.method = "pinn"
     s.inference.effort = "lots"
     with pytest.raises(InputError, match="effort"):
         s.validate()
     s.inference.effort = "standard"
+    for bad in (1.5, -0.1, float("nan"), "half", True):
+        s.inference.ratio_weight = bad
+        with pytest.raises(InputError, match="ratio_weight"):
+            s.validate()
+    s.inference.ratio_weight = 0.25
+    assert PipelineSettings.from_dict(s.to_dict()).inference.ratio_weight == 0.25
+    # the explicit default is the same run as None; another weight is another run
+    auto = PipelineSettings()
+    auto.inference.ratio_weight = "auto"
+    off = PipelineSettings()
+    off.inference.ratio_weight = 0
+    assert auto.fingerprint() == PipelineSettings().fingerprint() != off.fingerprint()
     # an infer_rates without the option: a clear error naming the setting, not a crash
     monkeypatch.setattr(inverse, "infer_rates", lambda fields, method="pinn", device="auto", seed=0, **kw: kw)
     with pytest.raises(InputError, match="inference.uncertainty"):
