@@ -1,9 +1,10 @@
 """Calibrate the bias factor of the rate-map uncertainty on tuning cases of the held-out simulator.
 
-``result.uncertainty`` is ``sqrt((1 + g^2) noise_var + f^2 excess)`` (docs/inference.md,
+``result.uncertainty`` is ``sqrt((1 + g^2) noise_var + f^2 excess + shift^2)`` (docs/inference.md,
 "Uncertainty"): ``noise_var`` from data fission, ``excess`` the bootstrap refit's error beyond
 the noise, ``f`` :data:`chromflow.inverse.BIAS_INFLATION`, ``g``
-:data:`chromflow.inverse.MODEL_ERROR_FLOOR`. The per-case table printed after the run varies
+:data:`chromflow.inverse.MODEL_ERROR_FLOOR`, ``shift`` how far the smoothed-ratio mix moved the
+map (since 0.9). The per-case table printed after the run varies
 ``f`` at ``g = 0``; ``--table-from`` varies both. This script runs ``benchmarks/accuracy.py`` cases
 with the default settings, keeps both parts of every map, and prints the coverage of the
 nominal 90 % interval on the compared cells for a range of ``f``, so that ``f`` can be chosen
@@ -37,6 +38,21 @@ FACTORS = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
 Z90 = 1.6448536269514722
 
 
+def _shift(saved):
+    """The ratio mix's shift of a saved case: the saved one, else (cases saved before 0.9) the
+    one the saved ratio and weight imply (zero where no ratio was saved or mixed in)."""
+    if "mix_shift" in saved:
+        return saved["mix_shift"]
+    if "ratio" not in saved or not saved["ratio_weight"] > 0:
+        return np.zeros_like(saved["noise_var"])
+    w, ratio, rate = float(saved["ratio_weight"]), saved["ratio"], saved["rate"]
+    lo, hi = inv.PLAUSIBLE_RATE
+    with np.errstate(invalid="ignore"):
+        mixed = np.isfinite(ratio) & np.isfinite(rate) & (ratio >= lo) & (ratio <= hi)
+    # rate = net + w (ratio - net), so the shift w (ratio - net) is w (ratio - rate) / (1 - w)
+    return np.where(mixed, w * (np.where(mixed, ratio, 0.0) - np.nan_to_num(rate)) / (1.0 - w), 0.0)
+
+
 def error_model_table(directory, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0)):
     """Coverage of saved cases (``--save``) under ``sd^2 = (1 + g^2) noise_var + f^2 excess``.
 
@@ -48,10 +64,10 @@ def error_model_table(directory, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.5, 2.
     for path in sorted(Path(directory).glob("*.npz")):
         z = np.load(path)
         ok = z["cells"]
-        cases[path.stem] = (np.abs(z["rate"] - z["truth"])[ok], z["noise_var"][ok], z["excess"][ok])
+        cases[path.stem] = (np.abs(z["rate"] - z["truth"])[ok], z["noise_var"][ok], z["excess"][ok], _shift(z)[ok])
     settings = [(f, g) for f in factors for g in floors]
-    covs = [[float(np.mean(err <= Z90 * np.sqrt(inv.uncertainty_variance(nv, ex, f, g))))
-             for err, nv, ex in cases.values()] for f, g in settings]
+    covs = [[float(np.mean(err <= Z90 * np.sqrt(inv.uncertainty_variance(nv, ex, f, g, shift))))
+             for err, nv, ex, shift in cases.values()] for f, g in settings]
     print("| f | g | in 0.80-0.95 | " + " | ".join(cases) + " |")
     print("|---|---|---|" + "---|" * len(cases))
     for i in _choose(covs)[:15]:
@@ -87,6 +103,7 @@ def zone_table(directory, check=None, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.
             z = np.load(path)
             ok = z["cells"].astype(bool) & np.isfinite(z["rate"]) & np.isfinite(z["truth"])
             out[path.stem] = dict(err=np.abs(z["rate"] - z["truth"]), nv=z["noise_var"], ex=z["excess"], ok=ok,
+                                  shift=_shift(z),
                                   zone=edge_bias_zone(z["cells"].astype(bool), cell_nm),
                                   interior=ndimage.distance_transform_edt(z["cells"]) * cell_nm >= interior_nm)
         return out
@@ -94,7 +111,7 @@ def zone_table(directory, check=None, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.
     def coverage(case, deep, edge, cells):
         f = np.where(case["zone"], edge[0], deep[0])
         g = np.where(case["zone"], edge[1], deep[1])
-        sd = np.sqrt(inv.uncertainty_variance(case["nv"], case["ex"], f, g))
+        sd = np.sqrt(inv.uncertainty_variance(case["nv"], case["ex"], f, g, case["shift"]))
         return float(np.mean(case["err"][cells] <= Z90 * sd[cells]))
 
     tuning = load(directory)
@@ -149,11 +166,12 @@ def main(argv=None):
     parts = {}
     total = inv._total_uncertainty
 
-    def keep_parts(rate, noise_var, boot_rate, boot_truth, mask, interior, radius, inflation, floor=0.0):
+    def keep_parts(rate, noise_var, boot_rate, boot_truth, mask, interior, radius, inflation, floor=0.0,
+                   mix_shift=0.0):
         if not parts:  # the case's own map comes first; the oracle baselines' runs follow
-            parts.update(noise_var=noise_var, inflation=inflation,
+            parts.update(noise_var=noise_var, inflation=inflation, mix_shift=np.broadcast_to(mix_shift, mask.shape),
                          excess=inv.bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius))
-        return total(rate, noise_var, boot_rate, boot_truth, mask, interior, radius, inflation, floor)
+        return total(rate, noise_var, boot_rate, boot_truth, mask, interior, radius, inflation, floor, mix_shift)
 
     row_of = A._row
     lines = []
@@ -165,12 +183,17 @@ def main(argv=None):
             err = np.abs(result.rate - truth)[ok]
             cov = []
             for f in FACTORS:
-                sd = np.sqrt(inv.uncertainty_variance(parts["noise_var"], parts["excess"], f))[ok]
+                sd = np.sqrt(inv.uncertainty_variance(parts["noise_var"], parts["excess"], f,
+                                                      mix_shift=parts["mix_shift"]))[ok]
                 cov.append(float(np.mean(err <= Z90 * sd)))
             if save is not None:
+                # the smoothed ratio, the mask and the mixed-in share too: error models that use
+                # the map's distance from the ratio can be tried offline
                 np.savez_compressed(save / f"{case}_s{seed}.npz", rate=result.rate, truth=truth, cells=ok,
                                     noise_var=parts["noise_var"], excess=parts["excess"],
-                                    uncertainty=result.uncertainty)
+                                    uncertainty=result.uncertainty, ratio=result.ratio, mask=result.mask,
+                                    mix_shift=parts["mix_shift"],
+                                    ratio_weight=float(result.summary().get("ratio_weight", np.nan)))
             size = f"{result.settings.get('width')}x{result.settings.get('depth')}"
             # one factor, or one per zone (deep / edge-bias zone: the smaller is the deep one)
             f_now = "/".join(f"{v:g}" for v in np.unique(np.asarray(parts["inflation"], dtype=float)))

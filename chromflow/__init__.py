@@ -26,7 +26,7 @@ from .render import render
 
 #: the release; it enters every settings fingerprint, so that `chromflow batch` recomputes results
 #: an earlier release wrote (their numbers may differ) instead of skipping them as current
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 # public name -> module that defines it
 _LAZY = {

@@ -595,20 +595,55 @@ def test_low_noise_fields_keep_the_network_map(steady):
     assert r.diagnostics["training"]["ratio_weight"] == 0.0
 
 
+def _blurred_noisy_fields(steady, relative_noise=0.3, seed=5):
+    """The steady state with relative noise, then blurred by a cell within the mask (as a render
+    blurs counts): noisy data the model does not describe."""
+    rng = np.random.default_rng(seed)
+    m = steady.mask
+
+    def blurred(a):
+        num = ndimage.gaussian_filter(np.where(m, a * (1 + relative_noise * rng.standard_normal(m.shape)), 0.0), 1.0)
+        return np.where(m, num / np.maximum(ndimage.gaussian_filter(m * 1.0, 1.0), 1e-9), 0.0)
+
+    return SimpleNamespace(phi_h=blurred(steady.phi_h), phi_e=blurred(steady.phi_e), mask=m, spacing=50.0,
+                           origin=(0.0, 0.0), source=None)
+
+
+def test_uncertainty_adds_the_shift_the_ratio_mix_made(steady, monkeypatch):
+    """The error model is the network map's; the mix moves each cell by ``w (ratio - map)``,
+    which the uncertainty adds in quadrature: exactly the mixed map minus the network's own
+    (the same fit with ``ratio_weight=0``), and nothing when nothing is mixed in."""
+    import chromflow.inverse as inv
+
+    seen = []
+    total = inv._total_uncertainty
+
+    def spy(*args, **kwargs):
+        out = total(*args, **kwargs)
+        without = total(*args[:9])             # the same parts without the shift
+        seen.append((np.broadcast_to(args[9], args[4].shape), out[0], without[0]))
+        return out
+
+    monkeypatch.setattr(inv, "_total_uncertainty", spy)
+    f, m = _blurred_noisy_fields(steady), steady.mask
+    plain = infer_rates(f, iterations=40, device="cpu", seed=0, ratio_weight=0)
+    mixed = infer_rates(f, iterations=40, device="cpu", seed=0)
+    (shift0, _, _), (shift, unc, unc_without) = seen
+    assert not shift0.any()
+    assert np.allclose(shift[m], (mixed.rate - plain.rate)[m], rtol=0, atol=1e-12) and np.abs(shift[m]).max() > 0
+    assert np.allclose(unc[m] ** 2, unc_without[m] ** 2 + shift[m] ** 2, rtol=1e-12, atol=0)
+    assert np.allclose(mixed.uncertainty[m], unc[m], rtol=0, atol=0)
+    share = mixed.diagnostics["uncertainty"]["ratio_mix_share_of_variance"]
+    assert 0 < share < 1 and plain.diagnostics["uncertainty"]["ratio_mix_share_of_variance"] == 0
+
+
 def test_ratio_weight_mixes_the_smoothed_ratio_into_the_map(steady):
     """``ratio_weight``: the map is the network's plus that share of the smoothed ratio, exactly;
     the residual, the refit and the record follow it. Fields blurred by a cell after the noise
     (as a render blurs counts), which the model does not describe: there the network's map and
     the ratio err differently, and their mix tracks the truth better than either."""
-    rng = np.random.default_rng(5)
     m = steady.mask
-
-    def blurred(a):
-        num = ndimage.gaussian_filter(np.where(m, a * (1 + 0.3 * rng.standard_normal(m.shape)), 0.0), 1.0)
-        return np.where(m, num / np.maximum(ndimage.gaussian_filter(m * 1.0, 1.0), 1e-9), 0.0)
-
-    f = SimpleNamespace(phi_h=blurred(steady.phi_h), phi_e=blurred(steady.phi_e), mask=m, spacing=50.0,
-                        origin=(0.0, 0.0), source=None)
+    f = _blurred_noisy_fields(steady)
     plain = infer_rates(f, iterations=300, uncertainty="noise", device="cpu", seed=0, ratio_weight=0)
     mixed = infer_rates(f, iterations=300, uncertainty="noise", device="cpu", seed=0)     # "auto"
     assert plain.diagnostics["training"]["ratio_weight"] == 0.0 and plain.summary()["ratio_weight"] == 0.0

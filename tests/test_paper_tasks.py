@@ -234,3 +234,30 @@ def test_calibrate_uncertainty_zone_table_finds_each_zones_floor(tmp_path):
                  cells=cells, noise_var=np.ones(cells.shape), excess=np.zeros(cells.shape))
     chosen = cu.zone_table(tmp_path)
     assert chosen["deep"][1] == 1.0 and chosen["edge zone"][1] == 2.0
+    # the same errors with the ratio mix's shift (1 per cell) in the error model: the floors left
+    # to find are those of the rest, 0 deep (1 + 0 + 1 = 2) and sqrt(2) -> none; 1.5 in the zone
+    # (1 + 2.25 + 1 = 4.25)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    sd = np.where(zone, cu.Z90 * np.sqrt(4.25) / z, cu.Z90 * np.sqrt(2.0) / z)
+    for seed in (0, 1):
+        err = sd * np.random.default_rng(seed).standard_normal(cells.shape)
+        np.savez(mixed / f"case_s{seed}.npz", rate=np.where(cells, 1.0 + err, np.nan), truth=np.where(cells, 1.0, np.nan),
+                 cells=cells, noise_var=np.ones(cells.shape), excess=np.zeros(cells.shape), mix_shift=np.ones(cells.shape))
+    chosen = cu.zone_table(mixed)
+    assert chosen["deep"][1] == 0.0 and chosen["edge zone"][1] == 1.5
+
+
+def test_calibrate_uncertainty_reads_the_mix_shift_of_older_saves():
+    """Cases saved before 0.9 hold the ratio and the weight: the shift ``w (ratio - net)`` is
+    recovered from the mixed map ``net + w (ratio - net)``; none where the ratio is implausible."""
+    import calibrate_uncertainty as cu
+
+    net = np.array([[1.0, 2.0], [0.5, 3.0]])
+    ratio = np.array([[1.5, 1.0], [np.nan, 1e6]])
+    w = 0.4
+    rate = np.where(np.isfinite(ratio) & (ratio < 1e2), net + w * (np.nan_to_num(ratio) - net), net)
+    saved = dict(rate=rate, ratio=ratio, ratio_weight=np.array(w), noise_var=np.ones((2, 2)))
+    assert np.allclose(cu._shift(saved), [[0.2, -0.4], [0.0, 0.0]], rtol=0, atol=1e-12)
+    assert not cu._shift(dict(saved, ratio_weight=np.array(0.0))).any()
+    assert not cu._shift(dict(noise_var=np.ones((2, 2)), rate=rate)).any()

@@ -656,7 +656,8 @@ def _bootstrap_data(rate, fit_h, fit_e, mask, spacing_um, model, noise_laws, see
     return lam, out
 
 
-def _total_uncertainty(rate, noise_var, boot_rate, boot_truth, mask, interior, radius, inflation, floor=0.0):
+def _total_uncertainty(rate, noise_var, boot_rate, boot_truth, mask, interior, radius, inflation, floor=0.0,
+                       mix_shift=0.0):
     """Noise and bias parts of the uncertainty from the bootstrap refit (see docs/inference.md).
 
     The refit's error ``boot_rate - boot_truth`` holds the noise and the smoothing bias *for a
@@ -666,16 +667,23 @@ def _total_uncertainty(rate, noise_var, boot_rate, boot_truth, mask, interior, r
     of ``benchmarks/_heldout.py``), plus ``floor**2`` times the noise part
     (:data:`MODEL_ERROR_FLOOR`): error that follows the noise but that fission does not show.
     ``inflation`` and ``floor`` may be per-cell arrays (the edge-bias zone has its own,
-    :data:`EDGE_BIAS_INFLATION` and :data:`EDGE_MODEL_ERROR_FLOOR`).
+    :data:`EDGE_BIAS_INFLATION` and :data:`EDGE_MODEL_ERROR_FLOOR`). ``mix_shift``: how far the
+    smoothed-ratio mix moved each cell from the network's own map (:func:`uncertainty_variance`).
     """
     excess = bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius)
     x, y = boot_truth[interior], boot_rate[interior]
     ok = np.isfinite(x) & np.isfinite(y)
     slope = float(np.cov(x[ok], y[ok])[0, 1] / np.var(x[ok], ddof=1)) if ok.sum() > 2 and np.var(x[ok]) > 0 else 1.0
-    total = uncertainty_variance(noise_var, excess, inflation, floor)
+    total = uncertainty_variance(noise_var, excess, inflation, floor, mix_shift)
     bias2 = total - noise_var
     share = float(np.nanmean(bias2[interior]) / max(float(np.nanmean(total[interior])), 1e-300))
     return np.sqrt(total), slope, share
+
+
+def _share_of_variance(part, unc, cells) -> float:
+    """Mean of ``part`` over the mean of ``unc**2`` on ``cells`` (NaN-safe)."""
+    total = float(np.nanmean(unc[cells] ** 2)) if cells.any() else float("nan")
+    return float(np.nanmean(part[cells]) / total) if np.isfinite(total) and total > 0 else float("nan")
 
 
 def bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius):
@@ -684,10 +692,20 @@ def bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius):
     return np.clip(err2 - noise_var, 0.0, None)
 
 
-def uncertainty_variance(noise_var, excess, inflation, floor=0.0):
-    """The error model: ``(1 + floor^2) noise_var + inflation^2 excess`` (variance per cell;
-    ``inflation`` and ``floor`` are numbers or per-cell arrays)."""
-    return (1.0 + floor ** 2) * noise_var + inflation ** 2 * excess
+def uncertainty_variance(noise_var, excess, inflation, floor=0.0, mix_shift=0.0):
+    """The error model: ``(1 + floor^2) noise_var + inflation^2 excess + mix_shift^2`` (variance
+    per cell; every argument a number or a per-cell array).
+
+    ``inflation`` and ``floor`` were calibrated for the network's own map. ``mix_shift`` is how
+    far the smoothed-ratio mix (``ratio_weight``) moved each cell from it, ``w (ratio - map)``:
+    a known displacement of the interval's centre, added in quadrature (since 0.9).
+
+    Examples
+    --------
+    >>> float(uncertainty_variance(1.0, 0.5, 2.0, 0.5, mix_shift=0.5))
+    3.5
+    """
+    return (1.0 + floor ** 2) * noise_var + inflation ** 2 * excess + np.square(mix_shift)
 
 
 #: distances (cells) from the outline that bound the rings of :func:`_fission_uncertainty`
@@ -911,6 +929,7 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
     out = (lambda a: np.where(mask, a, np.nan))
     half = None                # the data of the split-half refit
     single = None              # the one fit the split-half refit is compared with (None: the map)
+    network_rate = None        # a network's own map, before the smoothed ratio is mixed in
     # two halves of the data: the split-half refit (with uncertainty) and, always, the width of
     # the baseline without physics, the smoothed ratio (``result.ratio``)
     halves, halves_source, halves_info = _half_data(fields, phi_h, phi_e, mask, interior, variances, correlations,
@@ -1018,9 +1037,13 @@ def infer_rates(fields, method: str = "pinn", device="auto", seed: int = 0, iter
         edge_floor = (1.0 - taken) * EDGE_MODEL_ERROR_FLOOR[method] + taken * MODEL_ERROR_FLOOR[method]
         inflation = np.where(zone, edge_inflation, BIAS_INFLATION[method])
         floor = np.where(zone, edge_floor, MODEL_ERROR_FLOOR[method])
+        # the error model was built for the network's own map; the ratio mix moved each cell by
+        # a known amount, added in quadrature (docs/inference.md, "The ratio mix in the uncertainty")
+        mix_shift = np.zeros(mask.shape) if network_rate is None else np.nan_to_num(rate - network_rate)
         unc, slope, bias_share = _total_uncertainty(rate, noise_var, boot, truth, mask, interior,
-                                                    float(opts["radius"]), inflation, floor)
+                                                    float(opts["radius"]), inflation, floor, mix_shift)
         diagnostics["uncertainty"] = {"bootstrap_slope": slope, "bias_share_of_variance": bias_share,
+                                      "ratio_mix_share_of_variance": _share_of_variance(mix_shift ** 2, unc, interior),
                                       "bias_inflation": BIAS_INFLATION[method],
                                       "model_error_floor": MODEL_ERROR_FLOOR[method],
                                       "edge_bias_inflation": edge_inflation,
