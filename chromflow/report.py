@@ -95,10 +95,17 @@ def report_caption(result) -> str:
     if rate is not None and smooth is not None and np.isfinite(_number(ratio.get("sigma_cells"))):
         from .evaluate import rate_correlation
 
-        r_ratio = rate_correlation(rate, smooth, getattr(result, "mask", None))
+        # networks: their own map's agreement, recorded before the ratio was mixed in (the mix
+        # would raise it without the physics saying so), as in summary()["ratio_map_r"]
+        own = ratio.get("network_map_r")
+        r_ratio = _number(own) if own is not None else rate_correlation(rate, smooth, getattr(result, "mask", None))
         if np.isfinite(r_ratio):
             parts.append(f"map vs smoothed phi_h/phi_e without physics (width {ratio['sigma_cells']:.1f} cells "
                          f"from the halves): r = {r_ratio:.2f}")
+    weight = _number((diag.get("training") or {}).get("ratio_weight"))
+    if np.isfinite(weight) and weight > 0:
+        parts.append(f"the map mixes in {weight:.2f} of that smoothed ratio (noisy data; its shift is in the "
+                     "uncertainty)")
     effort = diag.get("effort") or {}
     if effort.get("larger"):
         # the reason says why: the halves' agreement (auto) or the caller's choice; the agreement

@@ -655,6 +655,13 @@ def test_ratio_weight_mixes_the_smoothed_ratio_into_the_map(steady):
     # "how far the physics moved the map from the ratio" reads the network's own map, not the mix
     assert mixed.summary()["ratio_map_r"] == pytest.approx(plain.summary()["ratio_map_r"], abs=1e-9)
     assert mixed.summary()["ratio_map_r"] < _corr(mixed.rate, mixed.ratio, m)
+    # the report says the same: the network's own agreement, and that the ratio was mixed in
+    from chromflow.report import report_caption
+
+    texts = [" ".join(report_caption(r).split()) for r in (plain, mixed)]
+    own = f"from the halves): r = {plain.summary()['ratio_map_r']:.2f}"
+    assert own in texts[0] and own in texts[1]
+    assert "mixes in 0.40 of that smoothed ratio" in texts[1] and "mixes in" not in texts[0]
     # the split-half score is the mixed map's: the ratio is the more reproducible reading
     assert mixed.diagnostics["split_half_r"] > plain.diagnostics["split_half_r"]
     # measured 0.917 against the network's 0.890 and the ratio's 0.861
