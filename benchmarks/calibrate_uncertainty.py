@@ -170,7 +170,8 @@ def main(argv=None):
                    mix_shift=0.0):
         if not parts:  # the case's own map comes first; the oracle baselines' runs follow
             parts.update(noise_var=noise_var, inflation=inflation, mix_shift=np.broadcast_to(mix_shift, mask.shape),
-                         excess=inv.bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius))
+                         excess=inv.bootstrap_excess(noise_var, boot_rate, boot_truth, mask, radius),
+                         boot_err2=np.where(mask, (boot_rate - boot_truth) ** 2, np.nan), radius=radius)
         return total(rate, noise_var, boot_rate, boot_truth, mask, interior, radius, inflation, floor, mix_shift)
 
     row_of = A._row
@@ -192,7 +193,8 @@ def main(argv=None):
                 np.savez_compressed(save / f"{case}_s{seed}.npz", rate=result.rate, truth=truth, cells=ok,
                                     noise_var=parts["noise_var"], excess=parts["excess"],
                                     uncertainty=result.uncertainty, ratio=result.ratio, mask=result.mask,
-                                    mix_shift=parts["mix_shift"],
+                                    mix_shift=parts["mix_shift"], boot_err2=parts["boot_err2"],
+                                    radius=parts["radius"],
                                     ratio_weight=float(result.summary().get("ratio_weight", np.nan)))
             size = f"{result.settings.get('width')}x{result.settings.get('depth')}"
             # one factor, or one per zone (deep / edge-bias zone: the smaller is the deep one)
