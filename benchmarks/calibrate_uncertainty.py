@@ -45,12 +45,10 @@ def _shift(saved):
         return saved["mix_shift"]
     if "ratio" not in saved or not saved["ratio_weight"] > 0:
         return np.zeros_like(saved["noise_var"])
-    w, ratio, rate = float(saved["ratio_weight"]), saved["ratio"], saved["rate"]
-    lo, hi = inv.PLAUSIBLE_RATE
-    with np.errstate(invalid="ignore"):
-        mixed = np.isfinite(ratio) & np.isfinite(rate) & (ratio >= lo) & (ratio <= hi)
-    # rate = net + w (ratio - net), so the shift w (ratio - net) is w (ratio - rate) / (1 - w)
-    return np.where(mixed, w * (np.where(mixed, ratio, 0.0) - np.nan_to_num(rate)) / (1.0 - w), 0.0)
+    w, rate = float(saved["ratio_weight"]), saved["rate"]
+    # rate = net + w (ratio - net), so the shift w (ratio - net) is w / (1 - w) (ratio - rate):
+    # the package's mix at that weight, on the cells it mixes (0 elsewhere, and off the map)
+    return np.nan_to_num(inv._mix_in_ratio(rate, saved["ratio"], w / (1.0 - w)) - rate)
 
 
 def error_model_table(directory, factors=FACTORS, floors=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0)):

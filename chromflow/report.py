@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .inverse.result import EDGE_BIAS_DEPTH_UM, _number, edge_bias_zone
+from .inverse.result import EDGE_BIAS_DEPTH_UM, _number, _ratio_map_r, edge_bias_zone
 from .io._atomic import atomic_path
 
 __all__ = ["make_report", "make_domains_figure", "report_caption", "wrap_caption", "nice_scale_bar_length",
@@ -93,12 +93,9 @@ def report_caption(result) -> str:
     ratio = diag.get("ratio") or {}
     rate, smooth = getattr(result, "rate", None), getattr(result, "ratio", None)
     if rate is not None and smooth is not None and np.isfinite(_number(ratio.get("sigma_cells"))):
-        from .evaluate import rate_correlation
-
-        # networks: their own map's agreement, recorded before the ratio was mixed in (the mix
-        # would raise it without the physics saying so), as in summary()["ratio_map_r"]
-        own = ratio.get("network_map_r")
-        r_ratio = _number(own) if own is not None else rate_correlation(rate, smooth, getattr(result, "mask", None))
+        # the number summary()["ratio_map_r"] gives: for networks their own map's agreement,
+        # recorded before the ratio was mixed in (the mix would raise it without the physics)
+        r_ratio = _ratio_map_r(result, getattr(result, "mask", None))
         if np.isfinite(r_ratio):
             parts.append(f"map vs smoothed phi_h/phi_e without physics (width {ratio['sigma_cells']:.1f} cells "
                          f"from the halves): r = {r_ratio:.2f}")

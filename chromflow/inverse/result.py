@@ -338,7 +338,7 @@ def _effort_name(effort) -> str:
 def _ratio_map_r(result, cells) -> float:
     """Correlation of the map with the smoothed ratio: for networks that of their own map, before
     the ratio was mixed in (recorded by ``infer_rates``); else of ``rate``."""
-    recorded = (result.diagnostics.get("ratio") or {}).get("network_map_r")
+    recorded = ((getattr(result, "diagnostics", None) or {}).get("ratio") or {}).get("network_map_r")
     if recorded is not None:
         return _number(recorded)
     return rate_correlation(result.rate, result.ratio, cells)
